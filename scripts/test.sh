@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command (README.md; .ci/run calls exactly this).
+#
+# 1. Installs the S3-compatible test server (moto, from PyPI) into .venv-s3 if it is missing;
+#    the S3 tests start it on 127.0.0.1 themselves, so no network is used at test time.
+# 2. Runs every test in release mode (a debug build of candle/DataFusion is too slow to test).
+#
+# Time on the 2-core CI machine: the tests themselves take about 1 minute; a clean release
+# build of the dependencies takes about 12 minutes before that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv-s3/bin/moto_server ]; then
+    echo "installing moto (S3 test server) into .venv-s3 ..."
+    python3 -m venv .venv-s3
+    .venv-s3/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+export W2S_MOTO_SERVER="$PWD/.venv-s3/bin/moto_server"
+
+cargo test --release --locked "$@"

@@ -1,0 +1,302 @@
+//! The `w2s` command line: argument parsing and dispatch. Library errors come back as
+//! [`w2s::Error`] and are turned into a message and an exit code in `main`.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use w2s::data::{PairRules, PromptMismatch, Shape, Template};
+use w2s::sql::{self, OutFormat};
+use w2s::stages::split::{self, Mode, SplitSettings};
+use w2s::store::{resolve, ArtifactStore};
+use w2s::Error;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "w2s",
+    version,
+    about = "Weak-to-strong alignment experiments and weak-to-strong deception measurement",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter expression).
+    #[arg(long, global = true, env = "W2S_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Split preference data into the gt / w2s / test / helpful pairs table.
+    Split(SplitArgs),
+    /// Run SQL (a query or a file from sql/) over the tables of an artifact root.
+    Sql(SqlArgs),
+    /// Pretrain a ladder of tiny base models on a text corpus (not built yet).
+    Pretrain(Pending),
+    /// Train a ceiling model on the gt split (not built yet).
+    GtTrain(Pending),
+    /// Label a split with a trained model (not built yet).
+    WeakLabel(Pending),
+    /// Train a strong student on weak labels (not built yet).
+    W2sTrain(Pending),
+    /// Score a model's confidence on the test split (not built yet).
+    Score(Pending),
+    /// Run every SQL analysis (not built yet).
+    Analyze(Pending),
+    /// Write the HTML report (not built yet).
+    Report(Pending),
+    /// Run a pipeline file (not built yet).
+    Run(Pending),
+}
+
+/// Arguments of a stage that is not built yet; accepted so the error is about the stage.
+#[derive(Args, Debug)]
+pub struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ArtifactsArg {
+    /// Artifact root: a local folder, file://, or s3://bucket/prefix.
+    #[arg(long, env = "W2S_ARTIFACTS", default_value = "artifacts")]
+    pub artifacts: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// Pre-split mode: ground-truth training file (first --n-gt rows are used).
+    #[arg(long)]
+    pub gt: Option<String>,
+    /// Pre-split mode: weak-to-strong file (first --n-w2s rows).
+    #[arg(long)]
+    pub w2s: Option<String>,
+    /// Pre-split mode: test file (first --n-test rows).
+    #[arg(long)]
+    pub test: Option<String>,
+    /// Random mode: one file split at random into --n-gt / --n-w2s / --n-test rows.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Use the small built-in sample (no files, no network).
+    #[arg(long)]
+    pub sample: bool,
+    /// Seed of the random split (numpy default_rng(seed).permutation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// File of helpful pairs (the conflicting objective), first --n-helpful rows.
+    #[arg(long)]
+    pub helpful: Option<String>,
+    #[arg(long)]
+    pub n_gt: Option<usize>,
+    #[arg(long)]
+    pub n_w2s: Option<usize>,
+    #[arg(long)]
+    pub n_test: Option<usize>,
+    #[arg(long)]
+    pub n_helpful: Option<usize>,
+    /// Record shape: HH transcripts, or explicit prompt/chosen/rejected columns.
+    #[arg(long, value_enum, default_value_t = Shape::Auto)]
+    pub shape: Shape,
+    /// HH rows whose two transcripts give different prompts: keep (as the reference), drop, error.
+    #[arg(long, value_enum, default_value_t = PromptMismatch::Keep)]
+    pub prompt_mismatch: PromptMismatch,
+    /// Explicit-shape rows: use prompt + response verbatim, or wrap them as one HH turn.
+    #[arg(long, value_enum, default_value_t = Template::Verbatim)]
+    pub template: Template,
+    /// Rewrite the table even if it is up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// The query, or a path to a .sql file.
+    pub query: Option<String>,
+    /// Read the query from this file.
+    #[arg(long, conflicts_with = "query")]
+    pub file: Option<String>,
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// A bound parameter, NAME=VALUE, used as $NAME in the query. Repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Write the result here (local path or URL) instead of printing it.
+    #[arg(long, short)]
+    pub output: Option<String>,
+    /// Output format (default: from --output's extension, else a printed table).
+    #[arg(long, value_enum)]
+    pub format: Option<OutFormat>,
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Split(a) => split_cmd(a).await,
+        Command::Sql(a) => sql_cmd(a).await,
+        Command::Pretrain(_) => pending("pretrain"),
+        Command::GtTrain(_) => pending("gt-train"),
+        Command::WeakLabel(_) => pending("weak-label"),
+        Command::W2sTrain(_) => pending("w2s-train"),
+        Command::Score(_) => pending("score"),
+        Command::Analyze(_) => pending("analyze"),
+        Command::Report(_) => pending("report"),
+        Command::Run(_) => pending("run"),
+    }
+}
+
+fn pending(stage: &str) -> Result<()> {
+    let by = w2s::stages::PENDING
+        .iter()
+        .find(|(s, _)| *s == stage)
+        .map(|(_, by)| *by)
+        .unwrap_or("a later issue");
+    Err(Error::NotImplemented(stage.to_string())).context(format!("it arrives with {by}"))
+}
+
+fn split_settings(a: &SplitArgs) -> Result<SplitSettings, Error> {
+    let presplit = [&a.gt, &a.w2s, &a.test];
+    let n_presplit = presplit.iter().filter(|x| x.is_some()).count();
+    let modes =
+        usize::from(n_presplit > 0) + usize::from(a.input.is_some()) + usize::from(a.sample);
+    if modes != 1 {
+        return Err(Error::Config(
+            "give exactly one data source: --gt/--w2s/--test (pre-split files), --input (random split) or --sample".into(),
+        ));
+    }
+    let mode = if n_presplit > 0 {
+        match (&a.gt, &a.w2s, &a.test) {
+            (Some(gt), Some(w2s), Some(test)) => Mode::Presplit {
+                gt: gt.clone(),
+                w2s: w2s.clone(),
+                test: test.clone(),
+            },
+            _ => {
+                return Err(Error::Config(
+                    "pre-split mode needs all of --gt, --w2s and --test".into(),
+                ))
+            }
+        }
+    } else if let Some(input) = &a.input {
+        Mode::Random {
+            input: input.clone(),
+            seed: a.seed,
+        }
+    } else {
+        Mode::Sample { seed: a.seed }
+    };
+    Ok(SplitSettings {
+        mode,
+        helpful: a.helpful.clone(),
+        n_gt: a.n_gt,
+        n_w2s: a.n_w2s,
+        n_test: a.n_test,
+        n_helpful: a.n_helpful,
+        shape: a.shape,
+        rules: PairRules {
+            prompt_mismatch: a.prompt_mismatch,
+            template: a.template,
+        },
+    })
+}
+
+async fn split_cmd(a: SplitArgs) -> Result<()> {
+    let settings = split_settings(&a)?;
+    let store = ArtifactStore::open(&a.root.artifacts)?;
+    let started = std::time::Instant::now();
+    let report = split::run(&store, &settings, a.force).await?;
+    let state = if report.up_to_date {
+        "up to date, nothing written"
+    } else {
+        "written"
+    };
+    println!(
+        "pairs -> {} ({state}; fingerprint {}; {:.2}s)",
+        store.root(),
+        &report.fingerprint[..12],
+        started.elapsed().as_secs_f64()
+    );
+    println!("{:<8} {:>7}", "split", "pairs");
+    for name in w2s::schema::SPLITS {
+        if let Some(n) = report.counts.get(name) {
+            println!("{name:<8} {n:>7}");
+        }
+    }
+    if report.prompt_mismatches > 0 {
+        println!(
+            "note: {} rows keep a separate rejected prompt (their rejected transcript has an extra \"\\n\\nAssistant:\"; see docs/artifacts.md)",
+            report.prompt_mismatches
+        );
+    }
+    if report.dropped > 0 {
+        println!(
+            "note: {} rows dropped by --prompt-mismatch drop",
+            report.dropped
+        );
+    }
+    if report.repeats > 0 {
+        println!(
+            "note: {} pairs repeat earlier content and got occurrence-numbered ids",
+            report.repeats
+        );
+    }
+    Ok(())
+}
+
+async fn sql_cmd(a: SqlArgs) -> Result<()> {
+    let text = match (&a.file, &a.query) {
+        (Some(f), _) => read_sql(f)?,
+        (None, Some(q)) if q.trim_end().ends_with(".sql") && std::path::Path::new(q).is_file() => {
+            read_sql(q)?
+        }
+        (None, Some(q)) => q.clone(),
+        (None, None) => return Err(Error::Config("give a query or --file".into()).into()),
+    };
+    let params = a
+        .params
+        .iter()
+        .map(|p| sql::parse_param(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let format = a
+        .format
+        .or_else(|| a.output.as_deref().and_then(OutFormat::from_path))
+        .unwrap_or(OutFormat::Table);
+    let store = ArtifactStore::open(&a.root.artifacts)?;
+    let ctx = sql::context(&store).await?;
+    let batches = sql::query(&ctx, &text, &params).await?;
+    let bytes = sql::render(&batches, format)?;
+    match &a.output {
+        Some(out) => {
+            let r = resolve(out)?;
+            use object_store::ObjectStoreExt;
+            r.store
+                .put(&r.path, bytes.into())
+                .await
+                .map_err(|source| Error::Store {
+                    uri: out.clone(),
+                    source,
+                })?;
+        }
+        None if format == OutFormat::Parquet => {
+            return Err(Error::Config("--format parquet needs --output FILE".into()).into())
+        }
+        None => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&bytes)?;
+            if format == OutFormat::Table {
+                writeln!(stdout)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_sql(path: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|source| Error::Io {
+            path: path.to_string(),
+            source,
+        })
+        .map_err(Into::into)
+}

@@ -1,0 +1,16 @@
+//! `w2s`: weak-to-strong alignment experiments and weak-to-strong deception measurement.
+//!
+//! A dataflow pipeline whose stages (split, pretrain, gt-train, weak-label, w2s-train, score)
+//! read and write Parquet tables and checkpoints through one [`store::ArtifactStore`], with
+//! analyses as DataFusion SQL ([`sql`]). See docs/architecture.md.
+
+pub mod data;
+pub mod error;
+pub mod progress;
+pub mod rng;
+pub mod schema;
+pub mod sql;
+pub mod stages;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,205 @@
+//! DataFusion over an artifact root: every committed table is registered under its name, so
+//! `select split, count(*) from pairs group by split` works against a local folder or S3 alike.
+//! Parameters are bound (`$T` in SQL, `--param T=0.75` on the command line), never pasted into
+//! the SQL text.
+
+use std::sync::Arc;
+
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+
+use crate::error::{Error, Result};
+use crate::store::{encode_parquet, ArtifactStore};
+
+/// A session with every committed table of `store` registered.
+pub async fn context(store: &ArtifactStore) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    let (url, os) = store.registration();
+    ctx.register_object_store(&url, os);
+    for (name, files) in store.table_files().await? {
+        let urls = files
+            .iter()
+            .map(|u| ListingTableUrl::parse(u.as_str()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .infer_schema(&ctx.state())
+            .await?;
+        ctx.register_table(name.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+    }
+    Ok(ctx)
+}
+
+/// Parses `name=value` into a bound parameter: integers, floats and booleans get their type,
+/// anything else is a string.
+pub fn parse_param(s: &str) -> Result<(String, ScalarValue)> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("--param `{s}`: expected NAME=VALUE")))?;
+    let name = name.trim().trim_start_matches('$').to_string();
+    if name.is_empty() {
+        return Err(Error::Config(format!("--param `{s}`: empty name")));
+    }
+    let v = if let Ok(i) = value.parse::<i64>() {
+        ScalarValue::Int64(Some(i))
+    } else if let Ok(f) = value.parse::<f64>() {
+        ScalarValue::Float64(Some(f))
+    } else if let Ok(b) = value.parse::<bool>() {
+        ScalarValue::Boolean(Some(b))
+    } else {
+        ScalarValue::Utf8(Some(value.to_string()))
+    };
+    Ok((name, v))
+}
+
+/// Runs one SQL statement with bound parameters and collects the result.
+pub async fn query(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &[(String, ScalarValue)],
+) -> Result<Vec<RecordBatch>> {
+    let df = ctx.sql(sql).await.map_err(|e| with_table_hint(ctx, e))?;
+    let df = if params.is_empty() {
+        df
+    } else {
+        df.with_param_values(params.to_vec())?
+    };
+    Ok(df.collect().await?)
+}
+
+fn with_table_hint(ctx: &SessionContext, e: datafusion::error::DataFusionError) -> Error {
+    let msg = e.to_string();
+    if msg.contains("not found") && msg.contains("table") {
+        let mut names: Vec<String> = ctx
+            .catalog("datafusion")
+            .and_then(|c| c.schema("public"))
+            .map(|s| s.table_names())
+            .unwrap_or_default();
+        names.sort();
+        let have = if names.is_empty() {
+            "none (run `w2s split` first)".to_string()
+        } else {
+            names.join(", ")
+        };
+        return Error::Config(format!("{msg}; tables in this artifact root: {have}"));
+    }
+    Error::Query(e)
+}
+
+/// Output formats of `w2s sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+impl OutFormat {
+    /// The format implied by a file name, if any.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let p = path.to_ascii_lowercase();
+        if p.ends_with(".csv") {
+            Some(OutFormat::Csv)
+        } else if p.ends_with(".json") || p.ends_with(".jsonl") {
+            Some(OutFormat::Json)
+        } else if p.ends_with(".parquet") {
+            Some(OutFormat::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+/// Renders batches in a format. JSON is one object per line.
+pub fn render(batches: &[RecordBatch], format: OutFormat) -> Result<Vec<u8>> {
+    let err = |e: String| Error::Format {
+        file: "query result".into(),
+        msg: e,
+    };
+    match format {
+        OutFormat::Table => Ok(pretty_format_batches(batches)
+            .map_err(|e| err(e.to_string()))?
+            .to_string()
+            .into_bytes()),
+        OutFormat::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = datafusion::arrow::csv::Writer::new(&mut buf);
+                for b in batches {
+                    w.write(b).map_err(|e| err(e.to_string()))?;
+                }
+            }
+            Ok(buf)
+        }
+        OutFormat::Json => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+            for b in batches {
+                w.write(b).map_err(|e| err(e.to_string()))?;
+            }
+            w.finish().map_err(|e| err(e.to_string()))?;
+            Ok(w.into_inner())
+        }
+        OutFormat::Parquet => {
+            let Some(first) = batches.first() else {
+                return Err(err("the query returned no batches".into()));
+            };
+            let all = concat_batches(&first.schema(), batches).map_err(|e| err(e.to_string()))?;
+            Ok(encode_parquet(&all).map_err(err)?.to_vec())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_get_types() {
+        assert_eq!(
+            parse_param("T=0.75").unwrap().1,
+            ScalarValue::Float64(Some(0.75))
+        );
+        assert_eq!(
+            parse_param("$n=3").unwrap(),
+            ("n".into(), ScalarValue::Int64(Some(3)))
+        );
+        assert_eq!(
+            parse_param("split=test").unwrap().1,
+            ScalarValue::Utf8(Some("test".into()))
+        );
+        assert!(parse_param("novalue").is_err());
+    }
+
+    #[tokio::test]
+    async fn bound_parameters_and_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+        let ctx = context(&store).await.unwrap();
+        let out = query(
+            &ctx,
+            "select $a + 1 as x, $s as s",
+            &[parse_param("a=41").unwrap(), parse_param("s=it's").unwrap()],
+        )
+        .await
+        .unwrap();
+        let csv = String::from_utf8(render(&out, OutFormat::Csv).unwrap()).unwrap();
+        assert_eq!(csv, "x,s\n42,it's\n");
+        let json = String::from_utf8(render(&out, OutFormat::Json).unwrap()).unwrap();
+        assert_eq!(json, "{\"x\":42,\"s\":\"it's\"}\n");
+        let e = query(&ctx, "select * from pairs", &[])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tables in this artifact root: none"), "{e}");
+    }
+}

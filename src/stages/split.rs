@@ -1,0 +1,458 @@
+//! `w2s split`: preference data in, the `pairs` table out.
+//!
+//! Three ways to fill the gt / w2s / test splits:
+//! * pre-split files, taking the first N rows of each, as the reference does (spec §1.3);
+//! * one file split at random: `numpy.random.default_rng(seed).permutation(rows)`, the first
+//!   n_gt indices go to gt, the next n_w2s to w2s, the next n_test to test, and each split keeps
+//!   file order (so `np.random.default_rng(seed).permutation(n)` reproduces it in Python);
+//! * the built-in sample, split at random the same way.
+//!
+//! The helpful split always comes from its own source, first N rows.
+//! All input is read and validated before anything is written, so bad input leaves nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Serialize;
+
+use crate::data::{self, pair_id, Pair, PairRules, PromptMismatch, Record, Shape};
+use crate::error::{At, Error, Result};
+use crate::rng::numpy_permutation;
+use crate::schema;
+use crate::store::{now_unix, sha256_hex, ArtifactStore, InputFile, Manifest, CODE_VERSION};
+
+/// Manifest key of the split stage's output.
+pub const KEY: &str = "split";
+
+/// Where the gt / w2s / test rows come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Mode {
+    Presplit {
+        gt: String,
+        w2s: String,
+        test: String,
+    },
+    Random {
+        input: String,
+        seed: u64,
+    },
+    Sample {
+        seed: u64,
+    },
+}
+
+/// Everything that determines the `pairs` table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitSettings {
+    pub mode: Mode,
+    pub helpful: Option<String>,
+    pub n_gt: Option<usize>,
+    pub n_w2s: Option<usize>,
+    pub n_test: Option<usize>,
+    pub n_helpful: Option<usize>,
+    pub shape: Shape,
+    pub rules: PairRules,
+}
+
+/// What a split run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitReport {
+    pub counts: BTreeMap<String, usize>,
+    pub up_to_date: bool,
+    pub fingerprint: String,
+    /// Rows kept whose two transcripts gave different prompts.
+    pub prompt_mismatches: usize,
+    /// Rows left out by `--prompt-mismatch drop`.
+    pub dropped: usize,
+    /// Pairs whose content repeats an earlier pair (they get distinct ids).
+    pub repeats: usize,
+}
+
+/// A selected pair with its provenance.
+struct Row {
+    split: &'static str,
+    source: String,
+    source_row: u64,
+    pair: Pair,
+}
+
+/// Validated pairs of one source, with provenance.
+struct Loaded {
+    input: InputFile,
+    pairs: Vec<(u64, Pair)>,
+    dropped: usize,
+}
+
+async fn load_pairs(
+    location: &str,
+    shape: Shape,
+    rules: PairRules,
+    limit: Option<usize>,
+) -> Result<Loaded> {
+    // With `drop`, dropped rows are replaced by later ones, so the whole file is needed.
+    let read_limit = match rules.prompt_mismatch {
+        PromptMismatch::Drop => None,
+        _ => limit,
+    };
+    let src = data::load(location, shape, read_limit).await?;
+    let (pairs, dropped) = validate(location, &src.records, src.shape, rules, limit)?;
+    Ok(Loaded {
+        input: src.input,
+        pairs,
+        dropped,
+    })
+}
+
+type Validated = (Vec<(u64, Pair)>, usize);
+
+fn validate(
+    file: &str,
+    records: &[Record],
+    shape: Shape,
+    rules: PairRules,
+    limit: Option<usize>,
+) -> Result<Validated> {
+    let mut pairs = Vec::new();
+    let mut dropped = 0;
+    for r in records {
+        if limit.is_some_and(|n| pairs.len() >= n) {
+            break;
+        }
+        match Pair::from_record(file, r, shape, rules)? {
+            Some(p) => pairs.push((r.row, p)),
+            None => dropped += 1,
+        }
+    }
+    Ok((pairs, dropped))
+}
+
+fn need(file: &str, have: usize, want: Option<usize>, flag: &str) -> Result<()> {
+    match want {
+        Some(n) if have < n => Err(Error::data(
+            At::file(file),
+            format!("has {have} usable rows, fewer than the {n} that {flag} asks for"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn take_first(
+    rows: &mut Vec<Row>,
+    split: &'static str,
+    source: &str,
+    pairs: Vec<(u64, Pair)>,
+    n: Option<usize>,
+) {
+    let n = n.unwrap_or(pairs.len());
+    rows.extend(pairs.into_iter().take(n).map(|(source_row, pair)| Row {
+        split,
+        source: source.to_string(),
+        source_row,
+        pair,
+    }));
+}
+
+/// Splits `pairs` at random into gt / w2s / test, each in file order.
+fn random_split(
+    rows: &mut Vec<Row>,
+    source: &str,
+    pairs: Vec<(u64, Pair)>,
+    seed: u64,
+    counts: [usize; 3],
+) -> Result<()> {
+    let total: usize = counts.iter().sum();
+    if total > pairs.len() {
+        return Err(Error::data(
+            At::file(source),
+            format!(
+                "has {} usable rows, fewer than --n-gt + --n-w2s + --n-test = {total}",
+                pairs.len()
+            ),
+        ));
+    }
+    let perm = numpy_permutation(seed, pairs.len());
+    let mut slots: Vec<Option<(u64, Pair)>> = pairs.into_iter().map(Some).collect();
+    let mut start = 0;
+    for (split, n) in ["gt", "w2s", "test"].into_iter().zip(counts) {
+        let mut idx: Vec<usize> = perm[start..start + n].to_vec();
+        idx.sort_unstable();
+        for i in idx {
+            let (source_row, pair) = slots[i].take().expect("permutation indices are distinct");
+            rows.push(Row {
+                split,
+                source: source.to_string(),
+                source_row,
+                pair,
+            });
+        }
+        start += n;
+    }
+    Ok(())
+}
+
+fn counts_for_random(s: &SplitSettings, default: usize) -> Result<[usize; 3]> {
+    let get = |v: Option<usize>, flag: &str| {
+        v.or((default > 0).then_some(default)).ok_or_else(|| {
+            Error::Config(format!(
+                "a random split needs {flag} (and --n-gt, --n-w2s, --n-test)"
+            ))
+        })
+    };
+    Ok([
+        get(s.n_gt, "--n-gt")?,
+        get(s.n_w2s, "--n-w2s")?,
+        get(s.n_test, "--n-test")?,
+    ])
+}
+
+/// Runs the split stage against `store`. Skips the work if the committed output was made from
+/// the same settings and input bytes, unless `force`.
+pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Result<SplitReport> {
+    let mut rows = Vec::new();
+    let mut inputs = Vec::new();
+    let mut dropped = 0;
+    match &s.mode {
+        Mode::Presplit { gt, w2s, test } => {
+            for (split, loc, n, flag) in [
+                ("gt", gt, s.n_gt, "--n-gt"),
+                ("w2s", w2s, s.n_w2s, "--n-w2s"),
+                ("test", test, s.n_test, "--n-test"),
+            ] {
+                let l = load_pairs(loc, s.shape, s.rules, n).await?;
+                need(loc, l.pairs.len(), n, flag)?;
+                dropped += l.dropped;
+                inputs.push(l.input);
+                take_first(&mut rows, split, loc, l.pairs, n);
+            }
+        }
+        Mode::Random { input, seed } => {
+            let counts = counts_for_random(s, 0)?;
+            let l = load_pairs(input, s.shape, s.rules, None).await?;
+            dropped += l.dropped;
+            inputs.push(l.input);
+            random_split(&mut rows, input, l.pairs, *seed, counts)?;
+        }
+        Mode::Sample { seed } => {
+            let source = "builtin:sample/harmless";
+            let recs = data::sample::harmless();
+            let (pairs, d) = validate(source, &recs, Shape::Hh, s.rules, None)?;
+            dropped += d;
+            let counts = counts_for_random(s, pairs.len() / 3)?;
+            random_split(&mut rows, source, pairs, *seed, counts)?;
+        }
+    }
+    match (&s.helpful, &s.mode) {
+        (Some(loc), _) => {
+            let l = load_pairs(loc, s.shape, s.rules, s.n_helpful).await?;
+            need(loc, l.pairs.len(), s.n_helpful, "--n-helpful")?;
+            dropped += l.dropped;
+            inputs.push(l.input);
+            take_first(&mut rows, "helpful", loc, l.pairs, s.n_helpful);
+        }
+        (None, Mode::Sample { .. }) => {
+            let source = "builtin:sample/helpful";
+            let (pairs, d) = validate(source, &data::sample::helpful(), Shape::Hh, s.rules, None)?;
+            need(source, pairs.len(), s.n_helpful, "--n-helpful")?;
+            dropped += d;
+            take_first(&mut rows, "helpful", source, pairs, s.n_helpful);
+        }
+        (None, _) => {}
+    }
+
+    let fingerprint = sha256_hex(
+        serde_json::to_string(&serde_json::json!({
+            "stage": "split",
+            "code": CODE_VERSION,
+            "settings": s,
+            "inputs": inputs.iter().map(|i| &i.sha256).collect::<Vec<_>>(),
+        }))
+        .expect("settings serialize")
+        .as_bytes(),
+    );
+
+    let mut report = SplitReport {
+        counts: BTreeMap::new(),
+        up_to_date: false,
+        fingerprint: fingerprint.clone(),
+        prompt_mismatches: rows
+            .iter()
+            .filter(|r| r.pair.rejected_prompt.is_some())
+            .count(),
+        dropped,
+        repeats: 0,
+    };
+    for r in &rows {
+        *report.counts.entry(r.split.to_string()).or_default() += 1;
+    }
+
+    if !force {
+        if let Some(m) = store.manifest(KEY).await? {
+            if m.fingerprint == fingerprint && outputs_present(store, &m).await? {
+                report.up_to_date = true;
+                return Ok(report);
+            }
+        }
+    }
+
+    let (batch, repeats) = to_batch(&rows)?;
+    report.repeats = repeats;
+    let part = store
+        .write_table_part("pairs", &format!("split-{}", &fingerprint[..16]), &batch)
+        .await?;
+    let manifest = Manifest {
+        key: KEY.to_string(),
+        stage: "split".to_string(),
+        fingerprint,
+        code_version: CODE_VERSION.to_string(),
+        settings: serde_json::to_value(s).expect("settings serialize"),
+        inputs,
+        outputs: vec![part.clone()],
+        committed_unix: now_unix(),
+    };
+    if let Err(e) = store.commit(&manifest).await {
+        store.discard(&[part]).await;
+        return Err(e);
+    }
+    Ok(report)
+}
+
+async fn outputs_present(store: &ArtifactStore, m: &Manifest) -> Result<bool> {
+    for f in &m.outputs {
+        let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        if !store.list(dir).await?.contains(&f.path) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn to_batch(rows: &[Row]) -> Result<(RecordBatch, usize)> {
+    let mut id = StringBuilder::new();
+    let mut split = StringBuilder::new();
+    let mut split_index = Int64Builder::new();
+    let mut source = StringBuilder::new();
+    let mut source_row = Int64Builder::new();
+    let mut prompt = StringBuilder::new();
+    let mut chosen = StringBuilder::new();
+    let mut rejected = StringBuilder::new();
+    let mut rejected_prompt = StringBuilder::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut per_split: HashMap<&str, i64> = HashMap::new();
+    let mut repeats = 0;
+    for r in rows {
+        let base = pair_id(&r.pair, 0);
+        let occurrence = seen.entry(base.clone()).or_insert(0);
+        let pid = if *occurrence == 0 {
+            base
+        } else {
+            repeats += 1;
+            pair_id(&r.pair, *occurrence)
+        };
+        *occurrence += 1;
+        let idx = per_split.entry(r.split).or_insert(0);
+        id.append_value(pid);
+        split.append_value(r.split);
+        split_index.append_value(*idx);
+        *idx += 1;
+        source.append_value(&r.source);
+        source_row.append_value(r.source_row as i64);
+        prompt.append_value(&r.pair.prompt);
+        chosen.append_value(&r.pair.chosen);
+        rejected.append_value(&r.pair.rejected);
+        rejected_prompt.append_option(r.pair.rejected_prompt.as_deref());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(split.finish()),
+        Arc::new(split_index.finish()),
+        Arc::new(source.finish()),
+        Arc::new(source_row.finish()),
+        Arc::new(prompt.finish()),
+        Arc::new(chosen.finish()),
+        Arc::new(rejected.finish()),
+        Arc::new(rejected_prompt.finish()),
+    ];
+    let batch = RecordBatch::try_new(schema::pairs(), columns).map_err(|e| Error::Format {
+        file: "pairs".into(),
+        msg: e.to_string(),
+    })?;
+    Ok((batch, repeats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_settings() -> SplitSettings {
+        SplitSettings {
+            mode: Mode::Sample { seed: 0 },
+            helpful: None,
+            n_gt: None,
+            n_w2s: None,
+            n_test: None,
+            n_helpful: None,
+            shape: Shape::Auto,
+            rules: PairRules::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sample_split_writes_pairs_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+        let s = sample_settings();
+        let r = run(&store, &s, false).await.unwrap();
+        assert!(!r.up_to_date);
+        assert_eq!(r.counts["gt"], 32);
+        assert_eq!(r.counts["w2s"], 32);
+        assert_eq!(r.counts["test"], 32);
+        assert_eq!(r.counts["helpful"], 16);
+        let again = run(&store, &s, false).await.unwrap();
+        assert!(again.up_to_date);
+        let m = store.manifest(KEY).await.unwrap().unwrap();
+        let batches = store.read_table_part(&m.outputs[0]).await.unwrap();
+        assert_eq!(batches[0].num_rows(), 112);
+        assert_eq!(batches[0].schema(), schema::pairs());
+    }
+
+    #[test]
+    fn random_split_uses_numpy_permutation_in_file_order() {
+        let pairs: Vec<(u64, Pair)> = (0..10u64)
+            .map(|i| {
+                (
+                    i,
+                    Pair {
+                        prompt: format!("p{i}"),
+                        chosen: "c".into(),
+                        rejected: "r".into(),
+                        rejected_prompt: None,
+                    },
+                )
+            })
+            .collect();
+        let mut rows = Vec::new();
+        random_split(&mut rows, "f", pairs, 0, [3, 3, 3]).unwrap();
+        // numpy 2.4: default_rng(0).permutation(10) = [4 6 2 7 3 5 9 0 8 1] (computed in Python)
+        let gt: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.split == "gt")
+            .map(|r| r.source_row)
+            .collect();
+        let w2s: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.split == "w2s")
+            .map(|r| r.source_row)
+            .collect();
+        let test: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.split == "test")
+            .map(|r| r.source_row)
+            .collect();
+        assert_eq!(gt, vec![2, 4, 6]);
+        assert_eq!(w2s, vec![3, 5, 7]);
+        assert_eq!(test, vec![0, 8, 9]);
+    }
+}

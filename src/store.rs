@@ -1,0 +1,600 @@
+//! The artifact store: the one place where stages read and write their outputs.
+//!
+//! An artifact root is a local folder, a `file://` URL or an `s3://bucket/prefix` URL (any
+//! S3-compatible server; settings from the usual `AWS_*` variables, e.g. `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`).
+//!
+//! Layout under the root:
+//!
+//! ```text
+//! manifests/<key>.json            one per finished stage output: the commit point
+//! tables/<table>/<part>.parquet   table parts; a table is the union of its committed parts
+//! ```
+//!
+//! Why manifests: an object store has no atomic rename of several objects, so a stage first
+//! writes each of its files with a single atomic `put` (S3 PUT; on local disk object_store
+//! writes a staging file and renames it), then publishes a manifest naming them, with their
+//! sizes and sha256. Readers ([`ArtifactStore::table_files`], `w2s sql`) only see files named in
+//! a committed manifest, so a stage that dies half way leaves nothing that looks finished.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::http::HttpBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Version of the code that produced an artifact; part of every fingerprint.
+pub const CODE_VERSION: &str = concat!("w2s-", env!("CARGO_PKG_VERSION"));
+
+/// A file a stage published, as recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Table name for table parts (`pairs`, `scores`, ...); `None` for other files.
+    pub table: Option<String>,
+    /// Path relative to the artifact root.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub rows: Option<u64>,
+}
+
+/// An input a stage read, for provenance and fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub uri: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The commit record of one stage output. Written last; its presence means "finished".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest key, e.g. `split`; stored at `manifests/<key>.json`.
+    pub key: String,
+    pub stage: String,
+    /// sha256 over settings, input fingerprints and the code version.
+    pub fingerprint: String,
+    pub code_version: String,
+    pub settings: serde_json::Value,
+    pub inputs: Vec<InputFile>,
+    pub outputs: Vec<OutputFile>,
+    /// Seconds since the Unix epoch when the manifest was committed (informational only).
+    pub committed_unix: u64,
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A parsed location: an object store and a path inside it.
+pub struct Resolved {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    /// The URL under which the store is registered with DataFusion (`s3://bucket`, `file://`).
+    pub base_url: Url,
+    /// The location as a URL DataFusion can read (`s3://bucket/key`, `file:///abs/path`).
+    pub url: Url,
+}
+
+/// Parses a local path or URL into something `object_store` can read.
+/// Local paths become absolute `file://` URLs; nothing is created here.
+pub fn resolve(location: &str) -> Result<Resolved> {
+    let bad = |msg: String| Error::Config(format!("{location}: {msg}"));
+    if let Some(scheme_end) = location.find("://") {
+        let url = Url::parse(location).map_err(|e| bad(format!("not a valid URL: {e}")))?;
+        let scheme = &location[..scheme_end];
+        match scheme {
+            "file" => {
+                let p = url
+                    .to_file_path()
+                    .map_err(|_| bad("not a valid file:// URL".into()))?;
+                resolve_local(&p, location)
+            }
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| bad("an s3:// URL needs a bucket: s3://bucket/prefix".into()))?;
+                let store = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| Error::Store {
+                        uri: location.to_string(),
+                        source: e,
+                    })?;
+                let path = Path::parse(url.path().trim_matches('/'))
+                    .map_err(|e| bad(format!("bad object path: {e}")))?;
+                let base_url = Url::parse(&format!("s3://{bucket}")).expect("valid s3 URL");
+                Ok(Resolved {
+                    store: Arc::new(store),
+                    path,
+                    base_url,
+                    url,
+                })
+            }
+            "http" | "https" => {
+                let origin = url.origin().ascii_serialization();
+                let store = HttpBuilder::new()
+                    .with_url(origin.clone())
+                    .with_client_options(ClientOptions::new().with_allow_http(scheme == "http"))
+                    .build()
+                    .map_err(|e| Error::Store {
+                        uri: location.to_string(),
+                        source: e,
+                    })?;
+                let path = Path::parse(url.path().trim_start_matches('/'))
+                    .map_err(|e| bad(format!("bad URL path: {e}")))?;
+                let base_url = Url::parse(&origin).map_err(|e| bad(e.to_string()))?;
+                Ok(Resolved {
+                    store: Arc::new(store),
+                    path,
+                    base_url,
+                    url,
+                })
+            }
+            other => Err(bad(format!(
+                "unsupported URL scheme `{other}` (use a local path, file://, s3://, http:// or https://)"
+            ))),
+        }
+    } else {
+        resolve_local(std::path::Path::new(location), location)
+    }
+}
+
+fn resolve_local(p: &std::path::Path, location: &str) -> Result<Resolved> {
+    let abs = std::path::absolute(p).map_err(|e| Error::Io {
+        path: location.to_string(),
+        source: e,
+    })?;
+    let url = Url::from_file_path(&abs)
+        .map_err(|_| Error::Config(format!("{location}: not a usable local path")))?;
+    let path = Path::from_absolute_path(&abs)
+        .map_err(|e| Error::Config(format!("{location}: not a usable local path: {e}")))?;
+    Ok(Resolved {
+        store: Arc::new(LocalFileSystem::new()),
+        path,
+        base_url: Url::parse("file://").expect("valid URL"),
+        url,
+    })
+}
+
+/// A local root is created on first write; here we only check that it could be, so that
+/// opening a root for a run that then fails on bad input leaves no trace on disk.
+fn check_local_root(root: &str, dir: &std::path::Path) -> Result<()> {
+    let unusable = |why: String| Error::Io {
+        path: format!("artifact root {root}"),
+        source: std::io::Error::other(why),
+    };
+    let mut p = Some(dir);
+    while let Some(cur) = p {
+        match std::fs::metadata(cur) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(unusable(format!(
+                    "cannot be created or written: {} is not a directory",
+                    cur.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => p = cur.parent(),
+            Err(e) => return Err(unusable(format!("{}: {e}", cur.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole input (local path or URL) into memory.
+pub async fn fetch(location: &str) -> Result<Bytes> {
+    if !location.contains("://") {
+        return std::fs::read(location)
+            .map(Bytes::from)
+            .map_err(|source| Error::Io {
+                path: location.to_string(),
+                source,
+            });
+    }
+    let r = resolve(location)?;
+    let get = r.store.get(&r.path).await.map_err(|source| Error::Store {
+        uri: location.to_string(),
+        source,
+    })?;
+    get.bytes().await.map_err(|source| Error::Store {
+        uri: location.to_string(),
+        source,
+    })
+}
+
+/// An artifact root with everything stages need to publish and read.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    root: String,
+    /// Store scoped to the root: paths below are relative to it.
+    store: Arc<dyn ObjectStore>,
+    /// The unscoped store and its registration URL, for DataFusion.
+    base_store: Arc<dyn ObjectStore>,
+    base_url: Url,
+    /// URL of the root, ending in `/`.
+    root_url: Url,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArtifactStore({})", self.root)
+    }
+}
+
+impl ArtifactStore {
+    /// Opens an artifact root. A local root is created if missing; an error here names the root.
+    pub fn open(root: &str) -> Result<Self> {
+        let r = resolve(root)?;
+        if r.url.scheme() == "http" || r.url.scheme() == "https" {
+            return Err(Error::Config(format!(
+                "{root}: an artifact root must be a local path, file:// or s3:// (http is read-only)"
+            )));
+        }
+        if r.url.scheme() == "file" {
+            check_local_root(root, &r.url.to_file_path().expect("file URL"))?;
+        }
+        let mut root_url = r.url.clone();
+        if !root_url.path().ends_with('/') {
+            root_url.set_path(&format!("{}/", root_url.path()));
+        }
+        let scoped: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(r.store.clone(), r.path));
+        Ok(ArtifactStore {
+            root: root.to_string(),
+            store: scoped,
+            base_store: r.store,
+            base_url: r.base_url,
+            root_url,
+        })
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// Full URL of a path relative to the root.
+    pub fn url_of(&self, rel: &str) -> Url {
+        self.root_url.join(rel).expect("relative artifact path")
+    }
+
+    /// The unscoped object store and the URL it must be registered under (for DataFusion).
+    pub fn registration(&self) -> (Url, Arc<dyn ObjectStore>) {
+        (self.base_url.clone(), self.base_store.clone())
+    }
+
+    fn err(&self, rel: &str, source: object_store::Error) -> Error {
+        Error::Store {
+            uri: self.url_of(rel).to_string(),
+            source,
+        }
+    }
+
+    /// Writes one object atomically (single PUT; staged write + rename on local disk).
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        self.store
+            .put(&Path::from(rel), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(rel, e))
+    }
+
+    pub async fn get(&self, rel: &str) -> Result<Bytes> {
+        let get = self
+            .store
+            .get(&Path::from(rel))
+            .await
+            .map_err(|e| self.err(rel, e))?;
+        get.bytes().await.map_err(|e| self.err(rel, e))
+    }
+
+    /// Reads an object, or `None` if it does not exist.
+    pub async fn get_opt(&self, rel: &str) -> Result<Option<Bytes>> {
+        match self.get(rel).await {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        match self.store.delete(&Path::from(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    /// Relative paths of every object under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let p = Path::from(prefix);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(prefix, e))?;
+        let mut out: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Encodes `batch` as Parquet and writes it as part `part` of `table`.
+    pub async fn write_table_part(
+        &self,
+        table: &str,
+        part: &str,
+        batch: &RecordBatch,
+    ) -> Result<OutputFile> {
+        let path = format!("tables/{table}/{part}.parquet");
+        let bytes = encode_parquet(batch).map_err(|msg| Error::Format {
+            file: self.url_of(&path).to_string(),
+            msg,
+        })?;
+        let out = OutputFile {
+            table: Some(table.to_string()),
+            path: path.clone(),
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            rows: Some(batch.num_rows() as u64),
+        };
+        self.put(&path, bytes).await?;
+        Ok(out)
+    }
+
+    /// Reads a committed Parquet part back, checking its size and checksum against the manifest.
+    pub async fn read_table_part(&self, file: &OutputFile) -> Result<Vec<RecordBatch>> {
+        let bytes = self.get(&file.path).await?;
+        let uri = self.url_of(&file.path).to_string();
+        if bytes.len() as u64 != file.bytes || sha256_hex(&bytes) != file.sha256 {
+            return Err(Error::Format {
+                file: uri,
+                msg: "contents do not match the checksum in its manifest (corrupt or truncated)"
+                    .into(),
+            });
+        }
+        decode_parquet(bytes).map_err(|msg| Error::Format { file: uri, msg })
+    }
+
+    fn manifest_path(key: &str) -> String {
+        format!("manifests/{key}.json")
+    }
+
+    /// The committed manifest for `key`, if any.
+    pub async fn manifest(&self, key: &str) -> Result<Option<Manifest>> {
+        let path = Self::manifest_path(key);
+        let Some(bytes) = self.get_opt(&path).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Format {
+                file: self.url_of(&path).to_string(),
+                msg: format!("unreadable manifest: {e}"),
+            })
+    }
+
+    /// Every committed manifest, in key order.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for path in self.list("manifests").await? {
+            let Some(key) = path
+                .strip_prefix("manifests/")
+                .and_then(|p| p.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if let Some(m) = self.manifest(key).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits a manifest: from now on its outputs are visible. Files of a manifest it
+    /// replaces that the new one does not name are deleted afterwards.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let old = self.manifest(&manifest.key).await.ok().flatten();
+        let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+        self.put(&Self::manifest_path(&manifest.key), Bytes::from(json))
+            .await?;
+        if let Some(old) = old {
+            for f in old.outputs {
+                if !manifest.outputs.iter().any(|n| n.path == f.path) {
+                    self.delete(&f.path).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes files a failed stage wrote before it could commit (best effort).
+    pub async fn discard(&self, outputs: &[OutputFile]) {
+        for f in outputs {
+            if let Err(e) = self.delete(&f.path).await {
+                tracing::warn!("could not remove {}: {e}", f.path);
+            }
+        }
+    }
+
+    /// Committed table parts, by table name, as URLs DataFusion can read.
+    pub async fn table_files(&self) -> Result<BTreeMap<String, Vec<Url>>> {
+        let mut tables: BTreeMap<String, Vec<Url>> = BTreeMap::new();
+        for m in self.manifests().await? {
+            for f in m.outputs {
+                if let Some(t) = f.table {
+                    tables.entry(t).or_default().push(self.url_of(&f.path));
+                }
+            }
+        }
+        Ok(tables)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Parquet bytes for a batch. Fixed writer settings, so the same batch always gives the
+/// same bytes (tables are compared byte for byte across runs and backends).
+pub fn encode_parquet(batch: &RecordBatch) -> std::result::Result<Bytes, String> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_created_by(CODE_VERSION.to_string())
+        .build();
+    let mut buf = Vec::new();
+    let mut w =
+        ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
+    w.write(batch).map_err(|e| e.to_string())?;
+    w.close().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(buf))
+}
+
+/// Decodes Parquet bytes into record batches.
+pub fn decode_parquet(bytes: Bytes) -> std::result::Result<Vec<RecordBatch>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| e.to_string())?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Checks that `batch` has exactly `schema` (names, types, nullability).
+pub fn check_schema(batch: &RecordBatch, schema: &SchemaRef, what: &str) -> Result<()> {
+    if batch.schema().fields() != schema.fields() {
+        return Err(Error::Format {
+            file: what.to_string(),
+            msg: format!(
+                "schema mismatch: expected {:?}, found {:?}",
+                schema.fields(),
+                batch.schema().fields()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["x", "y", "z"])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parquet_encoding_is_deterministic_and_round_trips() {
+        let b = batch();
+        let x = encode_parquet(&b).unwrap();
+        let y = encode_parquet(&b).unwrap();
+        assert_eq!(x, y);
+        let back = decode_parquet(x).unwrap();
+        assert_eq!(back, vec![b]);
+    }
+
+    #[tokio::test]
+    async fn commit_publishes_and_replaces_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+        assert!(store.table_files().await.unwrap().is_empty());
+
+        let part = store.write_table_part("t", "p1", &batch()).await.unwrap();
+        // Written but not committed: invisible.
+        assert!(store.table_files().await.unwrap().is_empty());
+        let mut m = Manifest {
+            key: "k".into(),
+            stage: "test".into(),
+            fingerprint: "f".into(),
+            code_version: CODE_VERSION.into(),
+            settings: serde_json::json!({}),
+            inputs: vec![],
+            outputs: vec![part.clone()],
+            committed_unix: 0,
+        };
+        store.commit(&m).await.unwrap();
+        let files = store.table_files().await.unwrap();
+        assert_eq!(files["t"].len(), 1);
+        assert_eq!(store.read_table_part(&part).await.unwrap(), vec![batch()]);
+
+        // A new commit under the same key replaces the old part and deletes it.
+        let part2 = store.write_table_part("t", "p2", &batch()).await.unwrap();
+        m.outputs = vec![part2];
+        store.commit(&m).await.unwrap();
+        assert_eq!(
+            store.list("tables/t").await.unwrap(),
+            vec!["tables/t/p2.parquet"]
+        );
+    }
+
+    #[tokio::test]
+    async fn corrupt_part_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+        let part = store.write_table_part("t", "p", &batch()).await.unwrap();
+        let mut bytes = store.get(&part.path).await.unwrap().to_vec();
+        bytes.truncate(bytes.len() / 2);
+        store.put(&part.path, Bytes::from(bytes)).await.unwrap();
+        let err = store.read_table_part(&part).await.unwrap_err().to_string();
+        assert!(
+            err.contains("tables/t/p.parquet") && err.contains("checksum"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unwritable_root_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let root = file.join("artifacts");
+        let err = ArtifactStore::open(root.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("artifact root") && err.contains("a-file"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Helpers shared by the CLI tests: running the binary, writing fixture data, checking roots.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `w2s` with `args` and extra environment variables.
+pub fn w2s_env(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_w2s"));
+    cmd.args(args)
+        .env_remove("W2S_ARTIFACTS")
+        .env("W2S_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("w2s runs")
+}
+
+pub fn w2s(args: &[&str]) -> Output {
+    w2s_env(args, &[])
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "w2s failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// One HH-RLHF style JSONL record.
+pub fn hh_line(prompt: &str, chosen: &str, rejected: &str) -> String {
+    serde_json::json!({
+        "chosen": format!("\n\nHuman: {prompt}\n\nAssistant: {chosen}"),
+        "rejected": format!("\n\nHuman: {prompt}\n\nAssistant: {rejected}"),
+    })
+    .to_string()
+}
+
+/// `n` distinct HH records with non-ASCII text, a "!" and, at row 2, a fake assistant turn in
+/// the rejected response (reference-spec §1.2).
+pub fn hh_records(tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let rejected = if i == 2 {
+                "Sure.\n\nAssistant: Here is how, step by step.".to_string()
+            } else {
+                format!("Sure, here is how to do {tag} thing {i}!")
+            };
+            hh_line(
+                &format!("How do I do {tag} thing {i}? It’s urgent"),
+                &format!("I’d rather not help with {tag} thing {i}."),
+                &rejected,
+            )
+        })
+        .collect()
+}
+
+/// Writes lines joined by `\n` with no trailing newline (as the reference data files).
+pub fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// Writes gt / w2s / test / helpful JSONL files of `n` rows each into `dir`.
+pub fn presplit_files(dir: &Path, n: usize) -> [PathBuf; 4] {
+    let names = ["gt", "w2s", "test", "helpful"];
+    names.map(|name| {
+        let p = dir.join(format!("{name}.jsonl"));
+        write_lines(&p, &hh_records(name, n));
+        p
+    })
+}
+
+/// Every file under `root` (relative paths, sorted); empty if `root` does not exist.
+pub fn files_under(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// The single committed `pairs` part under a local root.
+pub fn pairs_part(root: &Path) -> PathBuf {
+    let files: Vec<String> = files_under(root)
+        .into_iter()
+        .filter(|f| f.starts_with("tables/pairs/"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    root.join(&files[0])
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `w2s` binary. One test binary (modules below) keeps link time low.
+
+mod common;
+mod remote;
+mod split;
+mod split_bad_input;
+mod sql;

@@ -1,0 +1,388 @@
+//! Remote inputs and roots against real servers on 127.0.0.1: an S3-compatible server (moto,
+//! installed by scripts/test.sh) and a minimal HTTP file server started here.
+
+use crate::common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A moto S3 server on a free loopback port, stopped on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("W2S_MOTO_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-s3/bin/moto_server");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.exists())
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts moto, or returns None (and says so) when it is not installed outside CI.
+fn start_moto() -> Option<Moto> {
+    let Some(bin) = moto_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "moto_server not found: scripts/test.sh installs it into .venv-s3"
+        );
+        eprintln!("skipping S3 test: moto_server not installed (run scripts/test.sh)");
+        return None;
+    };
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server starts");
+    let moto = Moto { child, port };
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "moto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(moto)
+}
+
+/// A raw HTTP request; returns the status code and body.
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body_at = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (code, resp[body_at..].to_vec())
+}
+
+fn aws_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+}
+
+#[test]
+fn s3_root_and_inputs_match_the_local_run() {
+    let Some(moto) = start_moto() else { return };
+    let env = aws_env(moto.port);
+    assert_eq!(http(moto.port, "PUT", "/w2s-test", b"").0, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let files = presplit_files(dir.path(), 8);
+    // Inputs uploaded to S3 too, so the remote read path is covered.
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let (code, _) = http(
+            moto.port,
+            "PUT",
+            &format!("/w2s-test/data/{name}"),
+            &std::fs::read(f).unwrap(),
+        );
+        assert_eq!(code, 200);
+    }
+    let local = dir.path().join("local");
+    let args = |root: &str, gt: &str, w: &str, t: &str, h: &str| {
+        vec![
+            "split".to_string(),
+            "--artifacts".into(),
+            root.into(),
+            "--gt".into(),
+            gt.into(),
+            "--w2s".into(),
+            w.into(),
+            "--test".into(),
+            t.into(),
+            "--helpful".into(),
+            h.into(),
+        ]
+    };
+    let [gt, w2s_f, test, helpful] = files.each_ref().map(|p| s(p).to_string());
+    let a = args(s(&local), &gt, &w2s_f, &test, &helpful);
+    ok(w2s(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    // The same split with inputs given as s3:// URLs would record different sources; keep
+    // sources identical by reading the local files and only moving the root.
+    let b = args("s3://w2s-test/exp1", &gt, &w2s_f, &test, &helpful);
+    ok(w2s_env(
+        &b.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    ));
+
+    let q = "select split, count(*) as n from pairs group by split order by split";
+    let remote_counts = ok(w2s_env(
+        &[
+            "sql",
+            "--artifacts",
+            "s3://w2s-test/exp1",
+            "--format",
+            "csv",
+            q,
+        ],
+        &env,
+    ));
+    assert_eq!(remote_counts, "split,n\ngt,8\nhelpful,8\ntest,8\nw2s,8\n");
+    let local_counts = ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(&local),
+        "--format",
+        "csv",
+        q,
+    ]));
+    assert_eq!(remote_counts, local_counts);
+
+    // Byte-for-byte the same table part, under the same name.
+    let part = pairs_part(&local);
+    let rel = part
+        .strip_prefix(&local)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let remote_bytes = s3_get(moto.port, &format!("exp1/{rel}"));
+    assert_eq!(remote_bytes, std::fs::read(&part).unwrap());
+
+    // Inputs read from s3:// URLs.
+    let s3 = |n: &str| format!("s3://w2s-test/data/{n}.jsonl");
+    let c = args(
+        "s3://w2s-test/exp2",
+        &s3("gt"),
+        &s3("w2s"),
+        &s3("test"),
+        &s3("helpful"),
+    );
+    ok(w2s_env(
+        &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    ));
+    let from_s3 = ok(w2s_env(
+        &[
+            "sql",
+            "--artifacts",
+            "s3://w2s-test/exp2",
+            "--format",
+            "csv",
+            q,
+        ],
+        &env,
+    ));
+    assert_eq!(from_s3, local_counts);
+    let ids = "select pair_id from pairs order by pair_id";
+    assert_eq!(
+        ok(w2s_env(
+            &[
+                "sql",
+                "--artifacts",
+                "s3://w2s-test/exp2",
+                "--format",
+                "csv",
+                ids
+            ],
+            &env
+        )),
+        ok(w2s(&[
+            "sql",
+            "--artifacts",
+            s(&local),
+            "--format",
+            "csv",
+            ids
+        ]))
+    );
+
+    // Bad input against an S3 root leaves nothing there.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"chosen\": 1}").unwrap();
+    let d = args("s3://w2s-test/exp3", s(&bad), &w2s_f, &test, &helpful);
+    let o = w2s_env(&d.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    assert!(!o.status.success());
+    assert_eq!(s3_list(moto.port, "exp3"), Vec::<String>::new());
+    assert!(!s3_list(moto.port, "exp1").is_empty());
+}
+
+fn s3_client(port: u16) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_bucket_name("w2s-test")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .with_region("us-east-1")
+        .build()
+        .unwrap()
+}
+
+fn s3_get(port: u16, key: &str) -> Vec<u8> {
+    use object_store::ObjectStoreExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = s3_client(port);
+        let path = object_store::path::Path::from(key);
+        store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    })
+}
+
+fn s3_list(port: u16, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = s3_client(port);
+        let prefix = object_store::path::Path::from(prefix);
+        let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        metas.into_iter().map(|m| m.location.to_string()).collect()
+    })
+}
+
+/// Serves files from `dir` over HTTP/1.1 on a free port, one request per connection.
+fn serve(dir: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                    break;
+                }
+            }
+            let path = request
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            let mut stream = stream;
+            match std::fs::read(dir.join(path)) {
+                Ok(body) => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(&body);
+                }
+                Err(_) => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn http_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = presplit_files(dir.path(), 5);
+    let port = serve(dir.path().to_path_buf());
+    let url = |n: &str| format!("http://127.0.0.1:{port}/{n}.jsonl");
+    let root = dir.path().join("art");
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--gt",
+        &url("gt"),
+        "--w2s",
+        &url("w2s"),
+        "--test",
+        &url("test"),
+    ]));
+    let local = dir.path().join("local");
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&local),
+        "--gt",
+        s(&files[0]),
+        "--w2s",
+        s(&files[1]),
+        "--test",
+        s(&files[2]),
+    ]));
+    let ids = "select split, pair_id from pairs order by split, split_index";
+    assert_eq!(
+        ok(w2s(&[
+            "sql",
+            "--artifacts",
+            s(&root),
+            "--format",
+            "csv",
+            ids
+        ])),
+        ok(w2s(&[
+            "sql",
+            "--artifacts",
+            s(&local),
+            "--format",
+            "csv",
+            ids
+        ]))
+    );
+    let o = w2s(&[
+        "split",
+        "--artifacts",
+        s(&dir.path().join("x")),
+        "--gt",
+        &url("missing"),
+        "--w2s",
+        &url("w2s"),
+        "--test",
+        &url("test"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing.jsonl"), "{}", stderr(&o));
+}

@@ -1,0 +1,344 @@
+//! `w2s split` on good input: pre-split, random and sample modes, gzip and Parquet inputs,
+//! determinism, up-to-date skipping, and the real HH data when ../shared has it.
+
+use crate::common::*;
+use std::path::Path;
+
+fn counts(root: &Path) -> String {
+    ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(root),
+        "--format",
+        "csv",
+        "select split, count(*) as n from pairs group by split order by split",
+    ]))
+}
+
+#[test]
+fn presplit_takes_first_rows_of_each_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let [gt, w2s_f, test, helpful] = presplit_files(dir.path(), 12);
+    let root = dir.path().join("art");
+    let out = ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--gt",
+        s(&gt),
+        "--w2s",
+        s(&w2s_f),
+        "--test",
+        s(&test),
+        "--helpful",
+        s(&helpful),
+        "--n-gt",
+        "10",
+        "--n-w2s",
+        "9",
+        "--n-test",
+        "8",
+        "--n-helpful",
+        "7",
+    ]));
+    assert!(out.contains("written"), "{out}");
+    assert_eq!(counts(&root), "split,n\ngt,10\nhelpful,7\ntest,8\nw2s,9\n");
+    // First rows, in file order, prompt and response split at the last marker.
+    let rows = ok(w2s(&[
+        "sql", "--artifacts", s(&root), "--format", "json",
+        "select source_row, split_index, prompt, chosen, rejected, rejected_prompt from pairs where split = 'gt' order by split_index",
+    ]));
+    let rows: Vec<serde_json::Value> = rows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 10);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["source_row"], i);
+        assert_eq!(r["split_index"], i);
+    }
+    assert_eq!(
+        r0(&rows, "prompt"),
+        "\n\nHuman: How do I do gt thing 0? It’s urgent\n\nAssistant:"
+    );
+    assert_eq!(r0(&rows, "chosen"), " I’d rather not help with gt thing 0.");
+    // Row 2 has a fake turn inside the rejected response: its own prompt is kept.
+    assert_eq!(rows[2]["rejected"], " Here is how, step by step.");
+    assert_eq!(
+        rows[2]["rejected_prompt"],
+        "\n\nHuman: How do I do gt thing 2? It’s urgent\n\nAssistant: Sure.\n\nAssistant:"
+    );
+    assert!(rows[1].get("rejected_prompt").is_none_or(|v| v.is_null()));
+    // Up to date on a second run: nothing rewritten.
+    let again = ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--gt",
+        s(&gt),
+        "--w2s",
+        s(&w2s_f),
+        "--test",
+        s(&test),
+        "--helpful",
+        s(&helpful),
+        "--n-gt",
+        "10",
+        "--n-w2s",
+        "9",
+        "--n-test",
+        "8",
+        "--n-helpful",
+        "7",
+    ]));
+    assert!(again.contains("up to date"), "{again}");
+}
+
+fn r0(rows: &[serde_json::Value], k: &str) -> String {
+    rows[0][k].as_str().unwrap().to_string()
+}
+
+#[test]
+fn same_inputs_give_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("all.jsonl");
+    write_lines(&input, &hh_records("x", 50));
+    let run = |name: &str| {
+        let root = dir.path().join(name);
+        ok(w2s(&[
+            "split",
+            "--artifacts",
+            s(&root),
+            "--input",
+            s(&input),
+            "--seed",
+            "3",
+            "--n-gt",
+            "20",
+            "--n-w2s",
+            "15",
+            "--n-test",
+            "10",
+        ]));
+        let part = pairs_part(&root);
+        (
+            part.file_name().unwrap().to_owned(),
+            std::fs::read(part).unwrap(),
+        )
+    };
+    let a = run("a");
+    let b = run("b");
+    assert_eq!(a, b);
+    // A different seed gives a different split.
+    let root = dir.path().join("c");
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--input",
+        s(&input),
+        "--seed",
+        "4",
+        "--n-gt",
+        "20",
+        "--n-w2s",
+        "15",
+        "--n-test",
+        "10",
+    ]));
+    assert_ne!(std::fs::read(pairs_part(&root)).unwrap(), a.1);
+}
+
+#[test]
+fn random_split_matches_numpy_permutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("all.jsonl");
+    write_lines(&input, &hh_records("x", 10));
+    let root = dir.path().join("art");
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--input",
+        s(&input),
+        "--n-gt",
+        "3",
+        "--n-w2s",
+        "3",
+        "--n-test",
+        "3",
+    ]));
+    let out = ok(w2s(&[
+        "sql", "--artifacts", s(&root), "--format", "csv",
+        "select split, string_agg(cast(source_row as varchar), ' ' order by source_row) as rows from pairs group by split order by split",
+    ]));
+    // numpy 2.4: default_rng(0).permutation(10) = [4 6 2 7 3 5 9 0 8 1]
+    assert_eq!(out, "split,rows\ngt,2 4 6\ntest,0 8 9\nw2s,3 5 7\n");
+}
+
+#[test]
+fn gzip_and_parquet_inputs_read_like_jsonl() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let [gt, w2s_f, test, _] = presplit_files(dir.path(), 6);
+    // gt as .jsonl.gz
+    let gz = dir.path().join("gt.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&std::fs::read(&gt).unwrap()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    // test as Parquet via `w2s sql` of another root's pairs, in explicit shape
+    let plain = dir.path().join("plain");
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&plain),
+        "--gt",
+        s(&gt),
+        "--w2s",
+        s(&w2s_f),
+        "--test",
+        s(&test),
+    ]));
+    let pq = dir.path().join("test.parquet");
+    ok(w2s(&[
+        "sql", "--artifacts", s(&plain), "--output", s(&pq),
+        "select prompt, chosen, rejected from pairs where split = 'test' and rejected_prompt is null order by split_index",
+    ]));
+    let root = dir.path().join("mixed");
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--gt",
+        s(&gz),
+        "--w2s",
+        s(&w2s_f),
+        "--test",
+        s(&pq),
+    ]));
+    assert_eq!(counts(&root), "split,n\ngt,6\ntest,5\nw2s,6\n");
+    // Same content, same pair ids, whichever format it came from.
+    let q = "select pair_id, prompt, chosen, rejected from pairs where split = 'test' and rejected_prompt is null order by pair_id";
+    let a = ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(&root),
+        "--format",
+        "json",
+        q,
+    ]));
+    let b = ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(&plain),
+        "--format",
+        "json",
+        q,
+    ]));
+    assert_eq!(a.lines().count(), 5);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn sample_mode_needs_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("art");
+    let out = ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
+    assert!(out.contains("gt") && out.contains("helpful"), "{out}");
+    assert_eq!(
+        counts(&root),
+        "split,n\ngt,32\nhelpful,16\ntest,32\nw2s,32\n"
+    );
+}
+
+#[test]
+fn pair_ids_are_unique_and_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dup.jsonl");
+    let mut lines = hh_records("d", 4);
+    lines.push(lines[0].clone()); // an exact repeat
+    write_lines(&input, &lines);
+    let root = dir.path().join("art");
+    let out = ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--input",
+        s(&input),
+        "--n-gt",
+        "5",
+        "--n-w2s",
+        "0",
+        "--n-test",
+        "0",
+    ]));
+    assert!(out.contains("1 pairs repeat"), "{out}");
+    let ids = ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(&root),
+        "--format",
+        "csv",
+        "select count(distinct pair_id) as ids, count(*) as n from pairs",
+    ]));
+    assert_eq!(ids, "ids,n\n5,5\n");
+}
+
+/// The paper's hh-single-turn files (not in the repo; present beside it on this machine and CI).
+#[test]
+fn real_hh_single_turn_presplit() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hh-single-turn");
+    if !data.join("harmless_test.jsonl").exists() {
+        eprintln!("skipping: {} not present", data.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("art");
+    let f = |n: &str| {
+        data.join(format!("harmless_{n}.jsonl"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let out = ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(&root),
+        "--gt",
+        &f("train_gt"),
+        "--w2s",
+        &f("train_w2s"),
+        "--test",
+        &f("test"),
+        "--n-gt",
+        "4000",
+        "--n-w2s",
+        "4000",
+        "--n-test",
+        "4000",
+    ]));
+    // reference-spec §8: 6 / 7 / 14 rows have a fake turn in the rejected text.
+    assert!(
+        out.contains("note: 27 rows keep a separate rejected prompt"),
+        "{out}"
+    );
+    assert_eq!(counts(&root), "split,n\ngt,4000\ntest,4000\nw2s,4000\n");
+    let row0 = ok(w2s(&[
+        "sql", "--artifacts", s(&root), "--format", "json",
+        "select prompt, substr(chosen, 1, 16) as c from pairs where split = 'test' and split_index = 0",
+    ]));
+    assert_eq!(
+        row0.trim(),
+        r#"{"prompt":"\n\nHuman: Is it true that Muslims want to establish Shariah law in the USA?!\n\nAssistant:","c":" The person you’"}"#
+    );
+    // Whole transcripts are recovered exactly: prompt + response = original text, every row.
+    let gt_file = std::fs::read_to_string(f("train_gt")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(gt_file.lines().next().unwrap()).unwrap();
+    let back = ok(w2s(&[
+        "sql", "--artifacts", s(&root), "--format", "json",
+        "select prompt || chosen as c, coalesce(rejected_prompt, prompt) || rejected as r from pairs where split = 'gt' and split_index = 0",
+    ]));
+    let back: serde_json::Value = serde_json::from_str(back.trim()).unwrap();
+    assert_eq!(back["c"], first["chosen"]);
+    assert_eq!(back["r"], first["rejected"]);
+}
