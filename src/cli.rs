@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use w2s::data::{PairRules, PromptMismatch, Shape, Template};
 use w2s::sql::{self, OutFormat};
+use w2s::stages::score::{self, ScoreSettings};
 use w2s::stages::split::{self, Mode, SplitSettings};
 use w2s::store::{resolve, ArtifactStore};
 use w2s::Error;
@@ -39,8 +40,8 @@ pub enum Command {
     WeakLabel(Pending),
     /// Train a strong student on weak labels (not built yet).
     W2sTrain(Pending),
-    /// Score a model's confidence on the test split (not built yet).
-    Score(Pending),
+    /// Score a model's confidence toward the ground-truth chosen answers of a split.
+    Score(ScoreArgs),
     /// Run every SQL analysis (not built yet).
     Analyze(Pending),
     /// Write the HTML report (not built yet).
@@ -111,6 +112,30 @@ pub struct SplitArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// Hugging Face layout folder of the model (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Name of the scored run in the `scores` table (default: the model folder's name).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Split to score.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch_pairs: usize,
+    /// Longest sequence in tokens; longer ones keep their last tokens (reference: 512).
+    #[arg(long, default_value_t = 512)]
+    pub max_ctx: usize,
+    /// Rescore even if up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct SqlArgs {
     /// The query, or a path to a .sql file.
     pub query: Option<String>,
@@ -138,7 +163,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::GtTrain(_) => pending("gt-train"),
         Command::WeakLabel(_) => pending("weak-label"),
         Command::W2sTrain(_) => pending("w2s-train"),
-        Command::Score(_) => pending("score"),
+        Command::Score(a) => score_cmd(a).await,
         Command::Analyze(_) => pending("analyze"),
         Command::Report(_) => pending("report"),
         Command::Run(_) => pending("run"),
@@ -238,6 +263,51 @@ async fn split_cmd(a: SplitArgs) -> Result<()> {
         println!(
             "note: {} pairs repeat earlier content and got occurrence-numbered ids",
             report.repeats
+        );
+    }
+    Ok(())
+}
+
+async fn score_cmd(a: ScoreArgs) -> Result<()> {
+    let run_id = match &a.run_id {
+        Some(r) => r.clone(),
+        None => a
+            .model
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Config("give --run-id".into()))?,
+    };
+    let settings = ScoreSettings {
+        model: a.model.clone(),
+        run_id: run_id.clone(),
+        split: a.split.clone(),
+        batch_pairs: a.batch_pairs,
+        max_ctx: a.max_ctx,
+    };
+    let store = ArtifactStore::open(&a.root.artifacts)?;
+    let started = std::time::Instant::now();
+    let r = score::run(&store, &settings, a.force).await?;
+    let secs = started.elapsed().as_secs_f64();
+    if r.up_to_date {
+        println!(
+            "scores of `{run_id}` on {} are up to date ({} pairs, accuracy {:.4})",
+            a.split, r.pairs, r.accuracy
+        );
+    } else {
+        println!(
+            "scores of `{run_id}` on {} -> {}: {} pairs, accuracy {:.4}, {:.0} tokens/s ({:.1}s){}",
+            a.split,
+            store.root(),
+            r.pairs,
+            r.accuracy,
+            r.tokens as f64 / secs,
+            secs,
+            if r.truncated > 0 {
+                format!("; {} sequences truncated to --max-ctx", r.truncated)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

@@ -83,6 +83,14 @@ pub enum Error {
     #[error("{file}: {msg}")]
     Format { file: String, msg: String },
 
+    /// A model checkpoint that does not fit its config (missing tensor, wrong shape, ...).
+    #[error("{file}: {msg}")]
+    Model { file: String, msg: String },
+
+    /// A tensor computation failed (shapes, dtypes, devices).
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+
     /// A query failed.
     #[error("query failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
@@ -103,11 +111,11 @@ impl Error {
     /// Process exit code for this error, following BSD sysexits where one fits.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Data { .. } | Error::Format { .. } => 65, // EX_DATAERR
-            Error::Config(_) => 64,                          // EX_USAGE
-            Error::NotImplemented(_) => 69,                  // EX_UNAVAILABLE
-            Error::Store { .. } | Error::Io { .. } => 74,    // EX_IOERR
-            Error::Query(_) => 1,
+            Error::Data { .. } | Error::Format { .. } | Error::Model { .. } => 65, // EX_DATAERR
+            Error::Config(_) => 64,                                                // EX_USAGE
+            Error::NotImplemented(_) => 69,                                        // EX_UNAVAILABLE
+            Error::Store { .. } | Error::Io { .. } => 74,                          // EX_IOERR
+            Error::Query(_) | Error::Tensor(_) => 1,
         }
     }
 }

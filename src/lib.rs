@@ -6,11 +6,13 @@
 
 pub mod data;
 pub mod error;
+pub mod models;
 pub mod progress;
 pub mod rng;
 pub mod schema;
 pub mod sql;
 pub mod stages;
 pub mod store;
+pub mod tokenize;
 
 pub use error::{Error, Result};

@@ -437,6 +437,21 @@ impl ArtifactStore {
         }
     }
 
+    /// Every committed part of `table`, read and checked against its manifest's checksum.
+    pub async fn read_table(&self, table: &str) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for m in self.manifests().await? {
+            for f in m
+                .outputs
+                .iter()
+                .filter(|f| f.table.as_deref() == Some(table))
+            {
+                out.extend(self.read_table_part(f).await?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Committed table parts, by table name, as URLs DataFusion can read.
     pub async fn table_files(&self) -> Result<BTreeMap<String, Vec<Url>>> {
         let mut tables: BTreeMap<String, Vec<Url>> = BTreeMap::new();

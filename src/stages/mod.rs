@@ -1,6 +1,7 @@
 //! Pipeline stages, one per file. Each is a function of its settings and its input artifacts
 //! to outputs published through the artifact store with a manifest.
 
+pub mod score;
 pub mod split;
 
 /// Stages the CLI knows about but that are not built yet, with the issue that builds them.
@@ -9,7 +10,6 @@ pub const PENDING: &[(&str, &str)] = &[
     ("gt-train", "the reward-modeling scenario (issue 4)"),
     ("weak-label", "the reward-modeling scenario (issue 4)"),
     ("w2s-train", "the reward-modeling scenario (issue 4)"),
-    ("score", "the models on candle (issue 3)"),
     ("analyze", "the SQL analyses (issue 5)"),
     ("report", "the SQL analyses (issue 5)"),
     ("run", "the make-style pipelines (issue 6)"),

@@ -2,6 +2,7 @@
 
 mod common;
 mod remote;
+mod score;
 mod split;
 mod split_bad_input;
 mod sql;

@@ -1,0 +1,99 @@
+//! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-layer-norm blocks, `Conv1D` projections
+//! (`[in, out]` weights), `gelu_new`, final `ln_f`, language-model head tied to `wte`.
+
+use candle_core::{Device, Tensor};
+
+use super::config::Gpt2Config;
+use super::ops;
+use super::weights::Weights;
+use crate::error::Result;
+
+struct Block {
+    ln_1: (Tensor, Tensor),
+    c_attn: (Tensor, Tensor),
+    c_proj: (Tensor, Tensor),
+    ln_2: (Tensor, Tensor),
+    c_fc: (Tensor, Tensor),
+    mlp_proj: (Tensor, Tensor),
+}
+
+pub struct Gpt2 {
+    cfg: Gpt2Config,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: (Tensor, Tensor),
+    lm_head: Tensor,
+}
+
+impl Gpt2 {
+    pub fn new(cfg: &Gpt2Config, w: &Weights) -> Result<Gpt2> {
+        let d = cfg.n_embd;
+        let inner = cfg.n_inner.unwrap_or(4 * d);
+        let pair = |name: &str, ws: &[usize], bs: &[usize]| -> Result<(Tensor, Tensor)> {
+            Ok((
+                w.get(&format!("{name}.weight"), ws)?,
+                w.get(&format!("{name}.bias"), bs)?,
+            ))
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("transformer.h.{i}");
+            blocks.push(Block {
+                ln_1: pair(&format!("{p}.ln_1"), &[d], &[d])?,
+                c_attn: pair(&format!("{p}.attn.c_attn"), &[d, 3 * d], &[3 * d])?,
+                c_proj: pair(&format!("{p}.attn.c_proj"), &[d, d], &[d])?,
+                ln_2: pair(&format!("{p}.ln_2"), &[d], &[d])?,
+                c_fc: pair(&format!("{p}.mlp.c_fc"), &[d, inner], &[inner])?,
+                mlp_proj: pair(&format!("{p}.mlp.c_proj"), &[inner, d], &[d])?,
+            });
+        }
+        let wte = w.get("transformer.wte.weight", &[cfg.vocab_size, d])?;
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            wte.clone()
+        } else {
+            w.get("lm_head.weight", &[cfg.vocab_size, d])?
+        };
+        Ok(Gpt2 {
+            cfg: cfg.clone(),
+            wpe: w.get("transformer.wpe.weight", &[cfg.n_positions, d])?,
+            ln_f: pair("transformer.ln_f", &[d], &[d])?,
+            wte,
+            blocks,
+            lm_head,
+        })
+    }
+
+    /// Final hidden states `[B, T, d]` (after `ln_f`).
+    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let eps = self.cfg.layer_norm_epsilon;
+        let h = self.cfg.n_head;
+        let d = self.cfg.n_embd;
+        let pos = self.wpe.narrow(0, 0, t)?;
+        let mut x = ops::embed(&self.wte, ids)?.broadcast_add(&pos)?;
+        let bias = ops::attention_bias(mask, None, device)?;
+        let scale = if self.cfg.scale_attn_weights {
+            1.0 / ((d / h) as f64).sqrt()
+        } else {
+            1.0
+        };
+        for b in &self.blocks {
+            let a = ops::layer_norm(&x, &b.ln_1.0, &b.ln_1.1, eps)?;
+            let qkv = ops::conv1d(&a, &b.c_attn.0, &b.c_attn.1)?;
+            let q = ops::split_heads(&qkv.narrow(2, 0, d)?, h)?;
+            let k = ops::split_heads(&qkv.narrow(2, d, d)?, h)?;
+            let v = ops::split_heads(&qkv.narrow(2, 2 * d, d)?, h)?;
+            let att = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
+            x = (x + ops::conv1d(&att, &b.c_proj.0, &b.c_proj.1)?)?;
+            let m = ops::layer_norm(&x, &b.ln_2.0, &b.ln_2.1, eps)?;
+            let m = ops::gelu_new(&ops::conv1d(&m, &b.c_fc.0, &b.c_fc.1)?)?;
+            x = (x + ops::conv1d(&m, &b.mlp_proj.0, &b.mlp_proj.1)?)?;
+        }
+        Ok(ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps)?)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear(hidden, &self.lm_head, None)?)
+    }
+}

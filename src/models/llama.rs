@@ -1,0 +1,167 @@
+//! Llama and Mistral (`LlamaForCausalLM`, `MistralForCausalLM`): RMSNorm, rotary embeddings
+//! (rope_theta, Llama-3.1 rope scaling), grouped-query attention, SwiGLU MLP, Mistral's sliding
+//! window; the head is separate unless `tie_word_embeddings`.
+
+use candle_core::{Device, Tensor};
+
+use super::config::LlamaConfig;
+use super::ops;
+use super::weights::Weights;
+use crate::error::Result;
+
+struct Layer {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+    input_norm: Tensor,
+    post_norm: Tensor,
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Vec<f32>,
+}
+
+/// Rotary inverse frequencies as transformers computes them (f32), with llama3 scaling.
+pub fn inv_freq(cfg: &LlamaConfig) -> Result<Vec<f32>> {
+    let dim = cfg.head_dim();
+    let base = cfg.rope_theta() as f32;
+    let mut f: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
+        .collect();
+    if let Some(s) = cfg.llama3_scaling()? {
+        let (factor, low, high, old) = (
+            s.factor as f32,
+            s.low_freq_factor as f32,
+            s.high_freq_factor as f32,
+            s.original_max_position_embeddings as f32,
+        );
+        let low_wavelen = old / low;
+        let high_wavelen = old / high;
+        for x in f.iter_mut() {
+            let wavelen = 2.0 * std::f32::consts::PI / *x;
+            let scaled = if wavelen > low_wavelen {
+                *x / factor
+            } else {
+                *x
+            };
+            // transformers: ~(wavelen < high) & ~(wavelen > low); wavelengths are finite.
+            let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+            *x = if medium {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * scaled / factor + smooth * scaled
+            } else {
+                scaled
+            };
+        }
+    }
+    Ok(f)
+}
+
+impl Llama {
+    pub fn new(cfg: &LlamaConfig, w: &Weights) -> Result<Llama> {
+        let d = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let qd = cfg.num_attention_heads * hd;
+        let kvd = cfg.kv_heads() * hd;
+        let i = cfg.intermediate_size;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let n = format!("model.layers.{l}");
+            let g = |s: &str, shape: &[usize]| w.get(&format!("{n}.{s}.weight"), shape);
+            layers.push(Layer {
+                q: g("self_attn.q_proj", &[qd, d])?,
+                k: g("self_attn.k_proj", &[kvd, d])?,
+                v: g("self_attn.v_proj", &[kvd, d])?,
+                o: g("self_attn.o_proj", &[d, qd])?,
+                gate: g("mlp.gate_proj", &[i, d])?,
+                up: g("mlp.up_proj", &[i, d])?,
+                down: g("mlp.down_proj", &[d, i])?,
+                input_norm: g("input_layernorm", &[d])?,
+                post_norm: g("post_attention_layernorm", &[d])?,
+            });
+        }
+        let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            w.get("lm_head.weight", &[cfg.vocab_size, d])?
+        };
+        Ok(Llama {
+            cfg: cfg.clone(),
+            norm: w.get("model.norm.weight", &[d])?,
+            embed_tokens,
+            layers,
+            lm_head,
+            inv_freq: inv_freq(cfg)?,
+        })
+    }
+
+    /// cos and sin `[T, head_dim]` for positions `0..T`.
+    fn rotary(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * 2 * half);
+        let mut sin = Vec::with_capacity(t * 2 * half);
+        for p in 0..t {
+            for _ in 0..2 {
+                for f in &self.inv_freq {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, 2 * half), device)?,
+            Tensor::from_vec(sin, (t, 2 * half), device)?,
+        ))
+    }
+
+    /// Final hidden states `[B, T, hidden]` (after the final norm).
+    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let h = self.cfg.num_attention_heads;
+        let kvh = self.cfg.kv_heads();
+        let eps = self.cfg.rms_norm_eps;
+        let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
+        let (cos, sin) = self.rotary(t, device)?;
+        let bias = ops::attention_bias(mask, self.cfg.sliding_window, device)?;
+        let mut x = ops::embed(&self.embed_tokens, ids)?;
+        for l in &self.layers {
+            let a = ops::rms_norm(&x, &l.input_norm, eps)?;
+            let q = ops::rope(
+                &ops::split_heads(&ops::linear(&a, &l.q, None)?, h)?,
+                &cos,
+                &sin,
+            )?;
+            let k = ops::rope(
+                &ops::split_heads(&ops::linear(&a, &l.k, None)?, kvh)?,
+                &cos,
+                &sin,
+            )?;
+            let v = ops::split_heads(&ops::linear(&a, &l.v, None)?, kvh)?;
+            let k = ops::repeat_kv(&k, h / kvh)?;
+            let v = ops::repeat_kv(&v, h / kvh)?;
+            let att = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
+            x = (x + ops::linear(&att, &l.o, None)?)?;
+            let m = ops::rms_norm(&x, &l.post_norm, eps)?;
+            let act =
+                (ops::silu(&ops::linear(&m, &l.gate, None)?)? * ops::linear(&m, &l.up, None)?)?;
+            x = (x + ops::linear(&act, &l.down, None)?)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, eps)?)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear(hidden, &self.lm_head, None)?)
+    }
+}

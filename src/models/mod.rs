@@ -1,0 +1,113 @@
+//! Causal language models on candle: GPT-2, OPT and Llama/Mistral, loaded from Hugging Face
+//! layout folders, with a backward pass through every op (see `ops`).
+
+pub mod config;
+pub mod gpt2;
+pub mod llama;
+pub mod ops;
+pub mod opt;
+pub mod readout;
+pub mod weights;
+
+#[cfg(test)]
+mod parity_tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+
+pub use config::Config;
+use weights::Weights;
+
+use crate::error::{Error, Result};
+
+enum Net {
+    Gpt2(gpt2::Gpt2),
+    Opt(opt::Opt),
+    Llama(llama::Llama),
+}
+
+/// A causal LM with its parameters as trainable variables.
+pub struct Model {
+    pub config: Config,
+    net: Net,
+    params: BTreeMap<String, Var>,
+    device: Device,
+}
+
+impl Model {
+    /// Loads `config.json` and the safetensors weights of a Hugging Face layout folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<Model> {
+        Self::load_with(dir, device, false)
+    }
+
+    /// Loads for inference only: weights are not variables, so no autograd graph is kept.
+    pub fn load_frozen(dir: &Path, device: &Device) -> Result<Model> {
+        Self::load_with(dir, device, true)
+    }
+
+    fn load_with(dir: &Path, device: &Device, frozen: bool) -> Result<Model> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
+            path: cfg_path.display().to_string(),
+            source,
+        })?;
+        let config = Config::parse(&cfg_path.display().to_string(), &text)?;
+        let mut weights = Weights::load(dir, device)?;
+        if frozen {
+            weights = weights.frozen();
+        }
+        Model::from_weights(config, weights, device)
+    }
+
+    /// Builds a model from a config and weights (every tensor the config needs must be there).
+    pub fn from_weights(config: Config, weights: Weights, device: &Device) -> Result<Model> {
+        let net = match &config {
+            Config::Gpt2(c) => Net::Gpt2(gpt2::Gpt2::new(c, &weights)?),
+            Config::Opt(c) => Net::Opt(opt::Opt::new(c, &weights)?),
+            Config::Llama(c, _) => Net::Llama(llama::Llama::new(c, &weights)?),
+        };
+        Ok(Model {
+            config,
+            net,
+            params: weights.into_vars(),
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Trainable parameters by Hugging Face name (tied weights appear once).
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// Final hidden states `[B, T, H]` for `ids` `[B, T]` (u32) and the attention mask rows.
+    /// Padding may be on either side; padded keys are never attended.
+    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>]) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        if t > self.config.max_positions() {
+            return Err(Error::Config(format!(
+                "sequence of {t} tokens is longer than the model's {} positions",
+                self.config.max_positions()
+            )));
+        }
+        match &self.net {
+            Net::Gpt2(m) => m.hidden(ids, mask, &self.device),
+            Net::Opt(m) => m.hidden(ids, mask, &self.device),
+            Net::Llama(m) => m.hidden(ids, mask, &self.device),
+        }
+    }
+
+    /// Next-token logits `[B, T, V]` from hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.net {
+            Net::Gpt2(m) => m.logits(hidden),
+            Net::Opt(m) => m.logits(hidden),
+            Net::Llama(m) => m.logits(hidden),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! OPT (`OPTForCausalLM`): learned positions with offset 2 counted from the attention mask,
+//! optional `project_in` / `project_out` (OPT-350M), pre- or post-layer-norm blocks, ReLU MLP,
+//! language-model head tied to `embed_tokens`.
+
+use candle_core::{Device, Tensor};
+
+use super::config::OptConfig;
+use super::ops;
+use super::weights::Weights;
+use crate::error::Result;
+
+/// OPT's learned positional embedding is indexed from 2 (fairseq legacy).
+const POSITION_OFFSET: usize = 2;
+
+struct Layer {
+    q: (Tensor, Tensor),
+    k: (Tensor, Tensor),
+    v: (Tensor, Tensor),
+    out: (Tensor, Tensor),
+    attn_ln: (Tensor, Tensor),
+    fc1: (Tensor, Tensor),
+    fc2: (Tensor, Tensor),
+    final_ln: (Tensor, Tensor),
+}
+
+pub struct Opt {
+    cfg: OptConfig,
+    embed_tokens: Tensor,
+    embed_positions: Tensor,
+    project_in: Option<Tensor>,
+    project_out: Option<Tensor>,
+    final_layer_norm: Option<(Tensor, Tensor)>,
+    layers: Vec<Layer>,
+    lm_head: Tensor,
+}
+
+impl Opt {
+    pub fn new(cfg: &OptConfig, w: &Weights) -> Result<Opt> {
+        let d = cfg.hidden_size;
+        let p = cfg.proj_dim();
+        let f = cfg.ffn_dim;
+        let pair = |name: &str, ws: &[usize], bs: &[usize]| -> Result<(Tensor, Tensor)> {
+            Ok((
+                w.get(&format!("{name}.weight"), ws)?,
+                w.get(&format!("{name}.bias"), bs)?,
+            ))
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let n = format!("model.decoder.layers.{i}");
+            layers.push(Layer {
+                q: pair(&format!("{n}.self_attn.q_proj"), &[d, d], &[d])?,
+                k: pair(&format!("{n}.self_attn.k_proj"), &[d, d], &[d])?,
+                v: pair(&format!("{n}.self_attn.v_proj"), &[d, d], &[d])?,
+                out: pair(&format!("{n}.self_attn.out_proj"), &[d, d], &[d])?,
+                attn_ln: pair(&format!("{n}.self_attn_layer_norm"), &[d], &[d])?,
+                fc1: pair(&format!("{n}.fc1"), &[f, d], &[f])?,
+                fc2: pair(&format!("{n}.fc2"), &[d, f], &[d])?,
+                final_ln: pair(&format!("{n}.final_layer_norm"), &[d], &[d])?,
+            });
+        }
+        let embed_tokens = w.get("model.decoder.embed_tokens.weight", &[cfg.vocab_size, p])?;
+        let (project_in, project_out) = if p != d {
+            (
+                Some(w.get("model.decoder.project_in.weight", &[d, p])?),
+                Some(w.get("model.decoder.project_out.weight", &[p, d])?),
+            )
+        } else {
+            (None, None)
+        };
+        let final_layer_norm = if cfg.has_final_layer_norm() {
+            Some(pair("model.decoder.final_layer_norm", &[d], &[d])?)
+        } else {
+            None
+        };
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            embed_tokens.clone()
+        } else {
+            w.get("lm_head.weight", &[cfg.vocab_size, p])?
+        };
+        Ok(Opt {
+            cfg: cfg.clone(),
+            embed_positions: w.get(
+                "model.decoder.embed_positions.weight",
+                &[cfg.max_position_embeddings + POSITION_OFFSET, d],
+            )?,
+            embed_tokens,
+            project_in,
+            project_out,
+            final_layer_norm,
+            layers,
+            lm_head,
+        })
+    }
+
+    /// Position ids as transformers computes them: `cumsum(mask) * mask - 1 + 2`, so padding
+    /// (mask 0) gets index 1 and real tokens count from 2 whatever the padding side.
+    fn positions(mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let rows: Vec<Vec<u32>> = mask
+            .iter()
+            .map(|m| {
+                let mut c = 0i64;
+                m.iter()
+                    .map(|&x| {
+                        c += x as i64;
+                        (c * x as i64 - 1 + POSITION_OFFSET as i64) as u32
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(ops::ids_tensor(&rows, device)?)
+    }
+
+    /// Final hidden states `[B, T, word_embed_proj_dim]` (after the final norm and project_out).
+    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let h = self.cfg.num_attention_heads;
+        let d = self.cfg.hidden_size;
+        let scale = 1.0 / ((d / h) as f64).sqrt();
+        let pre = self.cfg.do_layer_norm_before;
+        let eps = 1e-5;
+        let mut x = ops::embed(&self.embed_tokens, ids)?;
+        if let Some(pin) = &self.project_in {
+            x = ops::linear(&x, pin, None)?;
+        }
+        let pos = ops::embed(&self.embed_positions, &Self::positions(mask, device)?)?;
+        x = (x + pos)?;
+        let bias = ops::attention_bias(mask, None, device)?;
+        for l in &self.layers {
+            let residual = x.clone();
+            let mut a = if pre {
+                ops::layer_norm(&x, &l.attn_ln.0, &l.attn_ln.1, eps)?
+            } else {
+                x.clone()
+            };
+            let q = ops::split_heads(&ops::linear(&a, &l.q.0, Some(&l.q.1))?, h)?;
+            let k = ops::split_heads(&ops::linear(&a, &l.k.0, Some(&l.k.1))?, h)?;
+            let v = ops::split_heads(&ops::linear(&a, &l.v.0, Some(&l.v.1))?, h)?;
+            a = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
+            x = (residual + ops::linear(&a, &l.out.0, Some(&l.out.1))?)?;
+            if !pre {
+                x = ops::layer_norm(&x, &l.attn_ln.0, &l.attn_ln.1, eps)?;
+            }
+            let residual = x.clone();
+            let mut m = if pre {
+                ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?
+            } else {
+                x.clone()
+            };
+            m = ops::linear(&m, &l.fc1.0, Some(&l.fc1.1))?.relu()?;
+            x = (residual + ops::linear(&m, &l.fc2.0, Some(&l.fc2.1))?)?;
+            if !pre {
+                x = ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?;
+            }
+        }
+        if let Some((w, b)) = &self.final_layer_norm {
+            x = ops::layer_norm(&x, w, b, eps)?;
+        }
+        if let Some(pout) = &self.project_out {
+            x = ops::linear(&x, pout, None)?;
+        }
+        Ok(x)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear(hidden, &self.lm_head, None)?)
+    }
+}

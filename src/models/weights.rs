@@ -1,0 +1,143 @@
+//! Checkpoint weights: loading a Hugging Face safetensors checkpoint (single file or sharded
+//! with an index) into trainable variables, with errors that name the tensor when config and
+//! weights disagree.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::error::{Error, Result};
+
+/// Tensors of a checkpoint, handed out by name as variables.
+pub struct Weights {
+    file: String,
+    /// Hand out plain tensors instead of variables: no gradients, no autograd graph (scoring).
+    frozen: bool,
+    tensors: HashMap<String, Tensor>,
+    vars: RefCell<BTreeMap<String, Var>>,
+}
+
+impl Weights {
+    /// Loads `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    /// Weights are converted to f32 when handed out.
+    pub fn load(dir: &Path, device: &Device) -> Result<Weights> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let mut tensors = HashMap::new();
+        let file;
+        if single.exists() {
+            file = single.display().to_string();
+            tensors = read_file(&single, device)?;
+        } else if index.exists() {
+            file = index.display().to_string();
+            let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Model {
+                file: file.clone(),
+                msg: format!("invalid JSON: {e}"),
+            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Model {
+                    file: file.clone(),
+                    msg: "missing field `weight_map`".into(),
+                })?;
+            let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            for shard in shards {
+                tensors.extend(read_file(&dir.join(shard), device)?);
+            }
+        } else {
+            return Err(Error::Model {
+                file: dir.display().to_string(),
+                msg: "no model.safetensors or model.safetensors.index.json".into(),
+            });
+        }
+        Ok(Weights::from_tensors(file, tensors))
+    }
+
+    pub fn from_tensors(file: String, tensors: HashMap<String, Tensor>) -> Weights {
+        Weights {
+            file,
+            frozen: false,
+            tensors,
+            vars: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Hands out detached tensors from now on (for inference: candle has no no-grad mode, so
+    /// scoring uses weights that autograd does not track).
+    pub fn frozen(mut self) -> Weights {
+        self.frozen = true;
+        self
+    }
+
+    /// Whether the checkpoint has a tensor under `name` (or its unprefixed alias).
+    pub fn contains(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
+    }
+
+    fn lookup(&self, name: &str) -> Option<&Tensor> {
+        // Original GPT-2 / OPT checkpoints store the backbone without the `transformer.` /
+        // `model.` prefix that transformers' current classes use.
+        self.tensors.get(name).or_else(|| {
+            name.split_once('.')
+                .and_then(|(_, rest)| self.tensors.get(rest))
+        })
+    }
+
+    /// The tensor `name` with the given shape, as a trainable variable (created once per name).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(v) = self.vars.borrow().get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        let t = self.lookup(name).ok_or_else(|| Error::Model {
+            file: self.file.clone(),
+            msg: format!("missing tensor `{name}` (the config expects shape {shape:?})"),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::Model {
+                file: self.file.clone(),
+                msg: format!(
+                    "tensor `{name}` has shape {:?}, the config expects {shape:?}",
+                    t.dims()
+                ),
+            });
+        }
+        let t = match t.dtype() {
+            DType::F32 => t.clone(),
+            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            other => {
+                return Err(Error::Model {
+                    file: self.file.clone(),
+                    msg: format!("tensor `{name}` has dtype {other:?}, expected a float type"),
+                })
+            }
+        };
+        if self.frozen {
+            return Ok(t.detach());
+        }
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        self.vars.borrow_mut().insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    /// The variables handed out so far, by canonical name.
+    pub fn into_vars(self) -> BTreeMap<String, Var> {
+        self.vars.into_inner()
+    }
+}
+
+fn read_file(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device).map_err(|e| Error::Model {
+        file: path.display().to_string(),
+        msg: format!("unreadable safetensors: {e}"),
+    })
+}
