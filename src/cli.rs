@@ -32,6 +32,8 @@ pub enum Command {
     Split(SplitArgs),
     /// Run SQL (a query or a file from sql/) over the tables of an artifact root.
     Sql(SqlArgs),
+    /// Load a checkpoint and write it back in Hugging Face layout (normalises names and shards).
+    Convert(ConvertArgs),
     /// Pretrain a ladder of tiny base models on a text corpus (not built yet).
     Pretrain(Pending),
     /// Train a ceiling model on the gt split (not built yet).
@@ -112,6 +114,16 @@ pub struct SplitArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Hugging Face layout folder to read.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Folder to write (replaced atomically if it exists).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct ScoreArgs {
     #[command(flatten)]
     pub root: ArtifactsArg,
@@ -164,6 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::WeakLabel(_) => pending("weak-label"),
         Command::W2sTrain(_) => pending("w2s-train"),
         Command::Score(a) => score_cmd(a).await,
+        Command::Convert(a) => convert_cmd(a),
         Command::Analyze(_) => pending("analyze"),
         Command::Report(_) => pending("report"),
         Command::Run(_) => pending("run"),
@@ -265,6 +278,26 @@ async fn split_cmd(a: SplitArgs) -> Result<()> {
             report.repeats
         );
     }
+    Ok(())
+}
+
+fn convert_cmd(a: ConvertArgs) -> Result<()> {
+    let device = candle_core::Device::Cpu;
+    let model = w2s::models::Model::load_frozen(&a.model, &device)?;
+    let tok = a.model.join("tokenizer.json");
+    let extras = w2s::models::save::SaveExtras {
+        tokenizer: tok.exists().then_some(tok.as_path()),
+        reward_head: None,
+        provenance: serde_json::json!({ "converted_from": a.model.display().to_string() }),
+    };
+    model.save(&a.out, &extras)?;
+    println!(
+        "{} ({}, {} tensors) -> {}",
+        a.model.display(),
+        model.config.model_type(),
+        model.tensors().len(),
+        a.out.display()
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod llama;
 pub mod ops;
 pub mod opt;
 pub mod readout;
+pub mod save;
 pub mod weights;
 
 #[cfg(test)]
@@ -31,7 +32,12 @@ enum Net {
 /// A causal LM with its parameters as trainable variables.
 pub struct Model {
     pub config: Config,
+    /// config.json as read, written back unchanged by `save` so no field is lost.
+    raw_config: serde_json::Value,
     net: Net,
+    /// Every weight by transformers name (tied weights once).
+    tensors: BTreeMap<String, Tensor>,
+    /// The trainable ones (empty for a frozen model).
     params: BTreeMap<String, Var>,
     device: Device,
 }
@@ -54,11 +60,14 @@ impl Model {
             source,
         })?;
         let config = Config::parse(&cfg_path.display().to_string(), &text)?;
+        let raw: serde_json::Value = serde_json::from_str(&text).expect("parsed above");
         let mut weights = Weights::load(dir, device)?;
         if frozen {
             weights = weights.frozen();
         }
-        Model::from_weights(config, weights, device)
+        let mut model = Model::from_weights(config, weights, device)?;
+        model.raw_config = raw;
+        Ok(model)
     }
 
     /// Builds a model from a config and weights (every tensor the config needs must be there).
@@ -68,10 +77,13 @@ impl Model {
             Config::Opt(c) => Net::Opt(opt::Opt::new(c, &weights)?),
             Config::Llama(c, _) => Net::Llama(llama::Llama::new(c, &weights)?),
         };
+        let (tensors, params) = weights.into_parts();
         Ok(Model {
             config,
+            raw_config: serde_json::Value::Null,
             net,
-            params: weights.into_vars(),
+            tensors,
+            params,
             device: device.clone(),
         })
     }
@@ -80,7 +92,12 @@ impl Model {
         &self.device
     }
 
-    /// Trainable parameters by Hugging Face name (tied weights appear once).
+    /// Every weight by Hugging Face name (tied weights appear once).
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Trainable parameters by Hugging Face name (tied weights appear once); empty when frozen.
     pub fn params(&self) -> &BTreeMap<String, Var> {
         &self.params
     }

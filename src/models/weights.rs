@@ -17,6 +17,8 @@ pub struct Weights {
     frozen: bool,
     tensors: HashMap<String, Tensor>,
     vars: RefCell<BTreeMap<String, Var>>,
+    /// Every tensor handed out, trainable or not, by canonical name (what `save` writes).
+    named: RefCell<BTreeMap<String, Tensor>>,
 }
 
 impl Weights {
@@ -68,6 +70,7 @@ impl Weights {
             frozen: false,
             tensors,
             vars: RefCell::new(BTreeMap::new()),
+            named: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -94,8 +97,8 @@ impl Weights {
 
     /// The tensor `name` with the given shape, as a trainable variable (created once per name).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        if let Some(v) = self.vars.borrow().get(name) {
-            return Ok(v.as_tensor().clone());
+        if let Some(t) = self.named.borrow().get(name) {
+            return Ok(t.clone());
         }
         let t = self.lookup(name).ok_or_else(|| Error::Model {
             file: self.file.clone(),
@@ -120,18 +123,23 @@ impl Weights {
                 })
             }
         };
-        if self.frozen {
-            return Ok(t.detach());
-        }
-        let var = Var::from_tensor(&t)?;
-        let out = var.as_tensor().clone();
-        self.vars.borrow_mut().insert(name.to_string(), var);
+        let out = if self.frozen {
+            t.detach()
+        } else {
+            let var = Var::from_tensor(&t)?;
+            let out = var.as_tensor().clone();
+            self.vars.borrow_mut().insert(name.to_string(), var);
+            out
+        };
+        self.named
+            .borrow_mut()
+            .insert(name.to_string(), out.clone());
         Ok(out)
     }
 
-    /// The variables handed out so far, by canonical name.
-    pub fn into_vars(self) -> BTreeMap<String, Var> {
-        self.vars.into_inner()
+    /// (every tensor handed out, the trainable ones as variables), by canonical name.
+    pub fn into_parts(self) -> (BTreeMap<String, Tensor>, BTreeMap<String, Var>) {
+        (self.named.into_inner(), self.vars.into_inner())
     }
 }
 

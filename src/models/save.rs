@@ -1,0 +1,174 @@
+//! Saving a model in Hugging Face layout, loadable again by `w2s` and by transformers:
+//! `config.json` (as loaded), `model.safetensors` (every parameter under its transformers
+//! name, tied weights once, metadata `format: pt`), `tokenizer.json`, plus w2s's own
+//! `reward_head.safetensors` (tensor `weight`, `[1, H]`) and `w2s.json` (provenance).
+//! The folder appears atomically: it is written beside the target and renamed into place.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+
+use super::Model;
+use crate::error::{Error, Result};
+
+/// What to write beside the weights.
+#[derive(Default)]
+pub struct SaveExtras<'a> {
+    /// A tokenizer.json to copy into the checkpoint.
+    pub tokenizer: Option<&'a Path>,
+    /// A reward head `[1, H]`.
+    pub reward_head: Option<&'a Tensor>,
+    /// Free-form provenance (run id, stage, settings, inputs), written to `w2s.json`.
+    pub provenance: serde_json::Value,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let data: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
+    safetensors::serialize_to_file(data, Some(metadata), path).map_err(|e| Error::Model {
+        file: path.display().to_string(),
+        msg: format!("cannot write safetensors: {e}"),
+    })
+}
+
+impl Model {
+    /// Writes the model to `dir` (replacing an existing checkpoint there).
+    pub fn save(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
+        if self.raw_config.is_null() {
+            return Err(Error::Config(
+                "this model was not loaded from a config.json, so it cannot be saved".into(),
+            ));
+        }
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+        let tmp: PathBuf = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let result = self
+            .write_into(&tmp, extras)
+            .and_then(|()| replace_dir(&tmp, dir));
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_into(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
+        let cfg = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.raw_config).expect("JSON value");
+        std::fs::write(&cfg, text).map_err(io(&cfg))?;
+        let tensors: Vec<(String, Tensor)> = self
+            .tensors()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.detach()))
+            .collect();
+        write_safetensors(&dir.join("model.safetensors"), tensors)?;
+        if let Some(t) = extras.tokenizer {
+            let to = dir.join("tokenizer.json");
+            std::fs::copy(t, &to).map_err(io(t))?;
+        }
+        if let Some(head) = extras.reward_head {
+            write_safetensors(
+                &dir.join("reward_head.safetensors"),
+                vec![("weight".to_string(), head.detach())],
+            )?;
+        }
+        let prov = dir.join("w2s.json");
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "code_version": crate::store::CODE_VERSION,
+            "provenance": extras.provenance,
+        }))
+        .expect("JSON value");
+        std::fs::write(&prov, text).map_err(io(&prov))?;
+        Ok(())
+    }
+}
+
+/// Moves `tmp` to `dir`, replacing what is there; a reader sees the old or the new folder.
+fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let old = dir.with_extension(format!("old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+        std::fs::rename(tmp, dir).map_err(io(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(tmp, dir).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Reads a reward head saved by [`Model::save`].
+pub fn load_reward_head(dir: &Path, device: &candle_core::Device) -> Result<Tensor> {
+    let p = dir.join("reward_head.safetensors");
+    let mut t = candle_core::safetensors::load(&p, device).map_err(|e| Error::Model {
+        file: p.display().to_string(),
+        msg: format!("unreadable reward head: {e}"),
+    })?;
+    t.remove("weight").ok_or_else(|| Error::Model {
+        file: p.display().to_string(),
+        msg: "missing tensor `weight`".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ops;
+    use candle_core::Device;
+
+    #[test]
+    fn save_and_load_round_trip_gives_the_same_logits() {
+        let dev = Device::Cpu;
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+        for family in ["gpt2", "opt-350m", "llama"] {
+            let m = Model::load(&src.join(family), &dev).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("ckpt");
+            let head =
+                Tensor::ones((1, m.config.hidden_width()), candle_core::DType::F32, &dev).unwrap();
+            let extras = SaveExtras {
+                tokenizer: Some(&src.join(family).join("tokenizer.json")),
+                reward_head: Some(&head),
+                provenance: serde_json::json!({"test": true}),
+            };
+            m.save(&out, &extras).unwrap();
+            // Saving again over an existing checkpoint replaces it.
+            m.save(&out, &extras).unwrap();
+            let back = Model::load(&out, &dev).unwrap();
+            assert_eq!(back.tensors().len(), m.tensors().len());
+            let ids = ops::ids_tensor(&[vec![1, 5, 9, 30, 7]], &dev).unwrap();
+            let mask = [vec![1; 5]];
+            let a = m.logits(&m.hidden(&ids, &mask).unwrap()).unwrap();
+            let b = back.logits(&back.hidden(&ids, &mask).unwrap()).unwrap();
+            let d: f32 = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_eq!(d, 0.0, "{family}");
+            let h = load_reward_head(&out, &dev).unwrap();
+            assert_eq!(h.dims(), &[1, m.config.hidden_width()]);
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names.len(), 1, "no staging folder left behind: {names:?}");
+        }
+    }
+}
