@@ -115,9 +115,9 @@ pub struct SplitArgs {
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Hugging Face layout folder to read.
+    /// The model to read: a local folder, an s3:// or http(s):// prefix, or hf://owner/name.
     #[arg(long)]
-    pub model: std::path::PathBuf,
+    pub model: String,
     /// Folder to write (replaced atomically if it exists).
     #[arg(long)]
     pub out: std::path::PathBuf,
@@ -127,9 +127,10 @@ pub struct ConvertArgs {
 pub struct ScoreArgs {
     #[command(flatten)]
     pub root: ArtifactsArg,
-    /// Hugging Face layout folder of the model (config.json, *.safetensors, tokenizer.json).
+    /// The model (config.json, *.safetensors, tokenizer.json): a local folder, an s3:// or
+    /// http(s):// prefix, or hf://owner/name[@revision] (downloaded once into $W2S_CACHE).
     #[arg(long)]
-    pub model: std::path::PathBuf,
+    pub model: String,
     /// Name of the scored run in the `scores` table (default: the model folder's name).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -176,7 +177,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::WeakLabel(_) => pending("weak-label"),
         Command::W2sTrain(_) => pending("w2s-train"),
         Command::Score(a) => score_cmd(a).await,
-        Command::Convert(a) => convert_cmd(a),
+        Command::Convert(a) => convert_cmd(a).await,
         Command::Analyze(_) => pending("analyze"),
         Command::Report(_) => pending("report"),
         Command::Run(_) => pending("run"),
@@ -281,19 +282,20 @@ async fn split_cmd(a: SplitArgs) -> Result<()> {
     Ok(())
 }
 
-fn convert_cmd(a: ConvertArgs) -> Result<()> {
+async fn convert_cmd(a: ConvertArgs) -> Result<()> {
     let device = candle_core::Device::Cpu;
-    let model = w2s::models::Model::load_frozen(&a.model, &device)?;
-    let tok = a.model.join("tokenizer.json");
+    let dir = w2s::models::source::materialize(&a.model).await?;
+    let model = w2s::models::Model::load_frozen(&dir, &device)?;
+    let tok = dir.join("tokenizer.json");
     let extras = w2s::models::save::SaveExtras {
         tokenizer: tok.exists().then_some(tok.as_path()),
         reward_head: None,
-        provenance: serde_json::json!({ "converted_from": a.model.display().to_string() }),
+        provenance: serde_json::json!({ "converted_from": a.model }),
     };
     model.save(&a.out, &extras)?;
     println!(
         "{} ({}, {} tensors) -> {}",
-        a.model.display(),
+        a.model,
         model.config.model_type(),
         model.tensors().len(),
         a.out.display()
@@ -306,8 +308,10 @@ async fn score_cmd(a: ScoreArgs) -> Result<()> {
         Some(r) => r.clone(),
         None => a
             .model
-            .file_name()
-            .and_then(|n| n.to_str())
+            .trim_end_matches('/')
+            .rsplit(['/', '@'])
+            .next()
+            .filter(|n| !n.is_empty())
             .map(str::to_string)
             .ok_or_else(|| Error::Config("give --run-id".into()))?,
     };

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod opt;
 pub mod readout;
 pub mod save;
+pub mod source;
 pub mod weights;
 
 #[cfg(test)]

@@ -149,3 +149,55 @@ fn read_file(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
         msg: format!("unreadable safetensors: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Model;
+
+    #[test]
+    fn sharded_checkpoint_loads_like_a_single_file() {
+        let dev = Device::Cpu;
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let all = candle_core::safetensors::load(src.join("model.safetensors"), &dev).unwrap();
+        let mut names: Vec<&String> = all.keys().collect();
+        names.sort();
+        let (a, b) = names.split_at(names.len() / 2);
+        let mut map = serde_json::Map::new();
+        for (i, part) in [a, b].iter().enumerate() {
+            let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+            let tensors: HashMap<String, Tensor> = part
+                .iter()
+                .map(|n| ((*n).clone(), all[*n].clone()))
+                .collect();
+            candle_core::safetensors::save(&tensors, dir.path().join(&file)).unwrap();
+            for n in part.iter() {
+                map.insert((*n).clone(), serde_json::Value::String(file.clone()));
+            }
+        }
+        let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        let sharded = Model::load(dir.path(), &dev).unwrap();
+        let single = Model::load(&src, &dev).unwrap();
+        assert_eq!(sharded.tensors().len(), single.tensors().len());
+        for (k, t) in single.tensors() {
+            let d: f32 = (t - &sharded.tensors()[k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_eq!(d, 0.0, "{k}");
+        }
+    }
+}

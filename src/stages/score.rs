@@ -28,8 +28,8 @@ use crate::tokenize::Tokenizer;
 /// Everything that determines a `scores` part.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoreSettings {
-    /// Hugging Face layout folder of the model.
-    pub model: PathBuf,
+    /// The model: a local folder, an object-store or HTTP(S) prefix, or `hf://owner/name`.
+    pub model: String,
     pub run_id: String,
     pub split: String,
     /// Pairs per forward pass (each pair is two sequences).
@@ -207,7 +207,8 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             store.root()
         ))
     })?;
-    let mut inputs = model_inputs(&s.model)?;
+    let model_dir = crate::models::source::materialize(&s.model).await?;
+    let mut inputs = model_inputs(&model_dir)?;
     inputs.push(InputFile {
         uri: "manifest:split".into(),
         bytes: 0,
@@ -254,8 +255,8 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
 
     let pairs = load_split(store, &s.split).await?;
     let device = Device::Cpu;
-    let model = Model::load_frozen(&s.model, &device)?;
-    let tok = Tokenizer::load(&s.model.join("tokenizer.json"))?;
+    let model = Model::load_frozen(&model_dir, &device)?;
+    let tok = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
 
     let mut b = ScoreBuilders::default();

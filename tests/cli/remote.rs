@@ -236,6 +236,58 @@ fn s3_root_and_inputs_match_the_local_run() {
     assert!(!o.status.success());
     assert_eq!(s3_list(moto.port, "exp3"), Vec::<String>::new());
     assert!(!s3_list(moto.port, "exp1").is_empty());
+
+    // A model read from an S3 prefix scores like the same model on disk.
+    let model = fixture_model("gpt2");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let (code, _) = http(
+            moto.port,
+            "PUT",
+            &format!("/w2s-test/models/gpt2/{f}"),
+            &std::fs::read(model.join(f)).unwrap(),
+        );
+        assert_eq!(code, 200);
+    }
+    let mut env = env.clone();
+    env.push(("W2S_CACHE", s(&dir.path().join("cache")).to_string()));
+    let root = dir.path().join("scored");
+    ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
+    ok(w2s(&[
+        "score",
+        "--artifacts",
+        s(&root),
+        "--model",
+        s(&model),
+        "--run-id",
+        "local",
+    ]));
+    ok(w2s_env(
+        &[
+            "score",
+            "--artifacts",
+            s(&root),
+            "--model",
+            "s3://w2s-test/models/gpt2",
+            "--run-id",
+            "s3",
+        ],
+        &env,
+    ));
+    assert_eq!(same_margins(&root, "local", "s3"), "n\n32\n");
+}
+
+fn fixture_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+/// How many pairs two scored runs give exactly the same margin.
+fn same_margins(root: &Path, a: &str, b: &str) -> String {
+    ok(w2s(&[
+        "sql", "--artifacts", s(root), "--format", "csv", "--param", &format!("a={a}"), "--param", &format!("b={b}"),
+        "select count(*) as n from scores x join scores y on x.pair_id = y.pair_id where x.run_id = $a and y.run_id = $b and x.margin = y.margin",
+    ]))
 }
 
 fn s3_client(port: u16) -> object_store::aws::AmazonS3 {
@@ -321,6 +373,94 @@ fn serve(dir: PathBuf) -> u16 {
         }
     });
     port
+}
+
+#[test]
+fn models_from_http_and_the_hub_by_repo_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    let model = fixture_model("gpt2");
+    for sub in ["models/gpt2", "tiny-org/tiny-gpt2/resolve/main"] {
+        std::fs::create_dir_all(www.join(sub)).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(model.join(f), www.join(sub).join(f)).unwrap();
+        }
+    }
+    let port = serve(www);
+    let env = vec![
+        ("W2S_CACHE", s(&dir.path().join("cache")).to_string()),
+        ("HF_ENDPOINT", format!("http://127.0.0.1:{port}")),
+    ];
+    let root = dir.path().join("art");
+    ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
+    ok(w2s(&[
+        "score",
+        "--artifacts",
+        s(&root),
+        "--model",
+        s(&model),
+        "--run-id",
+        "local",
+    ]));
+    let http_url = format!("http://127.0.0.1:{port}/models/gpt2");
+    ok(w2s_env(
+        &[
+            "score",
+            "--artifacts",
+            s(&root),
+            "--model",
+            &http_url,
+            "--run-id",
+            "http",
+        ],
+        &env,
+    ));
+    ok(w2s_env(
+        &[
+            "score",
+            "--artifacts",
+            s(&root),
+            "--model",
+            "hf://tiny-org/tiny-gpt2",
+            "--run-id",
+            "hub",
+        ],
+        &env,
+    ));
+    assert_eq!(same_margins(&root, "local", "http"), "n\n32\n");
+    assert_eq!(same_margins(&root, "local", "hub"), "n\n32\n");
+    // Converted from the hub into a local Hugging Face folder.
+    let out = dir.path().join("converted");
+    ok(w2s_env(
+        &[
+            "convert",
+            "--model",
+            "hf://tiny-org/tiny-gpt2",
+            "--out",
+            s(&out),
+        ],
+        &env,
+    ));
+    assert!(out.join("model.safetensors").exists() && out.join("tokenizer.json").exists());
+    // A missing repo is a clear error naming the URL.
+    let o = w2s_env(
+        &[
+            "score",
+            "--artifacts",
+            s(&root),
+            "--model",
+            "hf://tiny-org/nope",
+            "--run-id",
+            "x",
+        ],
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("tiny-org/nope/resolve/main/config.json"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
