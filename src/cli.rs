@@ -34,6 +34,8 @@ pub enum Command {
     Sql(SqlArgs),
     /// Load a checkpoint and write it back in Hugging Face layout (normalises names and shards).
     Convert(ConvertArgs),
+    /// Fold a LoRA adapter into its base model and write a plain Hugging Face checkpoint.
+    LoraMerge(LoraMergeArgs),
     /// Pretrain a ladder of tiny base models on a text corpus (not built yet).
     Pretrain(Pending),
     /// Train a ceiling model on the gt split (not built yet).
@@ -124,6 +126,19 @@ pub struct ConvertArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LoraMergeArgs {
+    /// The base model: a local folder, an s3:// or http(s):// prefix, or hf://owner/name.
+    #[arg(long)]
+    pub model: String,
+    /// Adapter folder (adapter_config.json, adapter_model.safetensors), PEFT layout.
+    #[arg(long)]
+    pub adapter: std::path::PathBuf,
+    /// Folder to write (replaced atomically if it exists).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct ScoreArgs {
     #[command(flatten)]
     pub root: ArtifactsArg,
@@ -178,6 +193,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::W2sTrain(_) => pending("w2s-train"),
         Command::Score(a) => score_cmd(a).await,
         Command::Convert(a) => convert_cmd(a).await,
+        Command::LoraMerge(a) => lora_merge_cmd(a).await,
         Command::Analyze(_) => pending("analyze"),
         Command::Report(_) => pending("report"),
         Command::Run(_) => pending("run"),
@@ -298,6 +314,29 @@ async fn convert_cmd(a: ConvertArgs) -> Result<()> {
         a.model,
         model.config.model_type(),
         model.tensors().len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+async fn lora_merge_cmd(a: LoraMergeArgs) -> Result<()> {
+    let device = candle_core::Device::Cpu;
+    let dir = w2s::models::source::materialize(&a.model).await?;
+    let model = w2s::models::Model::load_with_adapter(&dir, &a.adapter, &device)?;
+    let tok = dir.join("tokenizer.json");
+    let extras = w2s::models::save::SaveExtras {
+        tokenizer: tok.exists().then_some(tok.as_path()),
+        reward_head: None,
+        provenance: serde_json::json!({
+            "merged_from": { "base": a.model, "adapter": a.adapter.display().to_string() },
+        }),
+    };
+    model.save_merged(&a.out, &extras)?;
+    println!(
+        "{} + adapter {} ({} adapter tensors) -> {}",
+        a.model,
+        a.adapter.display(),
+        model.params().len(),
         a.out.display()
     );
     Ok(())

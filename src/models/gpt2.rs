@@ -4,17 +4,18 @@
 use candle_core::{Device, Tensor};
 
 use super::config::Gpt2Config;
+use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
 use crate::error::Result;
 
 struct Block {
     ln_1: (Tensor, Tensor),
-    c_attn: (Tensor, Tensor),
-    c_proj: (Tensor, Tensor),
+    c_attn: Proj,
+    c_proj: Proj,
     ln_2: (Tensor, Tensor),
-    c_fc: (Tensor, Tensor),
-    mlp_proj: (Tensor, Tensor),
+    c_fc: Proj,
+    mlp_proj: Proj,
 }
 
 pub struct Gpt2 {
@@ -41,11 +42,11 @@ impl Gpt2 {
             let p = format!("transformer.h.{i}");
             blocks.push(Block {
                 ln_1: pair(&format!("{p}.ln_1"), &[d], &[d])?,
-                c_attn: pair(&format!("{p}.attn.c_attn"), &[d, 3 * d], &[3 * d])?,
-                c_proj: pair(&format!("{p}.attn.c_proj"), &[d, d], &[d])?,
+                c_attn: w.proj(&format!("{p}.attn.c_attn"), 3 * d, d, true, Layout::Conv1d)?,
+                c_proj: w.proj(&format!("{p}.attn.c_proj"), d, d, true, Layout::Conv1d)?,
                 ln_2: pair(&format!("{p}.ln_2"), &[d], &[d])?,
-                c_fc: pair(&format!("{p}.mlp.c_fc"), &[d, inner], &[inner])?,
-                mlp_proj: pair(&format!("{p}.mlp.c_proj"), &[inner, d], &[d])?,
+                c_fc: w.proj(&format!("{p}.mlp.c_fc"), inner, d, true, Layout::Conv1d)?,
+                mlp_proj: w.proj(&format!("{p}.mlp.c_proj"), d, inner, true, Layout::Conv1d)?,
             });
         }
         let wte = w.get("transformer.wte.weight", &[cfg.vocab_size, d])?;
@@ -80,15 +81,15 @@ impl Gpt2 {
         };
         for b in &self.blocks {
             let a = ops::layer_norm(&x, &b.ln_1.0, &b.ln_1.1, eps)?;
-            let qkv = ops::conv1d(&a, &b.c_attn.0, &b.c_attn.1)?;
+            let qkv = b.c_attn.forward(&a)?;
             let q = ops::split_heads(&qkv.narrow(2, 0, d)?, h)?;
             let k = ops::split_heads(&qkv.narrow(2, d, d)?, h)?;
             let v = ops::split_heads(&qkv.narrow(2, 2 * d, d)?, h)?;
             let att = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
-            x = (x + ops::conv1d(&att, &b.c_proj.0, &b.c_proj.1)?)?;
+            x = (x + b.c_proj.forward(&att)?)?;
             let m = ops::layer_norm(&x, &b.ln_2.0, &b.ln_2.1, eps)?;
-            let m = ops::gelu_new(&ops::conv1d(&m, &b.c_fc.0, &b.c_fc.1)?)?;
-            x = (x + ops::conv1d(&m, &b.mlp_proj.0, &b.mlp_proj.1)?)?;
+            let m = ops::gelu_new(&b.c_fc.forward(&m)?)?;
+            x = (x + b.mlp_proj.forward(&m)?)?;
         }
         Ok(ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps)?)
     }

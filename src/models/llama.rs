@@ -5,18 +5,19 @@
 use candle_core::{Device, Tensor};
 
 use super::config::LlamaConfig;
+use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
 use crate::error::Result;
 
 struct Layer {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
     input_norm: Tensor,
     post_norm: Tensor,
 }
@@ -78,14 +79,17 @@ impl Llama {
         for l in 0..cfg.num_hidden_layers {
             let n = format!("model.layers.{l}");
             let g = |s: &str, shape: &[usize]| w.get(&format!("{n}.{s}.weight"), shape);
+            let p = |s: &str, out: usize, inp: usize| {
+                w.proj(&format!("{n}.{s}"), out, inp, false, Layout::Linear)
+            };
             layers.push(Layer {
-                q: g("self_attn.q_proj", &[qd, d])?,
-                k: g("self_attn.k_proj", &[kvd, d])?,
-                v: g("self_attn.v_proj", &[kvd, d])?,
-                o: g("self_attn.o_proj", &[d, qd])?,
-                gate: g("mlp.gate_proj", &[i, d])?,
-                up: g("mlp.up_proj", &[i, d])?,
-                down: g("mlp.down_proj", &[d, i])?,
+                q: p("self_attn.q_proj", qd, d)?,
+                k: p("self_attn.k_proj", kvd, d)?,
+                v: p("self_attn.v_proj", kvd, d)?,
+                o: p("self_attn.o_proj", d, qd)?,
+                gate: p("mlp.gate_proj", i, d)?,
+                up: p("mlp.up_proj", i, d)?,
+                down: p("mlp.down_proj", d, i)?,
                 input_norm: g("input_layernorm", &[d])?,
                 post_norm: g("post_attention_layernorm", &[d])?,
             });
@@ -138,25 +142,16 @@ impl Llama {
         let mut x = ops::embed(&self.embed_tokens, ids)?;
         for l in &self.layers {
             let a = ops::rms_norm(&x, &l.input_norm, eps)?;
-            let q = ops::rope(
-                &ops::split_heads(&ops::linear(&a, &l.q, None)?, h)?,
-                &cos,
-                &sin,
-            )?;
-            let k = ops::rope(
-                &ops::split_heads(&ops::linear(&a, &l.k, None)?, kvh)?,
-                &cos,
-                &sin,
-            )?;
-            let v = ops::split_heads(&ops::linear(&a, &l.v, None)?, kvh)?;
+            let q = ops::rope(&ops::split_heads(&l.q.forward(&a)?, h)?, &cos, &sin)?;
+            let k = ops::rope(&ops::split_heads(&l.k.forward(&a)?, kvh)?, &cos, &sin)?;
+            let v = ops::split_heads(&l.v.forward(&a)?, kvh)?;
             let k = ops::repeat_kv(&k, h / kvh)?;
             let v = ops::repeat_kv(&v, h / kvh)?;
             let att = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
-            x = (x + ops::linear(&att, &l.o, None)?)?;
+            x = (x + l.o.forward(&att)?)?;
             let m = ops::rms_norm(&x, &l.post_norm, eps)?;
-            let act =
-                (ops::silu(&ops::linear(&m, &l.gate, None)?)? * ops::linear(&m, &l.up, None)?)?;
-            x = (x + ops::linear(&act, &l.down, None)?)?;
+            let act = (ops::silu(&l.gate.forward(&m)?)? * l.up.forward(&m)?)?;
+            x = (x + l.down.forward(&act)?)?;
         }
         Ok(ops::rms_norm(&x, &self.norm, eps)?)
     }

@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod gpt2;
+pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod ops;
 pub mod opt;
 pub mod readout;
@@ -38,8 +40,11 @@ pub struct Model {
     net: Net,
     /// Every weight by transformers name (tied weights once).
     tensors: BTreeMap<String, Tensor>,
-    /// The trainable ones (empty for a frozen model).
+    /// The trainable ones (empty for a frozen model; the adapters alone under LoRA).
     params: BTreeMap<String, Var>,
+    /// Modules carrying LoRA adapters, and the adapter settings.
+    adapted: Vec<(String, linear::Layout)>,
+    lora: Option<weights::LoraSpec>,
     device: Device,
 }
 
@@ -55,6 +60,15 @@ impl Model {
     }
 
     fn load_with(dir: &Path, device: &Device, frozen: bool) -> Result<Model> {
+        Self::load_opts(dir, device, frozen, None)
+    }
+
+    pub(crate) fn load_opts(
+        dir: &Path,
+        device: &Device,
+        frozen: bool,
+        lora: Option<(weights::LoraSpec, std::collections::HashMap<String, Tensor>)>,
+    ) -> Result<Model> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
             path: cfg_path.display().to_string(),
@@ -65,6 +79,9 @@ impl Model {
         let mut weights = Weights::load(dir, device)?;
         if frozen {
             weights = weights.frozen();
+        }
+        if let Some((spec, init)) = lora {
+            weights = weights.with_lora(spec, init);
         }
         let mut model = Model::from_weights(config, weights, device)?;
         model.raw_config = raw;
@@ -78,13 +95,15 @@ impl Model {
             Config::Opt(c) => Net::Opt(opt::Opt::new(c, &weights)?),
             Config::Llama(c, _) => Net::Llama(llama::Llama::new(c, &weights)?),
         };
-        let (tensors, params) = weights.into_parts();
+        let parts = weights.into_parts();
         Ok(Model {
             config,
             raw_config: serde_json::Value::Null,
             net,
-            tensors,
-            params,
+            tensors: parts.tensors,
+            params: parts.params,
+            adapted: parts.adapted,
+            lora: parts.lora,
             device: device.clone(),
         })
     }

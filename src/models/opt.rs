@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::OptConfig;
+use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
 use crate::error::Result;
@@ -13,13 +14,13 @@ use crate::error::Result;
 const POSITION_OFFSET: usize = 2;
 
 struct Layer {
-    q: (Tensor, Tensor),
-    k: (Tensor, Tensor),
-    v: (Tensor, Tensor),
-    out: (Tensor, Tensor),
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    out: Proj,
     attn_ln: (Tensor, Tensor),
-    fc1: (Tensor, Tensor),
-    fc2: (Tensor, Tensor),
+    fc1: Proj,
+    fc2: Proj,
     final_ln: (Tensor, Tensor),
 }
 
@@ -49,13 +50,19 @@ impl Opt {
         for i in 0..cfg.num_hidden_layers {
             let n = format!("model.decoder.layers.{i}");
             layers.push(Layer {
-                q: pair(&format!("{n}.self_attn.q_proj"), &[d, d], &[d])?,
-                k: pair(&format!("{n}.self_attn.k_proj"), &[d, d], &[d])?,
-                v: pair(&format!("{n}.self_attn.v_proj"), &[d, d], &[d])?,
-                out: pair(&format!("{n}.self_attn.out_proj"), &[d, d], &[d])?,
+                q: w.proj(&format!("{n}.self_attn.q_proj"), d, d, true, Layout::Linear)?,
+                k: w.proj(&format!("{n}.self_attn.k_proj"), d, d, true, Layout::Linear)?,
+                v: w.proj(&format!("{n}.self_attn.v_proj"), d, d, true, Layout::Linear)?,
+                out: w.proj(
+                    &format!("{n}.self_attn.out_proj"),
+                    d,
+                    d,
+                    true,
+                    Layout::Linear,
+                )?,
                 attn_ln: pair(&format!("{n}.self_attn_layer_norm"), &[d], &[d])?,
-                fc1: pair(&format!("{n}.fc1"), &[f, d], &[f])?,
-                fc2: pair(&format!("{n}.fc2"), &[d, f], &[d])?,
+                fc1: w.proj(&format!("{n}.fc1"), f, d, true, Layout::Linear)?,
+                fc2: w.proj(&format!("{n}.fc2"), d, f, true, Layout::Linear)?,
                 final_ln: pair(&format!("{n}.final_layer_norm"), &[d], &[d])?,
             });
         }
@@ -132,11 +139,11 @@ impl Opt {
             } else {
                 x.clone()
             };
-            let q = ops::split_heads(&ops::linear(&a, &l.q.0, Some(&l.q.1))?, h)?;
-            let k = ops::split_heads(&ops::linear(&a, &l.k.0, Some(&l.k.1))?, h)?;
-            let v = ops::split_heads(&ops::linear(&a, &l.v.0, Some(&l.v.1))?, h)?;
+            let q = ops::split_heads(&l.q.forward(&a)?, h)?;
+            let k = ops::split_heads(&l.k.forward(&a)?, h)?;
+            let v = ops::split_heads(&l.v.forward(&a)?, h)?;
             a = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
-            x = (residual + ops::linear(&a, &l.out.0, Some(&l.out.1))?)?;
+            x = (residual + l.out.forward(&a)?)?;
             if !pre {
                 x = ops::layer_norm(&x, &l.attn_ln.0, &l.attn_ln.1, eps)?;
             }
@@ -146,8 +153,8 @@ impl Opt {
             } else {
                 x.clone()
             };
-            m = ops::linear(&m, &l.fc1.0, Some(&l.fc1.1))?.relu()?;
-            x = (residual + ops::linear(&m, &l.fc2.0, Some(&l.fc2.1))?)?;
+            m = l.fc1.forward(&m)?.relu()?;
+            x = (residual + l.fc2.forward(&m)?)?;
             if !pre {
                 x = ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?;
             }

@@ -30,7 +30,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+pub(crate) fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let data: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
     safetensors::serialize_to_file(data, Some(metadata), path).map_err(|e| Error::Model {
@@ -42,6 +42,16 @@ fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> 
 impl Model {
     /// Writes the model to `dir` (replacing an existing checkpoint there).
     pub fn save(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
+        self.save_tensors(dir, extras, self.tensors())
+    }
+
+    /// Writes the model with `tensors` as its weights.
+    pub(crate) fn save_tensors(
+        &self,
+        dir: &Path,
+        extras: &SaveExtras,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+    ) -> Result<()> {
         if self.raw_config.is_null() {
             return Err(Error::Config(
                 "this model was not loaded from a config.json, so it cannot be saved".into(),
@@ -56,7 +66,7 @@ impl Model {
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let result = self
-            .write_into(&tmp, extras)
+            .write_into(&tmp, extras, tensors)
             .and_then(|()| replace_dir(&tmp, dir));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -64,12 +74,16 @@ impl Model {
         result
     }
 
-    fn write_into(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
+    fn write_into(
+        &self,
+        dir: &Path,
+        extras: &SaveExtras,
+        weights: &std::collections::BTreeMap<String, Tensor>,
+    ) -> Result<()> {
         let cfg = dir.join("config.json");
         let text = serde_json::to_string_pretty(&self.raw_config).expect("JSON value");
         std::fs::write(&cfg, text).map_err(io(&cfg))?;
-        let tensors: Vec<(String, Tensor)> = self
-            .tensors()
+        let tensors: Vec<(String, Tensor)> = weights
             .iter()
             .map(|(k, t)| (k.clone(), t.detach()))
             .collect();
@@ -96,7 +110,7 @@ impl Model {
 }
 
 /// Moves `tmp` to `dir`, replacing what is there; a reader sees the old or the new folder.
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
     if dir.exists() {
         let old = dir.with_extension(format!("old-{}", std::process::id()));
         std::fs::rename(dir, &old).map_err(io(dir))?;

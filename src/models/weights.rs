@@ -7,8 +7,35 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
+use super::linear::{Layout, Lora, Proj};
 use crate::error::{Error, Result};
+use crate::rng::NumpyPcg64;
+
+/// Which projections get LoRA adapters, and their size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    /// Module-name suffixes, PEFT style (`q_proj`, `c_attn`, ...).
+    pub targets: Vec<String>,
+    /// Seed of the `A` initialisation.
+    pub seed: u64,
+}
+
+impl LoraSpec {
+    fn matches(&self, module: &str) -> bool {
+        self.targets
+            .iter()
+            .any(|t| module == t || module.ends_with(&format!(".{t}")))
+    }
+}
+
+/// PEFT's name of an adapter matrix.
+pub fn adapter_name(module: &str, which: &str) -> String {
+    format!("base_model.model.{module}.lora_{which}.weight")
+}
 
 /// Tensors of a checkpoint, handed out by name as variables.
 pub struct Weights {
@@ -19,6 +46,21 @@ pub struct Weights {
     vars: RefCell<BTreeMap<String, Var>>,
     /// Every tensor handed out, trainable or not, by canonical name (what `save` writes).
     named: RefCell<BTreeMap<String, Tensor>>,
+    lora: Option<LoraSpec>,
+    /// Adapter values to start from (a saved adapter); else A is drawn and B is zero.
+    lora_init: HashMap<String, Tensor>,
+    lora_rng: RefCell<Option<NumpyPcg64>>,
+    adapters: RefCell<BTreeMap<String, Var>>,
+    /// Adapted modules and their layouts, for merging.
+    adapted: RefCell<Vec<(String, Layout)>>,
+}
+
+/// What a built model keeps of its weights.
+pub struct Parts {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub params: BTreeMap<String, Var>,
+    pub adapted: Vec<(String, Layout)>,
+    pub lora: Option<LoraSpec>,
 }
 
 impl Weights {
@@ -71,6 +113,11 @@ impl Weights {
             tensors,
             vars: RefCell::new(BTreeMap::new()),
             named: RefCell::new(BTreeMap::new()),
+            lora: None,
+            lora_init: HashMap::new(),
+            lora_rng: RefCell::new(None),
+            adapters: RefCell::new(BTreeMap::new()),
+            adapted: RefCell::new(Vec::new()),
         }
     }
 
@@ -79,6 +126,108 @@ impl Weights {
     pub fn frozen(mut self) -> Weights {
         self.frozen = true;
         self
+    }
+
+    /// Adds LoRA adapters to the projections `spec` names; base weights become frozen.
+    /// `init` holds saved adapter tensors (PEFT names) to start from.
+    pub fn with_lora(mut self, spec: LoraSpec, init: HashMap<String, Tensor>) -> Weights {
+        self.frozen = true;
+        *self.lora_rng.borrow_mut() = Some(NumpyPcg64::new(spec.seed));
+        self.lora = Some(spec);
+        self.lora_init = init;
+        self
+    }
+
+    /// A projection `module` with `out` outputs and `inp` inputs, with an adapter if targeted.
+    pub fn proj(
+        &self,
+        module: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        layout: Layout,
+    ) -> Result<Proj> {
+        let shape = match layout {
+            Layout::Linear => [out, inp],
+            Layout::Conv1d => [inp, out],
+        };
+        let w = self.get(&format!("{module}.weight"), &shape)?;
+        let bias = if bias {
+            Some(self.get(&format!("{module}.bias"), &[out])?)
+        } else {
+            None
+        };
+        let lora = match &self.lora {
+            Some(spec) if spec.matches(module) => {
+                Some(self.adapter(module, (out, inp), spec, layout, w.device())?)
+            }
+            _ => None,
+        };
+        Ok(Proj {
+            name: module.to_string(),
+            w,
+            bias,
+            layout,
+            lora,
+        })
+    }
+
+    fn adapter(
+        &self,
+        module: &str,
+        (out, inp): (usize, usize),
+        spec: &LoraSpec,
+        layout: Layout,
+        device: &Device,
+    ) -> Result<Lora> {
+        let (na, nb) = (adapter_name(module, "A"), adapter_name(module, "B"));
+        let (a, b) = match (self.lora_init.get(&na), self.lora_init.get(&nb)) {
+            (Some(a), Some(b)) => {
+                for (n, t, want) in [(&na, a, [spec.r, inp]), (&nb, b, [out, spec.r])] {
+                    if t.dims() != want {
+                        return Err(Error::Model {
+                            file: "adapter_model.safetensors".into(),
+                            msg: format!(
+                                "tensor `{n}` has shape {:?}, expected {want:?}",
+                                t.dims()
+                            ),
+                        });
+                    }
+                }
+                (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?)
+            }
+            (None, None) => {
+                let bound = 1.0 / (inp as f64).sqrt();
+                let mut rng = self.lora_rng.borrow_mut();
+                let rng = rng.as_mut().expect("rng set with the spec");
+                let vals: Vec<f32> = (0..spec.r * inp)
+                    .map(|_| {
+                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        ((2.0 * u - 1.0) * bound) as f32
+                    })
+                    .collect();
+                (
+                    Tensor::from_vec(vals, (spec.r, inp), device)?,
+                    Tensor::zeros((out, spec.r), DType::F32, device)?,
+                )
+            }
+            _ => {
+                return Err(Error::Model {
+                    file: "adapter_model.safetensors".into(),
+                    msg: format!("adapter of `{module}` has only one of lora_A / lora_B"),
+                })
+            }
+        };
+        let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+        let mut adapters = self.adapters.borrow_mut();
+        adapters.insert(na, a.clone());
+        adapters.insert(nb, b.clone());
+        self.adapted.borrow_mut().push((module.to_string(), layout));
+        Ok(Lora {
+            a,
+            b,
+            scale: spec.alpha / spec.r as f64,
+        })
     }
 
     /// Whether the checkpoint has a tensor under `name` (or its unprefixed alias).
@@ -137,9 +286,17 @@ impl Weights {
         Ok(out)
     }
 
-    /// (every tensor handed out, the trainable ones as variables), by canonical name.
-    pub fn into_parts(self) -> (BTreeMap<String, Tensor>, BTreeMap<String, Var>) {
-        (self.named.into_inner(), self.vars.into_inner())
+    /// Every tensor handed out, and the trainable variables (base weights, or the adapters
+    /// alone under LoRA), by canonical name.
+    pub fn into_parts(self) -> Parts {
+        let mut params = self.vars.into_inner();
+        params.extend(self.adapters.into_inner());
+        Parts {
+            tensors: self.named.into_inner(),
+            params,
+            adapted: self.adapted.into_inner(),
+            lora: self.lora,
+        }
     }
 }
 

@@ -140,3 +140,73 @@ fn score_without_pairs_or_with_a_bad_model_is_a_clear_error() {
     );
     assert!(files_under(&root).iter().all(|f| !f.contains("scores")));
 }
+
+#[test]
+fn lora_merge_writes_a_plain_checkpoint_that_scores() {
+    use w2s::models::weights::LoraSpec;
+    use w2s::models::Model;
+    let dev = candle_core::Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load_lora(
+        &fixture("gpt2"),
+        &dev,
+        LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            targets: vec![],
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let adapter = dir.path().join("adapter");
+    m.save_adapter(&adapter).unwrap();
+    let out = dir.path().join("merged");
+    ok(w2s(&[
+        "lora-merge",
+        "--model",
+        s(&fixture("gpt2")),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&out),
+    ]));
+    // B starts at zero, so the merged model equals the base: scoring gives the same margins.
+    let root = dir.path().join("art");
+    ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
+    ok(w2s(&[
+        "score",
+        "--artifacts",
+        s(&root),
+        "--model",
+        s(&fixture("gpt2")),
+        "--run-id",
+        "base",
+    ]));
+    ok(w2s(&[
+        "score",
+        "--artifacts",
+        s(&root),
+        "--model",
+        s(&out),
+        "--run-id",
+        "merged",
+    ]));
+    let same = ok(w2s(&[
+        "sql", "--artifacts", s(&root), "--format", "csv",
+        "select count(*) as n from scores a join scores b using (pair_id) where a.run_id = 'base' and b.run_id = 'merged' and a.margin = b.margin",
+    ]));
+    assert_eq!(same, "n\n32\n");
+    let o = w2s(&[
+        "lora-merge",
+        "--model",
+        s(&fixture("llama")),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&dir.path().join("x")),
+    ]);
+    assert!(
+        !o.status.success(),
+        "a GPT-2 adapter must not merge into Llama"
+    );
+}

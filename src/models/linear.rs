@@ -1,0 +1,69 @@
+//! A projection (`nn.Linear` or GPT-2's `Conv1D`) with an optional LoRA adapter.
+//!
+//! LoRA (Hu et al. 2021; the paper's App. H uses r = 8, alpha = 16 on attention and MLP
+//! projections): `y = base(x) + (alpha / r) * x A^T B^T`, `A: [r, in]` initialised
+//! Kaiming-uniform (bound 1/sqrt(in), as PEFT), `B: [out, r]` zeros, so training starts from
+//! the base model. Only `A` and `B` are trainable; the base weight is a plain (untracked)
+//! tensor. Adapters are saved in PEFT's layout (`base_model.model.<module>.lora_A.weight`).
+
+use candle_core::{Tensor, Var};
+
+use super::ops;
+use crate::error::Result;
+
+/// How the base weight is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[out, in]`, `y = x W^T` (nn.Linear).
+    Linear,
+    /// `[in, out]`, `y = x W` (GPT-2 Conv1D).
+    Conv1d,
+}
+
+/// A LoRA adapter on one projection.
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+}
+
+pub struct Proj {
+    /// Module name (transformers naming, without `.weight`).
+    pub name: String,
+    pub w: Tensor,
+    pub bias: Option<Tensor>,
+    pub layout: Layout,
+    pub lora: Option<Lora>,
+}
+
+impl Proj {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match self.layout {
+            Layout::Linear => ops::linear(x, &self.w, self.bias.as_ref())?,
+            Layout::Conv1d => {
+                let b = self.bias.as_ref().expect("Conv1D has a bias");
+                ops::conv1d(x, &self.w, b)?
+            }
+        };
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                let low = ops::linear(x, l.a.as_tensor(), None)?;
+                let up = ops::linear(&low, l.b.as_tensor(), None)?;
+                Ok((y + (up * l.scale)?)?)
+            }
+        }
+    }
+
+    /// The base weight with the adapter folded in, in the base layout.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        let Some(l) = &self.lora else {
+            return Ok(self.w.clone());
+        };
+        let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?; // [out, in]
+        Ok(match self.layout {
+            Layout::Linear => (&self.w + delta)?,
+            Layout::Conv1d => (&self.w + delta.t()?)?,
+        })
+    }
+}
