@@ -158,6 +158,12 @@ pub struct ScoreArgs {
     /// Longest sequence in tokens; longer ones keep their last tokens (reference: 512).
     #[arg(long, default_value_t = 512)]
     pub max_ctx: usize,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weight type: f32, bf16 or f16 (half types are meant for CUDA).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Rescore even if up to date.
     #[arg(long)]
     pub force: bool,
@@ -360,6 +366,8 @@ async fn score_cmd(a: ScoreArgs) -> Result<()> {
         split: a.split.clone(),
         batch_pairs: a.batch_pairs,
         max_ctx: a.max_ctx,
+        device: a.device.clone(),
+        dtype: a.dtype.clone(),
     };
     let store = ArtifactStore::open(&a.root.artifacts)?;
     let started = std::time::Instant::now();

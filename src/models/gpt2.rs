@@ -73,7 +73,7 @@ impl Gpt2 {
         let d = self.cfg.n_embd;
         let pos = self.wpe.narrow(0, 0, t)?;
         let mut x = ops::embed(&self.wte, ids)?.broadcast_add(&pos)?;
-        let bias = ops::attention_bias(mask, None, device)?;
+        let bias = ops::attention_bias(mask, None, device)?.to_dtype(x.dtype())?;
         let scale = if self.cfg.scale_attn_weights {
             1.0 / ((d / h) as f64).sqrt()
         } else {

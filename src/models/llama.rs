@@ -137,9 +137,11 @@ impl Llama {
         let kvh = self.cfg.kv_heads();
         let eps = self.cfg.rms_norm_eps;
         let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
-        let (cos, sin) = self.rotary(t, device)?;
-        let bias = ops::attention_bias(mask, self.cfg.sliding_window, device)?;
         let mut x = ops::embed(&self.embed_tokens, ids)?;
+        let dtype = x.dtype();
+        let (cos, sin) = self.rotary(t, device)?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let bias = ops::attention_bias(mask, self.cfg.sliding_window, device)?.to_dtype(dtype)?;
         for l in &self.layers {
             let a = ops::rms_norm(&x, &l.input_norm, eps)?;
             let q = ops::rope(&ops::split_heads(&l.q.forward(&a)?, h)?, &cos, &sin)?;

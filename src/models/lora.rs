@@ -49,7 +49,13 @@ impl Model {
         if spec.targets.is_empty() {
             spec.targets = default_targets(&read_config(dir)?);
         }
-        let m = Model::load_opts(dir, device, true, Some((spec.clone(), HashMap::new())))?;
+        let m = Model::load_opts(
+            dir,
+            device,
+            true,
+            Some((spec.clone(), HashMap::new())),
+            candle_core::DType::F32,
+        )?;
         if m.adapted.is_empty() {
             return Err(Error::Config(format!(
                 "LoRA targets {:?} match no projection of this {} model",
@@ -97,7 +103,13 @@ impl Model {
             file: weights.display().to_string(),
             msg: format!("unreadable adapter: {e}"),
         })?;
-        let m = Model::load_opts(base, device, true, Some((spec, init.clone())))?;
+        let m = Model::load_opts(
+            base,
+            device,
+            true,
+            Some((spec, init.clone())),
+            candle_core::DType::F32,
+        )?;
         for name in init.keys() {
             if !m.params.contains_key(name) {
                 return Err(Error::Model {

@@ -19,12 +19,48 @@ mod parity_tests;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 pub use config::Config;
 use weights::Weights;
 
 use crate::error::{Error, Result};
+
+/// `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let ordinal = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Some(0),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(i) = ordinal else {
+        return Err(Error::Config(format!(
+            "--device `{s}`: expected cpu, cuda or cuda:N"
+        )));
+    };
+    Device::new_cuda(i).map_err(|e| {
+        let hint = if cfg!(feature = "cuda") {
+            ""
+        } else {
+            " (this w2s was built without `--features cuda`)"
+        };
+        Error::Config(format!("--device `{s}`: no CUDA device{hint}: {e}"))
+    })
+}
+
+/// `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(Error::Config(format!(
+            "--dtype `{s}`: expected f32, bf16 or f16"
+        ))),
+    }
+}
 
 enum Net {
     Gpt2(gpt2::Gpt2),
@@ -59,8 +95,13 @@ impl Model {
         Self::load_with(dir, device, true)
     }
 
+    /// Loads for inference with weights in `dtype` (f32 on CPU; bf16 / f16 for CUDA).
+    pub fn load_frozen_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
+        Self::load_opts(dir, device, true, None, dtype)
+    }
+
     fn load_with(dir: &Path, device: &Device, frozen: bool) -> Result<Model> {
-        Self::load_opts(dir, device, frozen, None)
+        Self::load_opts(dir, device, frozen, None, DType::F32)
     }
 
     pub(crate) fn load_opts(
@@ -68,6 +109,7 @@ impl Model {
         device: &Device,
         frozen: bool,
         lora: Option<(weights::LoraSpec, std::collections::HashMap<String, Tensor>)>,
+        dtype: DType,
     ) -> Result<Model> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
@@ -77,6 +119,7 @@ impl Model {
         let config = Config::parse(&cfg_path.display().to_string(), &text)?;
         let raw: serde_json::Value = serde_json::from_str(&text).expect("parsed above");
         let mut weights = Weights::load(dir, device)?;
+        weights = weights.with_dtype(dtype);
         if frozen {
             weights = weights.frozen();
         }

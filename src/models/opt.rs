@@ -131,7 +131,7 @@ impl Opt {
         }
         let pos = ops::embed(&self.embed_positions, &Self::positions(mask, device)?)?;
         x = (x + pos)?;
-        let bias = ops::attention_bias(mask, None, device)?;
+        let bias = ops::attention_bias(mask, None, device)?.to_dtype(x.dtype())?;
         for l in &self.layers {
             let residual = x.clone();
             let mut a = if pre {

@@ -222,3 +222,39 @@ fn mismatched_weights_name_the_tensor() {
         "{e}"
     );
 }
+
+#[test]
+fn half_precision_weights_stay_close_to_f32() {
+    let dev = Device::Cpu;
+    for (name, dtype) in [("gpt2", DType::BF16), ("llama", DType::F16)] {
+        let model = Model::load_frozen_as(&fixture(name), &dev, dtype).unwrap();
+        assert!(
+            model.tensors().values().all(|t| t.dtype() == dtype),
+            "{name}"
+        );
+        let e = Expected::load(name);
+        let mask = e.rows("attention_mask");
+        let ids = ops::ids_tensor(&e.rows("input_ids"), &dev).unwrap();
+        let resp = ops::mask_tensor(&e.rows("response_mask"), &dev).unwrap();
+        let logits = model.logits(&model.hidden(&ids, &mask).unwrap()).unwrap();
+        assert_eq!(logits.dtype(), dtype);
+        let lp = response_logprobs(&logits, &ids, &resp).unwrap();
+        assert_eq!(lp.mean.dtype(), DType::F32, "log-probs are computed in f32");
+        let d = max_abs_diff(&lp.mean, e.t("logp_mean"));
+        // bf16 keeps ~3 significant digits; mean log-probs here are about -5.7.
+        assert!(d < 3e-2, "{name} {dtype:?}: mean log-probs differ by {d}");
+    }
+}
+
+#[test]
+fn device_and_dtype_arguments() {
+    assert!(super::parse_device("cpu").is_ok());
+    let e = super::parse_device("gpu").unwrap_err().to_string();
+    assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = super::parse_device("cuda:0").unwrap_err().to_string();
+        assert!(e.contains("built without `--features cuda`"), "{e}");
+    }
+    assert_eq!(super::parse_dtype("bf16").unwrap(), DType::BF16);
+    assert!(super::parse_dtype("f8").is_err());
+}

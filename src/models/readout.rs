@@ -27,7 +27,7 @@ pub fn gather_positions(hidden: &Tensor, idx: &[usize]) -> Result<Tensor> {
 
 /// Linear reward head without bias (`head`: `[1, H]`) read at `idx`: rewards `[B]`.
 pub fn reward(hidden: &Tensor, idx: &[usize], head: &Tensor) -> Result<Tensor> {
-    let rows = gather_positions(hidden, idx)?;
+    let rows = gather_positions(hidden, idx)?.to_dtype(head.dtype())?;
     Ok(ops::linear(&rows, head, None)?.squeeze(1)?)
 }
 
@@ -49,6 +49,8 @@ pub fn response_logprobs(
     response_mask: &Tensor,
 ) -> Result<LogProbs> {
     let t = logits.dim(1)?;
+    // Always in f32: half-precision log-probs over a large vocabulary lose too much.
+    let logits = logits.to_dtype(candle_core::DType::F32)?;
     let lp = ops::log_softmax(&logits.narrow(1, 0, t - 1)?)?;
     let targets = ids
         .narrow(1, 1, t - 1)?

@@ -42,6 +42,8 @@ pub struct Weights {
     file: String,
     /// Hand out plain tensors instead of variables: no gradients, no autograd graph (scoring).
     frozen: bool,
+    /// Float type of every weight handed out (f32 unless asked otherwise).
+    dtype: DType,
     tensors: HashMap<String, Tensor>,
     vars: RefCell<BTreeMap<String, Var>>,
     /// Every tensor handed out, trainable or not, by canonical name (what `save` writes).
@@ -110,6 +112,7 @@ impl Weights {
         Weights {
             file,
             frozen: false,
+            dtype: DType::F32,
             tensors,
             vars: RefCell::new(BTreeMap::new()),
             named: RefCell::new(BTreeMap::new()),
@@ -125,6 +128,12 @@ impl Weights {
     /// scoring uses weights that autograd does not track).
     pub fn frozen(mut self) -> Weights {
         self.frozen = true;
+        self
+    }
+
+    /// Hands out weights as `dtype` (bf16 / f16 halve memory; meant for the CUDA backend).
+    pub fn with_dtype(mut self, dtype: DType) -> Weights {
+        self.dtype = dtype;
         self
     }
 
@@ -194,7 +203,7 @@ impl Weights {
                         });
                     }
                 }
-                (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?)
+                (a.to_dtype(self.dtype)?, b.to_dtype(self.dtype)?)
             }
             (None, None) => {
                 let bound = 1.0 / (inp as f64).sqrt();
@@ -207,8 +216,8 @@ impl Weights {
                     })
                     .collect();
                 (
-                    Tensor::from_vec(vals, (spec.r, inp), device)?,
-                    Tensor::zeros((out, spec.r), DType::F32, device)?,
+                    Tensor::from_vec(vals, (spec.r, inp), device)?.to_dtype(self.dtype)?,
+                    Tensor::zeros((out, spec.r), self.dtype, device)?,
                 )
             }
             _ => {
@@ -263,8 +272,8 @@ impl Weights {
             });
         }
         let t = match t.dtype() {
-            DType::F32 => t.clone(),
-            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            d if d == self.dtype => t.clone(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(self.dtype)?,
             other => {
                 return Err(Error::Model {
                     file: self.file.clone(),

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
 };
@@ -36,6 +36,10 @@ pub struct ScoreSettings {
     pub batch_pairs: usize,
     /// Longest sequence; longer ones keep their last `max_ctx` tokens.
     pub max_ctx: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Weight type: `f32` (CPU default), `bf16` or `f16`. Log-probs are always computed in f32.
+    pub dtype: String,
 }
 
 /// What a score run did.
@@ -186,9 +190,9 @@ fn score_batch(model: &Model, rows: &[(Vec<u32>, Vec<u32>)]) -> Result<SideScore
     let hidden = model.hidden(&ids, &attn)?;
     let logits = model.logits(&hidden)?;
     let lp = response_logprobs(&logits, &ids, &resp)?;
-    let sum: Vec<f32> = lp.sum.to_vec1()?;
-    let mean: Vec<f32> = lp.mean.to_vec1()?;
-    let count: Vec<f32> = lp.count.to_vec1()?;
+    let sum: Vec<f32> = lp.sum.to_dtype(DType::F32)?.to_vec1()?;
+    let mean: Vec<f32> = lp.mean.to_dtype(DType::F32)?.to_vec1()?;
+    let count: Vec<f32> = lp.count.to_dtype(DType::F32)?.to_vec1()?;
     Ok((0..rows.len())
         .map(|i| (sum[i] as f64, mean[i] as f64, count[i] as i64))
         .collect())
@@ -254,8 +258,8 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
     }
 
     let pairs = load_split(store, &s.split).await?;
-    let device = Device::Cpu;
-    let model = Model::load_frozen(&model_dir, &device)?;
+    let device = crate::models::parse_device(&s.device)?;
+    let model = Model::load_frozen_as(&model_dir, &device, crate::models::parse_dtype(&s.dtype)?)?;
     let tok = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
 
