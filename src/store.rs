@@ -428,6 +428,33 @@ impl ArtifactStore {
         Ok(())
     }
 
+    /// Publishes a stage's outputs: commits their manifest, or removes them if that fails.
+    pub async fn publish(
+        &self,
+        stage: &str,
+        key: &str,
+        fingerprint: &str,
+        settings: &impl Serialize,
+        inputs: Vec<InputFile>,
+        outputs: Vec<OutputFile>,
+    ) -> Result<()> {
+        let manifest = Manifest {
+            key: key.to_string(),
+            stage: stage.to_string(),
+            fingerprint: fingerprint.to_string(),
+            code_version: CODE_VERSION.to_string(),
+            settings: serde_json::to_value(settings).expect("settings serialize"),
+            inputs,
+            outputs,
+            committed_unix: now_unix(),
+        };
+        if let Err(e) = self.commit(&manifest).await {
+            self.discard(&manifest.outputs).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Removes files a failed stage wrote before it could commit (best effort).
     pub async fn discard(&self, outputs: &[OutputFile]) {
         for f in outputs {
@@ -464,6 +491,19 @@ impl ArtifactStore {
         }
         Ok(tables)
     }
+}
+
+/// A stage's fingerprint: sha256 over its name, the code version, its settings and the
+/// checksums of its inputs. Equal fingerprints mean the stage would write the same outputs.
+pub fn fingerprint(stage: &str, settings: &impl Serialize, inputs: &[InputFile]) -> String {
+    let text = serde_json::to_string(&serde_json::json!({
+        "stage": stage,
+        "code": CODE_VERSION,
+        "settings": settings,
+        "inputs": inputs.iter().map(|i| &i.sha256).collect::<Vec<_>>(),
+    }))
+    .expect("settings serialize");
+    sha256_hex(text.as_bytes())
 }
 
 /// Seconds since the Unix epoch.

@@ -30,15 +30,6 @@ pub fn default_targets(config: &Config) -> Vec<String> {
     t.iter().map(|s| s.to_string()).collect()
 }
 
-fn read_config(dir: &Path) -> Result<Config> {
-    let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|source| Error::Io {
-        path: p.display().to_string(),
-        source,
-    })?;
-    Config::parse(&p.display().to_string(), &text)
-}
-
 impl Model {
     /// Loads `dir` with fresh LoRA adapters (A Kaiming-uniform from `spec.seed`, B zero).
     /// An empty `spec.targets` means the family's attention and MLP projections.
@@ -47,7 +38,7 @@ impl Model {
             return Err(Error::Config("LoRA rank r must be at least 1".into()));
         }
         if spec.targets.is_empty() {
-            spec.targets = default_targets(&read_config(dir)?);
+            spec.targets = default_targets(&super::read_config(dir)?.0);
         }
         let m = Model::load_opts(
             dir,
@@ -71,14 +62,7 @@ impl Model {
     pub fn load_with_adapter(base: &Path, adapter: &Path, device: &Device) -> Result<Model> {
         let cfg_path = adapter.join("adapter_config.json");
         let file = cfg_path.display().to_string();
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
-            path: file.clone(),
-            source,
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Model {
-            file: file.clone(),
-            msg: format!("invalid JSON: {e}"),
-        })?;
+        let (_, v) = super::read_json(&cfg_path)?;
         let field = |k: &str| {
             v.get(k).cloned().ok_or_else(|| Error::Model {
                 file: file.clone(),
@@ -216,19 +200,6 @@ mod tests {
         m.logits(&m.hidden(&ids, &[vec![1; 6]]).unwrap()).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
     /// Gives every B a nonzero value, as training would.
     fn perturb(m: &Model) {
         for (i, (k, v)) in m.params().iter().enumerate() {
@@ -277,7 +248,11 @@ mod tests {
 
             // B = 0: the adapted model starts as the base model.
             let base = Model::load(&fixture(family), &dev).unwrap();
-            assert_eq!(max_diff(&logits(&m), &logits(&base)), 0.0, "{family}");
+            assert_eq!(
+                crate::models::max_abs_diff(&logits(&m), &logits(&base)),
+                0.0,
+                "{family}"
+            );
 
             // Gradients reach every adapter and no base weight.
             perturb(&m);
@@ -314,11 +289,11 @@ mod tests {
             let out = dir.path().join("merged");
             m.save_merged(&out, &SaveExtras::default()).unwrap();
             let merged = Model::load(&out, &dev).unwrap();
-            let d = max_diff(&logits(&m), &logits(&merged));
+            let d = crate::models::max_abs_diff(&logits(&m), &logits(&merged));
             assert!(d < 1e-5, "{family}: merged differs by {d}");
             let base = Model::load(&fixture(family), &dev).unwrap();
             assert!(
-                max_diff(&logits(&base), &logits(&merged)) > 1e-4,
+                crate::models::max_abs_diff(&logits(&base), &logits(&merged)) > 1e-4,
                 "{family}: merge changed nothing"
             );
 
@@ -326,7 +301,11 @@ mod tests {
             let ad = dir.path().join("adapter");
             m.save_adapter(&ad).unwrap();
             let back = Model::load_with_adapter(&fixture(family), &ad, &dev).unwrap();
-            assert_eq!(max_diff(&logits(&m), &logits(&back)), 0.0, "{family}");
+            assert_eq!(
+                crate::models::max_abs_diff(&logits(&m), &logits(&back)),
+                0.0,
+                "{family}"
+            );
             assert_eq!(back.params().len(), m.params().len());
         }
     }

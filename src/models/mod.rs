@@ -16,6 +16,17 @@ pub mod weights;
 #[cfg(test)]
 mod parity_tests;
 
+/// Largest absolute elementwise difference (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar())
+        .expect("tensors of one shape")
+}
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -25,6 +36,27 @@ pub use config::Config;
 use weights::Weights;
 
 use crate::error::{Error, Result};
+
+/// A file's text and its JSON value; errors name the file.
+pub(crate) fn read_json(path: &Path) -> Result<(String, serde_json::Value)> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let v = serde_json::from_str(&text).map_err(|e| Error::Model {
+        file,
+        msg: format!("invalid JSON: {e}"),
+    })?;
+    Ok((text, v))
+}
+
+/// `config.json` of a checkpoint folder, parsed, with its raw JSON.
+pub(crate) fn read_config(dir: &Path) -> Result<(Config, serde_json::Value)> {
+    let p = dir.join("config.json");
+    let (text, raw) = read_json(&p)?;
+    Ok((Config::parse(&p.display().to_string(), &text)?, raw))
+}
 
 /// `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -111,13 +143,7 @@ impl Model {
         lora: Option<(weights::LoraSpec, std::collections::HashMap<String, Tensor>)>,
         dtype: DType,
     ) -> Result<Model> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| Error::Io {
-            path: cfg_path.display().to_string(),
-            source,
-        })?;
-        let config = Config::parse(&cfg_path.display().to_string(), &text)?;
-        let raw: serde_json::Value = serde_json::from_str(&text).expect("parsed above");
+        let (config, raw) = read_config(dir)?;
         let mut weights = Weights::load(dir, device)?;
         weights = weights.with_dtype(dtype);
         if frozen {

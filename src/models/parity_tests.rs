@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::readout::{last_real_index, response_logprobs, reward};
-use super::{ops, Model};
+use super::{max_abs_diff, ops, Model};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -35,19 +35,6 @@ impl Expected {
             .to_vec2::<u32>()
             .unwrap()
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// ||a - b|| / max(||b||, 1e-4). The floor matters only for gradients that are analytically

@@ -165,17 +165,7 @@ mod tests {
             let mask = [vec![1; 5]];
             let a = m.logits(&m.hidden(&ids, &mask).unwrap()).unwrap();
             let b = back.logits(&back.hidden(&ids, &mask).unwrap()).unwrap();
-            let d: f32 = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert_eq!(d, 0.0, "{family}");
+            assert_eq!(crate::models::max_abs_diff(&a, &b), 0.0, "{family}");
             let h = load_reward_head(&out, &dev).unwrap();
             assert_eq!(h.dims(), &[1, m.config.hidden_width()]);
             let names: Vec<_> = std::fs::read_dir(dir.path())

@@ -78,14 +78,7 @@ impl Weights {
             tensors = read_file(&single, device)?;
         } else if index.exists() {
             file = index.display().to_string();
-            let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
-                path: file.clone(),
-                source,
-            })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Model {
-                file: file.clone(),
-                msg: format!("invalid JSON: {e}"),
-            })?;
+            let (_, v) = super::read_json(&index)?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -353,17 +346,11 @@ mod tests {
         let single = Model::load(&src, &dev).unwrap();
         assert_eq!(sharded.tensors().len(), single.tensors().len());
         for (k, t) in single.tensors() {
-            let d: f32 = (t - &sharded.tensors()[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert_eq!(d, 0.0, "{k}");
+            assert_eq!(
+                crate::models::max_abs_diff(t, &sharded.tensors()[k]),
+                0.0,
+                "{k}"
+            );
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::models::{ops, Model};
 use crate::progress;
 use crate::schema;
 use crate::stages::split;
-use crate::store::{now_unix, sha256_hex, ArtifactStore, InputFile, Manifest, CODE_VERSION};
+use crate::store::{fingerprint, sha256_hex, ArtifactStore, InputFile};
 use crate::tokenize::Tokenizer;
 
 /// Everything that determines a `scores` part.
@@ -223,14 +223,7 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
         batch_pairs: 0,
         ..s.clone()
     };
-    let fingerprint = sha256_hex(
-        serde_json::to_string(&serde_json::json!({
-            "stage": "score", "code": CODE_VERSION, "settings": identity,
-            "inputs": inputs.iter().map(|i| &i.sha256).collect::<Vec<_>>(),
-        }))
-        .expect("settings serialize")
-        .as_bytes(),
-    );
+    let fingerprint = fingerprint("score", &identity, &inputs);
     let key = format!("score/{}/{}", s.run_id, s.split);
     if !force {
         if let Some(m) = store.manifest(&key).await? {
@@ -307,20 +300,9 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             &batch,
         )
         .await?;
-    let manifest = Manifest {
-        key,
-        stage: "score".into(),
-        fingerprint,
-        code_version: CODE_VERSION.into(),
-        settings: serde_json::to_value(s).expect("settings serialize"),
-        inputs,
-        outputs: vec![part.clone()],
-        committed_unix: now_unix(),
-    };
-    if let Err(e) = store.commit(&manifest).await {
-        store.discard(&[part]).await;
-        return Err(e);
-    }
+    store
+        .publish("score", &key, &fingerprint, s, inputs, vec![part])
+        .await?;
     Ok(ScoreReport {
         pairs: pairs.len(),
         accuracy: correct as f64 / pairs.len() as f64,

@@ -21,7 +21,7 @@ use crate::data::{self, pair_id, Pair, PairRules, PromptMismatch, Record, Shape}
 use crate::error::{At, Error, Result};
 use crate::rng::numpy_permutation;
 use crate::schema;
-use crate::store::{now_unix, sha256_hex, ArtifactStore, InputFile, Manifest, CODE_VERSION};
+use crate::store::{fingerprint, ArtifactStore, InputFile, Manifest};
 
 /// Manifest key of the split stage's output.
 pub const KEY: &str = "split";
@@ -262,16 +262,7 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
         (None, _) => {}
     }
 
-    let fingerprint = sha256_hex(
-        serde_json::to_string(&serde_json::json!({
-            "stage": "split",
-            "code": CODE_VERSION,
-            "settings": s,
-            "inputs": inputs.iter().map(|i| &i.sha256).collect::<Vec<_>>(),
-        }))
-        .expect("settings serialize")
-        .as_bytes(),
-    );
+    let fingerprint = fingerprint("split", s, &inputs);
 
     let mut report = SplitReport {
         counts: BTreeMap::new(),
@@ -302,20 +293,9 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
     let part = store
         .write_table_part("pairs", &format!("split-{}", &fingerprint[..16]), &batch)
         .await?;
-    let manifest = Manifest {
-        key: KEY.to_string(),
-        stage: "split".to_string(),
-        fingerprint,
-        code_version: CODE_VERSION.to_string(),
-        settings: serde_json::to_value(s).expect("settings serialize"),
-        inputs,
-        outputs: vec![part.clone()],
-        committed_unix: now_unix(),
-    };
-    if let Err(e) = store.commit(&manifest).await {
-        store.discard(&[part]).await;
-        return Err(e);
-    }
+    store
+        .publish("split", KEY, &fingerprint, s, inputs, vec![part])
+        .await?;
     Ok(report)
 }
 
