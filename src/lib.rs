@@ -7,6 +7,7 @@
 pub mod data;
 pub mod error;
 pub mod models;
+pub mod optim;
 pub mod progress;
 pub mod rng;
 pub mod schema;
