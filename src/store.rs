@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -541,21 +540,6 @@ pub fn decode_parquet(bytes: Bytes) -> std::result::Result<Vec<RecordBatch>, Str
     reader
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())
-}
-
-/// Checks that `batch` has exactly `schema` (names, types, nullability).
-pub fn check_schema(batch: &RecordBatch, schema: &SchemaRef, what: &str) -> Result<()> {
-    if batch.schema().fields() != schema.fields() {
-        return Err(Error::Format {
-            file: what.to_string(),
-            msg: format!(
-                "schema mismatch: expected {:?}, found {:?}",
-                schema.fields(),
-                batch.schema().fields()
-            ),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
