@@ -116,3 +116,43 @@ pub fn pairs_part(root: &Path) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A tiny fixture checkpoint (tools/fixtures/make_fixtures.py).
+pub fn fixture_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+/// `w2s score` of `model` into `root` as `run_id`, with extra environment; returns stdout.
+pub fn score(root: &Path, model: &str, run_id: &str, env: &[(&str, String)]) -> String {
+    ok(w2s_env(
+        &[
+            "score",
+            "--artifacts",
+            s(root),
+            "--model",
+            model,
+            "--run-id",
+            run_id,
+        ],
+        env,
+    ))
+}
+
+/// How many pairs two scored runs give exactly the same margin, as CSV.
+pub fn same_margins(root: &Path, a: &str, b: &str) -> String {
+    ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(root),
+        "--format",
+        "csv",
+        "--param",
+        &format!("a={a}"),
+        "--param",
+        &format!("b={b}"),
+        "select count(*) as n from scores x join scores y on x.pair_id = y.pair_id \
+         where x.run_id = $a and y.run_id = $b and x.margin = y.margin",
+    ]))
+}

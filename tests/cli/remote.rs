@@ -252,15 +252,7 @@ fn s3_root_and_inputs_match_the_local_run() {
     env.push(("W2S_CACHE", s(&dir.path().join("cache")).to_string()));
     let root = dir.path().join("scored");
     ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
-    ok(w2s(&[
-        "score",
-        "--artifacts",
-        s(&root),
-        "--model",
-        s(&model),
-        "--run-id",
-        "local",
-    ]));
+    score(&root, s(&model), "local", &[]);
     ok(w2s_env(
         &[
             "score",
@@ -274,20 +266,6 @@ fn s3_root_and_inputs_match_the_local_run() {
         &env,
     ));
     assert_eq!(same_margins(&root, "local", "s3"), "n\n32\n");
-}
-
-fn fixture_model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
-/// How many pairs two scored runs give exactly the same margin.
-fn same_margins(root: &Path, a: &str, b: &str) -> String {
-    ok(w2s(&[
-        "sql", "--artifacts", s(root), "--format", "csv", "--param", &format!("a={a}"), "--param", &format!("b={b}"),
-        "select count(*) as n from scores x join scores y on x.pair_id = y.pair_id where x.run_id = $a and y.run_id = $b and x.margin = y.margin",
-    ]))
 }
 
 fn s3_client(port: u16) -> object_store::aws::AmazonS3 {
@@ -393,15 +371,7 @@ fn models_from_http_and_the_hub_by_repo_id() {
     ];
     let root = dir.path().join("art");
     ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
-    ok(w2s(&[
-        "score",
-        "--artifacts",
-        s(&root),
-        "--model",
-        s(&model),
-        "--run-id",
-        "local",
-    ]));
+    score(&root, s(&model), "local", &[]);
     let http_url = format!("http://127.0.0.1:{port}/models/gpt2");
     ok(w2s_env(
         &[

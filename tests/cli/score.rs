@@ -3,18 +3,12 @@
 //! (tests/fixtures/models/<family>/score.json, written by tools/fixtures/make_fixtures.py).
 
 use crate::common::*;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
 
 fn check(family: &str) {
-    let oracle: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixture(family).join("score.json")).unwrap())
-            .unwrap();
+    let oracle: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture_model(family).join("score.json")).unwrap(),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = oracle
         .iter()
@@ -44,7 +38,7 @@ fn check(family: &str) {
         "--artifacts",
         s(&root),
         "--model",
-        s(&fixture(family)),
+        s(&fixture_model(family)),
         "--run-id",
         "tiny",
         "--batch-pairs",
@@ -88,15 +82,7 @@ fn check(family: &str) {
         );
     }
     // Up to date the second time.
-    let again = ok(w2s(&[
-        "score",
-        "--artifacts",
-        s(&root),
-        "--model",
-        s(&fixture(family)),
-        "--run-id",
-        "tiny",
-    ]));
+    let again = score(&root, s(&fixture_model(family)), "tiny", &[]);
     assert!(again.contains("up to date"), "{again}");
 }
 
@@ -119,7 +105,7 @@ fn score_without_pairs_or_with_a_bad_model_is_a_clear_error() {
         "--artifacts",
         s(&root),
         "--model",
-        s(&fixture("gpt2")),
+        s(&fixture_model("gpt2")),
     ]);
     assert!(!o.status.success());
     assert!(
@@ -148,7 +134,7 @@ fn lora_merge_writes_a_plain_checkpoint_that_scores() {
     let dev = candle_core::Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
     let m = Model::load_lora(
-        &fixture("gpt2"),
+        &fixture_model("gpt2"),
         &dev,
         LoraSpec {
             r: 4,
@@ -164,7 +150,7 @@ fn lora_merge_writes_a_plain_checkpoint_that_scores() {
     ok(w2s(&[
         "lora-merge",
         "--model",
-        s(&fixture("gpt2")),
+        s(&fixture_model("gpt2")),
         "--adapter",
         s(&adapter),
         "--out",
@@ -173,33 +159,14 @@ fn lora_merge_writes_a_plain_checkpoint_that_scores() {
     // B starts at zero, so the merged model equals the base: scoring gives the same margins.
     let root = dir.path().join("art");
     ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
-    ok(w2s(&[
-        "score",
-        "--artifacts",
-        s(&root),
-        "--model",
-        s(&fixture("gpt2")),
-        "--run-id",
-        "base",
-    ]));
-    ok(w2s(&[
-        "score",
-        "--artifacts",
-        s(&root),
-        "--model",
-        s(&out),
-        "--run-id",
-        "merged",
-    ]));
-    let same = ok(w2s(&[
-        "sql", "--artifacts", s(&root), "--format", "csv",
-        "select count(*) as n from scores a join scores b using (pair_id) where a.run_id = 'base' and b.run_id = 'merged' and a.margin = b.margin",
-    ]));
+    score(&root, s(&fixture_model("gpt2")), "base", &[]);
+    score(&root, s(&out), "merged", &[]);
+    let same = same_margins(&root, "base", "merged");
     assert_eq!(same, "n\n32\n");
     let o = w2s(&[
         "lora-merge",
         "--model",
-        s(&fixture("llama")),
+        s(&fixture_model("llama")),
         "--adapter",
         s(&adapter),
         "--out",
