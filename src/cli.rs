@@ -304,13 +304,18 @@ async fn split_cmd(a: SplitArgs) -> Result<()> {
     Ok(())
 }
 
-async fn convert_cmd(a: ConvertArgs) -> Result<()> {
-    let device = candle_core::Device::Cpu;
-    let dir = w2s::models::source::materialize(&a.model).await?;
-    let model = w2s::models::Model::load_frozen(&dir, &device)?;
+/// A model location as a local folder, and that folder's tokenizer.json if it has one.
+async fn model_folder(location: &str) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+    let dir = w2s::models::source::materialize(location).await?;
     let tok = dir.join("tokenizer.json");
+    Ok((dir, tok.exists().then_some(tok)))
+}
+
+async fn convert_cmd(a: ConvertArgs) -> Result<()> {
+    let (dir, tok) = model_folder(&a.model).await?;
+    let model = w2s::models::Model::load_frozen(&dir, &candle_core::Device::Cpu)?;
     let extras = w2s::models::save::SaveExtras {
-        tokenizer: tok.exists().then_some(tok.as_path()),
+        tokenizer: tok.as_deref(),
         reward_head: None,
         provenance: serde_json::json!({ "converted_from": a.model }),
     };
@@ -326,12 +331,10 @@ async fn convert_cmd(a: ConvertArgs) -> Result<()> {
 }
 
 async fn lora_merge_cmd(a: LoraMergeArgs) -> Result<()> {
-    let device = candle_core::Device::Cpu;
-    let dir = w2s::models::source::materialize(&a.model).await?;
-    let model = w2s::models::Model::load_with_adapter(&dir, &a.adapter, &device)?;
-    let tok = dir.join("tokenizer.json");
+    let (dir, tok) = model_folder(&a.model).await?;
+    let model = w2s::models::Model::load_with_adapter(&dir, &a.adapter, &candle_core::Device::Cpu)?;
     let extras = w2s::models::save::SaveExtras {
-        tokenizer: tok.exists().then_some(tok.as_path()),
+        tokenizer: tok.as_deref(),
         reward_head: None,
         provenance: serde_json::json!({
             "merged_from": { "base": a.model, "adapter": a.adapter.display().to_string() },

@@ -96,6 +96,11 @@ pub struct Resolved {
 /// Parses a local path or URL into something `object_store` can read.
 /// Local paths become absolute `file://` URLs; nothing is created here.
 pub fn resolve(location: &str) -> Result<Resolved> {
+    resolve_with_headers(location, object_store::HeaderMap::new())
+}
+
+/// [`resolve`], sending `headers` with every HTTP(S) request (e.g. a hub token).
+pub fn resolve_with_headers(location: &str, headers: object_store::HeaderMap) -> Result<Resolved> {
     let bad = |msg: String| Error::Config(format!("{location}: {msg}"));
     if let Some(scheme_end) = location.find("://") {
         let url = Url::parse(location).map_err(|e| bad(format!("not a valid URL: {e}")))?;
@@ -133,7 +138,11 @@ pub fn resolve(location: &str) -> Result<Resolved> {
                 let origin = url.origin().ascii_serialization();
                 let store = HttpBuilder::new()
                     .with_url(origin.clone())
-                    .with_client_options(ClientOptions::new().with_allow_http(scheme == "http"))
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_allow_http(scheme == "http")
+                            .with_default_headers(headers),
+                    )
                     .build()
                     .map_err(|e| Error::Store {
                         uri: location.to_string(),
@@ -201,6 +210,11 @@ fn check_local_root(root: &str, dir: &std::path::Path) -> Result<()> {
 
 /// Reads a whole input (local path or URL) into memory.
 pub async fn fetch(location: &str) -> Result<Bytes> {
+    fetch_with_headers(location, object_store::HeaderMap::new()).await
+}
+
+/// [`fetch`], sending `headers` with HTTP(S) requests.
+pub async fn fetch_with_headers(location: &str, headers: object_store::HeaderMap) -> Result<Bytes> {
     if !location.contains("://") {
         return std::fs::read(location)
             .map(Bytes::from)
@@ -209,7 +223,7 @@ pub async fn fetch(location: &str) -> Result<Bytes> {
                 source,
             });
     }
-    let r = resolve(location)?;
+    let r = resolve_with_headers(location, headers)?;
     let get = r.store.get(&r.path).await.map_err(|source| Error::Store {
         uri: location.to_string(),
         source,

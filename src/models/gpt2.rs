@@ -31,20 +31,14 @@ impl Gpt2 {
     pub fn new(cfg: &Gpt2Config, w: &Weights) -> Result<Gpt2> {
         let d = cfg.n_embd;
         let inner = cfg.n_inner.unwrap_or(4 * d);
-        let pair = |name: &str, ws: &[usize], bs: &[usize]| -> Result<(Tensor, Tensor)> {
-            Ok((
-                w.get(&format!("{name}.weight"), ws)?,
-                w.get(&format!("{name}.bias"), bs)?,
-            ))
-        };
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("transformer.h.{i}");
             blocks.push(Block {
-                ln_1: pair(&format!("{p}.ln_1"), &[d], &[d])?,
+                ln_1: w.layer_norm(&format!("{p}.ln_1"), d)?,
                 c_attn: w.proj(&format!("{p}.attn.c_attn"), 3 * d, d, true, Layout::Conv1d)?,
                 c_proj: w.proj(&format!("{p}.attn.c_proj"), d, d, true, Layout::Conv1d)?,
-                ln_2: pair(&format!("{p}.ln_2"), &[d], &[d])?,
+                ln_2: w.layer_norm(&format!("{p}.ln_2"), d)?,
                 c_fc: w.proj(&format!("{p}.mlp.c_fc"), inner, d, true, Layout::Conv1d)?,
                 mlp_proj: w.proj(&format!("{p}.mlp.c_proj"), d, inner, true, Layout::Conv1d)?,
             });
@@ -58,7 +52,7 @@ impl Gpt2 {
         Ok(Gpt2 {
             cfg: cfg.clone(),
             wpe: w.get("transformer.wpe.weight", &[cfg.n_positions, d])?,
-            ln_f: pair("transformer.ln_f", &[d], &[d])?,
+            ln_f: w.layer_norm("transformer.ln_f", d)?,
             wte,
             blocks,
             lm_head,

@@ -119,21 +119,17 @@ pub struct Model {
 impl Model {
     /// Loads `config.json` and the safetensors weights of a Hugging Face layout folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Model> {
-        Self::load_with(dir, device, false)
+        Self::load_opts(dir, device, false, None, DType::F32)
     }
 
     /// Loads for inference only: weights are not variables, so no autograd graph is kept.
     pub fn load_frozen(dir: &Path, device: &Device) -> Result<Model> {
-        Self::load_with(dir, device, true)
+        Self::load_opts(dir, device, true, None, DType::F32)
     }
 
     /// Loads for inference with weights in `dtype` (f32 on CPU; bf16 / f16 for CUDA).
     pub fn load_frozen_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
         Self::load_opts(dir, device, true, None, dtype)
-    }
-
-    fn load_with(dir: &Path, device: &Device, frozen: bool) -> Result<Model> {
-        Self::load_opts(dir, device, frozen, None, DType::F32)
     }
 
     pub(crate) fn load_opts(

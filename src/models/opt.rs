@@ -40,12 +40,6 @@ impl Opt {
         let d = cfg.hidden_size;
         let p = cfg.proj_dim();
         let f = cfg.ffn_dim;
-        let pair = |name: &str, ws: &[usize], bs: &[usize]| -> Result<(Tensor, Tensor)> {
-            Ok((
-                w.get(&format!("{name}.weight"), ws)?,
-                w.get(&format!("{name}.bias"), bs)?,
-            ))
-        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = format!("model.decoder.layers.{i}");
@@ -60,10 +54,10 @@ impl Opt {
                     true,
                     Layout::Linear,
                 )?,
-                attn_ln: pair(&format!("{n}.self_attn_layer_norm"), &[d], &[d])?,
+                attn_ln: w.layer_norm(&format!("{n}.self_attn_layer_norm"), d)?,
                 fc1: w.proj(&format!("{n}.fc1"), f, d, true, Layout::Linear)?,
                 fc2: w.proj(&format!("{n}.fc2"), d, f, true, Layout::Linear)?,
-                final_ln: pair(&format!("{n}.final_layer_norm"), &[d], &[d])?,
+                final_ln: w.layer_norm(&format!("{n}.final_layer_norm"), d)?,
             });
         }
         let embed_tokens = w.get("model.decoder.embed_tokens.weight", &[cfg.vocab_size, p])?;
@@ -76,7 +70,7 @@ impl Opt {
             (None, None)
         };
         let final_layer_norm = if cfg.has_final_layer_norm() {
-            Some(pair("model.decoder.final_layer_norm", &[d], &[d])?)
+            Some(w.layer_norm("model.decoder.final_layer_norm", d)?)
         } else {
             None
         };

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::store::{fetch, sha256_hex};
+use crate::store::{fetch_with_headers, sha256_hex};
 
 const HF_DEFAULT: &str = "https://huggingface.co";
 
@@ -66,49 +66,16 @@ fn is_not_found(e: &Error) -> bool {
 }
 
 async fn get(base: &str, name: &str) -> Result<Bytes> {
-    let url = format!("{base}{name}");
+    let mut headers = object_store::HeaderMap::new();
     if base.contains("/resolve/") {
         if let Ok(token) = std::env::var("HF_TOKEN") {
-            return fetch_with_token(&url, &token).await;
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Error::Config("HF_TOKEN is not a valid header value".into()))?;
+            headers.insert("authorization", value);
         }
     }
-    fetch(&url).await
-}
-
-async fn fetch_with_token(url: &str, token: &str) -> Result<Bytes> {
-    use object_store::http::HttpBuilder;
-    use object_store::{ClientOptions, ObjectStoreExt};
-    let parsed = url::Url::parse(url).map_err(|e| Error::Config(format!("{url}: {e}")))?;
-    let mut headers = object_store::HeaderMap::new();
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| Error::Config("HF_TOKEN is not a valid header value".into()))?;
-    headers.insert("authorization", value);
-    let store = HttpBuilder::new()
-        .with_url(parsed.origin().ascii_serialization())
-        .with_client_options(
-            ClientOptions::new()
-                .with_allow_http(parsed.scheme() == "http")
-                .with_default_headers(headers),
-        )
-        .build()
-        .map_err(|source| Error::Store {
-            uri: url.to_string(),
-            source,
-        })?;
-    let path = object_store::path::Path::parse(parsed.path().trim_start_matches('/'))
-        .map_err(|e| Error::Config(format!("{url}: {e}")))?;
-    let err = |source| Error::Store {
-        uri: url.to_string(),
-        source,
-    };
-    store
-        .get(&path)
-        .await
-        .map_err(err)?
-        .bytes()
-        .await
-        .map_err(err)
+    fetch_with_headers(&format!("{base}{name}"), headers).await
 }
 
 /// A local folder holding the checkpoint at `location`, downloading it first if remote.

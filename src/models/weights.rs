@@ -140,6 +140,14 @@ impl Weights {
         self
     }
 
+    /// A layer norm's `weight` and `bias`, both `[width]`.
+    pub fn layer_norm(&self, module: &str, width: usize) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.get(&format!("{module}.weight"), &[width])?,
+            self.get(&format!("{module}.bias"), &[width])?,
+        ))
+    }
+
     /// A projection `module` with `out` outputs and `inp` inputs, with an adapter if targeted.
     pub fn proj(
         &self,

@@ -320,11 +320,13 @@ fn serve(dir: PathBuf) -> u16 {
             if reader.read_line(&mut request).is_err() {
                 continue;
             }
+            let mut authorized = false;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
                     break;
                 }
+                authorized |= h.to_ascii_lowercase().trim() == "authorization: bearer secret-token";
             }
             let path = request
                 .split_whitespace()
@@ -332,6 +334,14 @@ fn serve(dir: PathBuf) -> u16 {
                 .unwrap_or("/")
                 .trim_start_matches('/');
             let mut stream = stream;
+            // Like the hub: a private repo needs the token.
+            if path.starts_with("private-org/") && !authorized {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                continue;
+            }
             match std::fs::read(dir.join(path)) {
                 Ok(body) => {
                     let _ = write!(
@@ -358,7 +368,11 @@ fn models_from_http_and_the_hub_by_repo_id() {
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
     let model = fixture_model("gpt2");
-    for sub in ["models/gpt2", "tiny-org/tiny-gpt2/resolve/main"] {
+    for sub in [
+        "models/gpt2",
+        "tiny-org/tiny-gpt2/resolve/main",
+        "private-org/tiny-gpt2/resolve/main",
+    ] {
         std::fs::create_dir_all(www.join(sub)).unwrap();
         for f in ["config.json", "model.safetensors", "tokenizer.json"] {
             std::fs::copy(model.join(f), www.join(sub).join(f)).unwrap();
@@ -399,6 +413,24 @@ fn models_from_http_and_the_hub_by_repo_id() {
     ));
     assert_eq!(same_margins(&root, "local", "http"), "n\n32\n");
     assert_eq!(same_margins(&root, "local", "hub"), "n\n32\n");
+    // A private repo: refused without HF_TOKEN, read with it.
+    let o = w2s_env(
+        &[
+            "score",
+            "--artifacts",
+            s(&root),
+            "--model",
+            "hf://private-org/tiny-gpt2",
+            "--run-id",
+            "private",
+        ],
+        &env,
+    );
+    assert!(!o.status.success(), "a private repo needs the token");
+    let mut with_token = env.clone();
+    with_token.push(("HF_TOKEN", "secret-token".into()));
+    score(&root, "hf://private-org/tiny-gpt2", "private", &with_token);
+    assert_eq!(same_margins(&root, "local", "private"), "n\n32\n");
     // Converted from the hub into a local Hugging Face folder.
     let out = dir.path().join("converted");
     ok(w2s_env(
