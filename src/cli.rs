@@ -5,7 +5,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use w2s::data::{PairRules, PromptMismatch, Shape, Template};
 use w2s::sql::{self, OutFormat};
+use w2s::optim::Schedule;
+use w2s::scenarios::rm::{Objective, Readout};
+use w2s::stages::rm_train::{RmTrainSettings, TrainReport};
 use w2s::stages::score::{self, ScoreSettings};
+use w2s::stages::weak_label::{self, WeakLabelSettings};
+use w2s::stages::Scenario;
+use w2s::train::LoopSettings;
 use w2s::stages::split::{self, Mode, SplitSettings};
 use w2s::store::{resolve, ArtifactStore};
 use w2s::Error;
@@ -38,12 +44,12 @@ pub enum Command {
     LoraMerge(LoraMergeArgs),
     /// Pretrain a ladder of tiny base models on a text corpus (not built yet).
     Pretrain(Pending),
-    /// Train a ceiling model on the gt split (not built yet).
-    GtTrain(Pending),
-    /// Label a split with a trained model (not built yet).
-    WeakLabel(Pending),
-    /// Train a strong student on weak labels (not built yet).
-    W2sTrain(Pending),
+    /// Train a ceiling model on the gt split.
+    GtTrain(GtTrainArgs),
+    /// Label a split (w2s by default) with a trained reward model, into the `labels` table.
+    WeakLabel(WeakLabelArgs),
+    /// Train a strong student on a teacher's labels, with or without a conflicting objective.
+    W2sTrain(W2sTrainArgs),
     /// Score a model's confidence toward the ground-truth chosen answers of a split.
     Score(ScoreArgs),
     /// Run every SQL analysis (not built yet).
@@ -144,11 +150,15 @@ pub struct ScoreArgs {
     pub root: ArtifactsArg,
     /// The model (config.json, *.safetensors, tokenizer.json): a local folder, an s3:// or
     /// http(s):// prefix, or hf://owner/name[@revision] (downloaded once into $W2S_CACHE).
+    /// Without it, the trained run --run-id of the artifact store is scored.
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
     /// Name of the scored run in the `scores` table (default: the model folder's name).
-    #[arg(long)]
+    #[arg(long, alias = "run")]
     pub run_id: Option<String>,
+    /// Reward models: override the readout the checkpoint was trained with.
+    #[arg(long, value_enum)]
+    pub readout: Option<Readout>,
     /// Split to score.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -165,6 +175,122 @@ pub struct ScoreArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Rescore even if up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Settings every training stage shares; defaults are the reference's (reference-spec §2.4).
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// Training scenario.
+    #[arg(long, value_enum, default_value_t = Scenario::Rm)]
+    pub scenario: Scenario,
+    /// The base model (config.json, *.safetensors, tokenizer.json): a local folder, an s3:// or
+    /// http(s):// prefix, or hf://owner/name[@revision].
+    #[arg(long)]
+    pub model: String,
+    /// Name of the run (default: derived from the models and objective).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Pairs per optimizer step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Pairs per forward/backward pass (gradients are accumulated over the step).
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Longest sequence in tokens; longer ones keep their last tokens.
+    #[arg(long, default_value_t = 512)]
+    pub max_ctx: usize,
+    /// Where the reward is read: the last real token, or the reference's (count of non-zero
+    /// ids) - 1 (reference-spec §2.1; see docs/scenarios.md).
+    #[arg(long, value_enum, default_value_t = Readout::LastToken)]
+    pub readout: Readout,
+    /// Seed of the training order (numpy default_rng(seed).permutation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the slot swap (CPython Random(seed), restarted per split).
+    #[arg(long, default_value_t = 0)]
+    pub slot_seed: u64,
+    /// Seed of the reward head's initial weights.
+    #[arg(long, default_value_t = 0)]
+    pub head_seed: u64,
+    /// Initial reward head from a safetensors file (`weight`, [1, hidden]), e.g. from PyTorch.
+    #[arg(long)]
+    pub init_head: Option<String>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Save resumable state every N optimizer steps (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub save_every: usize,
+    /// Retrain even if up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// Cosine decay to 0, no warmup (reward models).
+    Cosine,
+    /// Linear warmup over ⌊0.1·steps⌋+1 steps, then constant (SFT, SimPO, DPO).
+    WarmupConstant,
+    Constant,
+}
+
+#[derive(Args, Debug)]
+pub struct GtTrainArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct W2sTrainArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Run id of the teacher whose labels on the w2s split are the targets.
+    #[arg(long)]
+    pub teacher: String,
+    /// The conflicting objective.
+    #[arg(long, value_enum, default_value_t = Objective::None)]
+    pub objective: Objective,
+    /// Weight of the explicit conflict term.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct WeakLabelArgs {
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// The labelling run (a trained run of the store, or the name for --model's labels).
+    #[arg(long = "run", alias = "run-id")]
+    pub run: String,
+    /// Use this reward-model folder instead of the stored run.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value = "w2s")]
+    pub split: String,
+    /// Seed of the slot swap (must match the student's).
+    #[arg(long, default_value_t = 0)]
+    pub slot_seed: u64,
+    #[arg(long, default_value_t = 512)]
+    pub max_ctx: usize,
+    /// Override the readout the checkpoint was trained with.
+    #[arg(long, value_enum)]
+    pub readout: Option<Readout>,
+    #[arg(long, default_value_t = 8)]
+    pub batch_pairs: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub force: bool,
 }
@@ -194,9 +320,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Split(a) => split_cmd(a).await,
         Command::Sql(a) => sql_cmd(a).await,
         Command::Pretrain(_) => pending("pretrain"),
-        Command::GtTrain(_) => pending("gt-train"),
-        Command::WeakLabel(_) => pending("weak-label"),
-        Command::W2sTrain(_) => pending("w2s-train"),
+        Command::GtTrain(a) => gt_train_cmd(a).await,
+        Command::WeakLabel(a) => weak_label_cmd(a).await,
+        Command::W2sTrain(a) => w2s_train_cmd(a).await,
         Command::Score(a) => score_cmd(a).await,
         Command::Convert(a) => convert_cmd(a).await,
         Command::LoraMerge(a) => lora_merge_cmd(a).await,
@@ -352,16 +478,15 @@ async fn lora_merge_cmd(a: LoraMergeArgs) -> Result<()> {
 }
 
 async fn score_cmd(a: ScoreArgs) -> Result<()> {
-    let run_id = match &a.run_id {
-        Some(r) => r.clone(),
-        None => a
-            .model
-            .trim_end_matches('/')
-            .rsplit(['/', '@'])
-            .next()
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| Error::Config("give --run-id".into()))?,
+    let run_id = match (&a.run_id, &a.model) {
+        (Some(r), _) => r.clone(),
+        (None, Some(m)) => model_name(m)?,
+        (None, None) => {
+            return Err(Error::Config(
+                "give --model FOLDER, or --run-id RUN to score a trained run".into(),
+            )
+            .into())
+        }
     };
     let settings = ScoreSettings {
         model: a.model.clone(),
@@ -371,6 +496,7 @@ async fn score_cmd(a: ScoreArgs) -> Result<()> {
         max_ctx: a.max_ctx,
         device: a.device.clone(),
         dtype: a.dtype.clone(),
+        readout: a.readout,
     };
     let store = ArtifactStore::open(&a.root.artifacts)?;
     let started = std::time::Instant::now();
@@ -397,6 +523,139 @@ async fn score_cmd(a: ScoreArgs) -> Result<()> {
             }
         );
     }
+    Ok(())
+}
+
+/// The last path segment of a model location (`gpt2` for `hf://openai-community/gpt2`).
+fn model_name(location: &str) -> Result<String, Error> {
+    location
+        .trim_end_matches('/')
+        .rsplit(['/', '@'])
+        .next()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Config(format!("{location}: give --run-id")))
+}
+
+fn rm_settings(
+    t: &TrainArgs,
+    stage: &str,
+    run_id: String,
+    teacher: Option<String>,
+    objective: Objective,
+    alpha: f64,
+) -> RmTrainSettings {
+    RmTrainSettings {
+        run_id,
+        stage: stage.into(),
+        base_model: t.model.clone(),
+        teacher,
+        objective,
+        alpha,
+        train: LoopSettings {
+            batch: t.batch,
+            micro_batch: t.micro_batch,
+            lr: t.lr,
+            schedule: match t.schedule {
+                ScheduleArg::Cosine => Schedule::Cosine,
+                ScheduleArg::WarmupConstant => Schedule::WarmupConstant,
+                ScheduleArg::Constant => Schedule::Constant,
+            },
+            epochs: t.epochs,
+            shuffle_seed: t.seed,
+        },
+        max_ctx: t.max_ctx,
+        readout: t.readout,
+        slot_seed: t.slot_seed,
+        head_seed: t.head_seed,
+        init_head: t.init_head.clone(),
+        device: t.device.clone(),
+        save_every: t.save_every,
+    }
+}
+
+fn print_train(run_id: &str, root: &str, r: &TrainReport) {
+    if r.up_to_date {
+        println!(
+            "run `{run_id}` is up to date ({} steps, final loss {:.4})",
+            r.steps, r.final_loss
+        );
+    } else {
+        println!(
+            "run `{run_id}` -> {root}: {} steps, {} pairs, final loss {:.4}, {:.0} tokens/s ({:.1}s){}",
+            r.steps,
+            r.pairs,
+            r.final_loss,
+            r.tokens as f64 / r.seconds.max(1e-9),
+            r.seconds,
+            if r.resumed_at > 0 {
+                format!("; resumed at step {}", r.resumed_at)
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+async fn gt_train_cmd(a: GtTrainArgs) -> Result<()> {
+    let t = &a.train;
+    let run_id = match &t.run_id {
+        Some(r) => r.clone(),
+        None => format!("gt-{}", model_name(&t.model)?),
+    };
+    let s = rm_settings(t, "gt-train", run_id.clone(), None, Objective::None, 0.0);
+    let store = ArtifactStore::open(&t.root.artifacts)?;
+    let r = w2s::stages::gt_train::run(&store, t.scenario, &s, t.force).await?;
+    print_train(&run_id, store.root(), &r);
+    Ok(())
+}
+
+async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
+    let t = &a.train;
+    let run_id = match &t.run_id {
+        Some(r) => r.clone(),
+        None => format!(
+            "w2s-{}-{}-{}",
+            a.teacher,
+            model_name(&t.model)?,
+            a.objective.name()
+        ),
+    };
+    let s = rm_settings(
+        t,
+        "w2s-train",
+        run_id.clone(),
+        Some(a.teacher.clone()),
+        a.objective,
+        a.alpha,
+    );
+    let store = ArtifactStore::open(&t.root.artifacts)?;
+    let r = w2s::stages::w2s_train::run(&store, t.scenario, &s, t.force).await?;
+    print_train(&run_id, store.root(), &r);
+    Ok(())
+}
+
+async fn weak_label_cmd(a: WeakLabelArgs) -> Result<()> {
+    let s = WeakLabelSettings {
+        run_id: a.run.clone(),
+        model: a.model.clone(),
+        split: a.split.clone(),
+        slot_seed: a.slot_seed,
+        max_ctx: a.max_ctx,
+        readout: a.readout,
+        device: a.device.clone(),
+        batch_pairs: a.batch_pairs,
+    };
+    let store = ArtifactStore::open(&a.root.artifacts)?;
+    let r = weak_label::run(&store, &s, a.force).await?;
+    println!(
+        "labels of `{}` on {}{}: {} pairs, agreement with ground truth {:.4}",
+        a.run,
+        a.split,
+        if r.up_to_date { " are up to date" } else { "" },
+        r.pairs,
+        r.accuracy
+    );
     Ok(())
 }
 

@@ -12,8 +12,10 @@ pub mod progress;
 pub mod rng;
 pub mod schema;
 pub mod sql;
+pub mod scenarios;
 pub mod stages;
 pub mod store;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -34,30 +34,56 @@ impl Default for AdamConfig {
 }
 
 struct Slot {
+    name: String,
     var: Var,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// Gradient summed over the micro-batches of the current step (`None`: no gradient yet).
+    grad: Option<Vec<f32>>,
     /// Steps taken by this parameter (PyTorch counts per parameter; a parameter without a
     /// gradient is skipped and its count does not advance).
     steps: u64,
 }
 
-/// `torch.optim.Adam` (single-tensor implementation, as PyTorch uses on CPU).
+/// One parameter's optimizer state, for checkpoints.
+pub struct SlotState {
+    pub name: String,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub steps: u64,
+}
+
+/// `torch.optim.Adam` (single-tensor implementation, as PyTorch uses on CPU), with gradient
+/// accumulation over micro-batches as `loss.backward()` into `.grad` does in PyTorch.
 pub struct Adam {
     cfg: AdamConfig,
     slots: Vec<Slot>,
 }
 
 impl Adam {
+    /// An optimizer over unnamed parameters (named `0`, `1`, ... in its state).
     pub fn new(params: impl IntoIterator<Item = Var>, cfg: AdamConfig) -> Adam {
+        Self::named(
+            params
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v)),
+            cfg,
+        )
+    }
+
+    /// An optimizer over named parameters; the names key its saved state.
+    pub fn named(params: impl IntoIterator<Item = (String, Var)>, cfg: AdamConfig) -> Adam {
         let slots = params
             .into_iter()
-            .map(|var| {
+            .map(|(name, var)| {
                 let n = var.as_tensor().elem_count();
                 Slot {
+                    name,
                     var,
                     m: vec![0.0; n],
                     v: vec![0.0; n],
+                    grad: None,
                     steps: 0,
                 }
             })
@@ -73,14 +99,44 @@ impl Adam {
         self.cfg.lr = lr;
     }
 
-    /// One update of every parameter that has a gradient in `grads`.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let c = self.cfg;
+    /// Adds the gradients in `grads` to the pending step (PyTorch's `.grad +=`).
+    pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+            let g: Vec<f32> = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            match &mut slot.grad {
+                Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                None => slot.grad = Some(g),
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters that got no gradient since the last step (for the "every trainable
+    /// parameter learns" checks).
+    pub fn without_gradient(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .filter(|s| s.grad.is_none())
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// One update of every parameter that has a gradient in `grads`.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.accumulate(grads)?;
+        self.step_accumulated()
+    }
+
+    /// One update from the accumulated gradients, which are then cleared.
+    pub fn step_accumulated(&mut self) -> Result<()> {
+        let c = self.cfg;
+        for slot in &mut self.slots {
+            let Some(g) = slot.grad.take() else {
+                continue;
+            };
             let t = slot.var.as_tensor();
             let mut p: Vec<f32> = t.flatten_all()?.to_vec1()?;
             slot.steps += 1;
@@ -102,6 +158,38 @@ impl Adam {
                 p[i] -= step_size * slot.m[i] / denom;
             }
             slot.var.set(&Tensor::from_vec(p, t.shape(), t.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments and step counts of every parameter.
+    pub fn state(&self) -> Vec<SlotState> {
+        self.slots
+            .iter()
+            .map(|s| SlotState {
+                name: s.name.clone(),
+                m: s.m.clone(),
+                v: s.v.clone(),
+                steps: s.steps,
+            })
+            .collect()
+    }
+
+    /// Restores state saved by [`Adam::state`]; every parameter must be there with its size.
+    pub fn restore(&mut self, state: Vec<SlotState>) -> std::result::Result<(), String> {
+        let mut by_name: std::collections::HashMap<String, SlotState> =
+            state.into_iter().map(|s| (s.name.clone(), s)).collect();
+        for slot in &mut self.slots {
+            let s = by_name
+                .remove(&slot.name)
+                .ok_or_else(|| format!("no optimizer state for `{}`", slot.name))?;
+            if s.m.len() != slot.m.len() || s.v.len() != slot.v.len() {
+                return Err(format!("optimizer state of `{}` has the wrong size", slot.name));
+            }
+            slot.m = s.m;
+            slot.v = s.v;
+            slot.steps = s.steps;
+            slot.grad = None;
         }
         Ok(())
     }

@@ -42,3 +42,57 @@ pub fn scores() -> SchemaRef {
         Field::new("tokens_rejected", DataType::Int64, true),
     ]))
 }
+
+/// `labels`: one row per (labelling model, pair), written by `w2s weak-label`. Reward-model
+/// labels are in slot orientation (reference-spec §1.4, §1.8).
+pub fn labels() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pair_id", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("split_index", DataType::Int64, false),
+        Field::new("method", DataType::Utf8, false),
+        Field::new("gt_label", DataType::Int64, false),
+        Field::new("margin", DataType::Float64, false),
+        Field::new("soft_label", DataType::Float64, false),
+        Field::new("hard_label", DataType::Int64, false),
+        Field::new("correct", DataType::Boolean, false),
+    ]))
+}
+
+/// `train_log`: one row per optimizer step of a training run.
+pub fn train_log() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("lr", DataType::Float64, false),
+        Field::new("accuracy", DataType::Float64, false),
+        Field::new("pairs", DataType::Int64, false),
+        Field::new("tokens", DataType::Int64, false),
+        Field::new("seconds", DataType::Float64, false),
+    ]))
+}
+
+/// `runs`: one row per training run.
+pub fn runs() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("scenario", DataType::Utf8, false),
+        Field::new("objective", DataType::Utf8, false),
+        Field::new("base_model", DataType::Utf8, false),
+        Field::new("teacher", DataType::Utf8, true),
+        Field::new("alpha", DataType::Float64, true),
+        Field::new("seed", DataType::Int64, false),
+        Field::new("settings", DataType::Utf8, false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("steps", DataType::Int64, false),
+        Field::new("pairs", DataType::Int64, false),
+        Field::new("tokens", DataType::Int64, false),
+        Field::new("final_loss", DataType::Float64, false),
+        Field::new("resumed_at_step", DataType::Int64, false),
+        Field::new("wall_seconds", DataType::Float64, false),
+        Field::new("tokens_per_second", DataType::Float64, false),
+    ]))
+}

@@ -3,16 +3,18 @@
 //!
 //! A causal-LM checkpoint is scored as a policy (reference-spec §3.2, §4): per side the
 //! response log-prob sum S(y) and mean A(y); margin = A(chosen) - A(rejected) and confidence =
-//! sigmoid(margin) (SimPO). Weights are loaded detached, so no autograd graph is built.
+//! sigmoid(margin) (SimPO). A reward model (a checkpoint with `reward_head.safetensors`, as
+//! `gt-train` and `w2s-train` write) is scored by its rewards (reference-spec §2.2): margin =
+//! r(chosen transcript) - r(rejected transcript), confidence = sigmoid(margin). Weights are
+//! loaded detached, so no autograd graph is built.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
 };
-use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
@@ -21,15 +23,18 @@ use crate::models::readout::response_logprobs;
 use crate::models::{ops, Model};
 use crate::progress;
 use crate::schema;
-use crate::stages::split;
-use crate::store::{fingerprint, sha256_hex, ArtifactStore, InputFile};
+use crate::scenarios::rm::{Readout, RewardModel};
+use crate::stages::common::{load_split, sanitize, PairText};
+use crate::stages::{split, weak_label};
+use crate::store::{fingerprint, ArtifactStore};
 use crate::tokenize::Tokenizer;
 
 /// Everything that determines a `scores` part.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoreSettings {
-    /// The model: a local folder, an object-store or HTTP(S) prefix, or `hf://owner/name`.
-    pub model: String,
+    /// The model: a local folder, an object-store or HTTP(S) prefix, or `hf://owner/name`;
+    /// `None` scores the trained run `run_id` of the artifact store.
+    pub model: Option<String>,
     pub run_id: String,
     pub split: String,
     /// Pairs per forward pass (each pair is two sequences).
@@ -40,6 +45,8 @@ pub struct ScoreSettings {
     pub device: String,
     /// Weight type: `f32` (CPU default), `bf16` or `f16`. Log-probs are always computed in f32.
     pub dtype: String,
+    /// Reward models: override of the checkpoint's readout.
+    pub readout: Option<Readout>,
 }
 
 /// What a score run did.
@@ -50,107 +57,6 @@ pub struct ScoreReport {
     pub tokens: usize,
     pub truncated: usize,
     pub up_to_date: bool,
-}
-
-/// One pair of the split, as text.
-struct PairText {
-    pair_id: String,
-    split_index: i64,
-    prompt: String,
-    chosen: String,
-    rejected_prompt: String,
-    rejected: String,
-}
-
-async fn load_split(store: &ArtifactStore, split_name: &str) -> Result<Vec<PairText>> {
-    let batches = store.read_table("pairs").await?;
-    if batches.is_empty() {
-        return Err(Error::Config(format!(
-            "{}: no `pairs` table (run `w2s split` first)",
-            store.root()
-        )));
-    }
-    let mut out = Vec::new();
-    for b in &batches {
-        let s = |name: &str| {
-            b.column_by_name(name)
-                .expect("pairs schema")
-                .as_string::<i32>()
-                .clone()
-        };
-        let (ids, splits, prompts, chosen, rejected, rprompt) = (
-            s("pair_id"),
-            s("split"),
-            s("prompt"),
-            s("chosen"),
-            s("rejected"),
-            s("rejected_prompt"),
-        );
-        let idx = b
-            .column_by_name("split_index")
-            .expect("pairs schema")
-            .as_primitive::<Int64Type>()
-            .clone();
-        for i in 0..b.num_rows() {
-            if splits.value(i) != split_name {
-                continue;
-            }
-            let p = prompts.value(i).to_string();
-            out.push(PairText {
-                pair_id: ids.value(i).to_string(),
-                split_index: idx.value(i),
-                rejected_prompt: if rprompt.is_null(i) {
-                    p.clone()
-                } else {
-                    rprompt.value(i).to_string()
-                },
-                prompt: p,
-                chosen: chosen.value(i).to_string(),
-                rejected: rejected.value(i).to_string(),
-            });
-        }
-    }
-    out.sort_by_key(|p| p.split_index);
-    if out.is_empty() {
-        return Err(Error::Config(format!(
-            "{}: the pairs table has no rows in split `{split_name}`",
-            store.root()
-        )));
-    }
-    Ok(out)
-}
-
-/// Files of a model folder that determine its outputs, with their checksums.
-fn model_inputs(dir: &Path) -> Result<Vec<InputFile>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            n == "config.json"
-                || n == "tokenizer.json"
-                || n.ends_with(".safetensors")
-                || n.ends_with(".safetensors.index.json")
-        })
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).map_err(|source| Error::Io {
-                path: p.display().to_string(),
-                source,
-            })?;
-            Ok(InputFile {
-                uri: p.display().to_string(),
-                bytes: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-            })
-        })
-        .collect()
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -211,13 +117,9 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             store.root()
         ))
     })?;
-    let model_dir = crate::models::source::materialize(&s.model).await?;
-    let mut inputs = model_inputs(&model_dir)?;
-    inputs.push(InputFile {
-        uri: "manifest:split".into(),
-        bytes: 0,
-        sha256: pairs_manifest.fingerprint.clone(),
-    });
+    let (model_dir, mut inputs) =
+        weak_label::locate(store, &s.run_id, s.model.as_deref()).await?;
+    inputs.push(crate::stages::common::manifest_input(&pairs_manifest));
     // The batch size changes speed, not results, so it is not part of the fingerprint.
     let identity = ScoreSettings {
         batch_pairs: 0,
@@ -252,6 +154,10 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
 
     let pairs = load_split(store, &s.split).await?;
     let device = crate::models::parse_device(&s.device)?;
+    if model_dir.join("reward_head.safetensors").exists() {
+        let (b, r) = score_rm(&model_dir, &device, s, &pairs)?;
+        return finish(store, s, &fingerprint, &key, inputs, b, r).await;
+    }
     let model = Model::load_frozen_as(&model_dir, &device, crate::models::parse_dtype(&s.dtype)?)?;
     let tok = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
@@ -279,14 +185,33 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             let (sc, mc, nc) = scored[i];
             let (sr, mr, nr) = scored[n + i];
             let margin = mc - mr;
-            let confidence = sigmoid(margin);
             correct += usize::from(margin >= 0.0);
-            b.push(s, p, margin, confidence, [sc, sr, mc, mr], [nc, nr]);
+            b.push(s, p, "simpo", margin, [Some(sc), Some(sr), Some(mc), Some(mr)], [nc, nr]);
         }
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
 
+    let report = ScoreReport {
+        pairs: pairs.len(),
+        accuracy: correct as f64 / pairs.len() as f64,
+        tokens,
+        truncated,
+        up_to_date: false,
+    };
+    finish(store, s, &fingerprint, &key, inputs, b, report).await
+}
+
+/// Writes and publishes the scores part.
+async fn finish(
+    store: &ArtifactStore,
+    s: &ScoreSettings,
+    fingerprint: &str,
+    key: &str,
+    inputs: Vec<crate::store::InputFile>,
+    b: ScoreBuilders,
+    report: ScoreReport,
+) -> Result<ScoreReport> {
     let batch = b.finish()?;
     let part = store
         .write_table_part(
@@ -301,28 +226,66 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
         )
         .await?;
     store
-        .publish("score", &key, &fingerprint, s, inputs, vec![part])
+        .publish("score", key, fingerprint, s, inputs, vec![part])
         .await?;
-    Ok(ScoreReport {
+    Ok(report)
+}
+
+/// Scores a reward model: margin r(chosen) - r(rejected) on the full transcripts.
+fn score_rm(
+    dir: &Path,
+    device: &Device,
+    s: &ScoreSettings,
+    pairs: &[PairText],
+) -> Result<(ScoreBuilders, ScoreReport)> {
+    let rmodel = RewardModel::load_frozen(dir, device, s.readout)?;
+    let tok = Tokenizer::load(&dir.join("tokenizer.json"))?;
+    let max_ctx = s.max_ctx.min(rmodel.model.config.max_positions());
+    let mut b = ScoreBuilders::default();
+    let bar = progress::items(pairs.len() as u64, "scoring");
+    let (mut tokens, mut truncated, mut correct) = (0usize, 0usize, 0usize);
+    let mut encode = |t: String| -> Result<Vec<u32>> {
+        let mut ids = tok.encode(&t)?;
+        if ids.len() > max_ctx {
+            truncated += 1;
+            ids.drain(..ids.len() - max_ctx);
+        }
+        tokens += ids.len();
+        Ok(ids)
+    };
+    for chunk in pairs.chunks(s.batch_pairs) {
+        let mut c = Vec::new();
+        let mut r = Vec::new();
+        for p in chunk {
+            c.push(encode(p.chosen_text())?);
+            r.push(encode(p.rejected_text())?);
+        }
+        let cs: Vec<&[u32]> = c.iter().map(Vec::as_slice).collect();
+        let rs: Vec<&[u32]> = r.iter().map(Vec::as_slice).collect();
+        let z: Vec<f32> = rmodel.margins(&cs, &rs)?.to_vec1()?;
+        for (i, p) in chunk.iter().enumerate() {
+            let margin = f64::from(z[i]);
+            correct += usize::from(margin >= 0.0);
+            b.push(
+                s,
+                p,
+                "rm",
+                margin,
+                [None; 4],
+                [c[i].len() as i64, r[i].len() as i64],
+            );
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let report = ScoreReport {
         pairs: pairs.len(),
         accuracy: correct as f64 / pairs.len() as f64,
         tokens,
         truncated,
         up_to_date: false,
-    })
-}
-
-/// A run id as a file-name part.
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    };
+    Ok((b, report))
 }
 
 #[derive(Default)]
@@ -344,21 +307,22 @@ impl ScoreBuilders {
         &mut self,
         s: &ScoreSettings,
         p: &PairText,
+        method: &str,
         margin: f64,
-        confidence: f64,
-        logp: [f64; 4],
+        logp: [Option<f64>; 4],
         tokens: [i64; 2],
     ) {
+        let confidence = sigmoid(margin);
         self.run_id.append_value(&s.run_id);
         self.pair_id.append_value(&p.pair_id);
         self.split.append_value(&s.split);
         self.split_index.append_value(p.split_index);
-        self.method.append_value("simpo");
+        self.method.append_value(method);
         self.margin.append_value(margin);
         self.confidence.append_value(confidence);
         self.correct.append_value(margin >= 0.0);
         for (b, v) in self.logp.iter_mut().zip(logp) {
-            b.append_value(v);
+            b.append_option(v);
         }
         for (b, v) in self.tokens.iter_mut().zip(tokens) {
             b.append_value(v);

@@ -1,0 +1,178 @@
+//! `w2s weak-label`: a trained reward model labels a split (w2s by default) into the `labels`
+//! table, as the reference's ceiling runs do after training (reference-spec §1.8): per pair,
+//! in slot orientation, the margin z = r(slot a) - r(slot b), the soft label sigmoid(z), the
+//! hard label, the ground truth and whether they agree. A student trains on the soft labels.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Serialize;
+
+use super::common;
+use super::split;
+use crate::error::{Error, Result};
+use crate::progress;
+use crate::scenarios::rm::{self, Readout, RewardModel};
+use crate::schema;
+use crate::store::{fingerprint, ArtifactStore};
+use crate::tokenize::Tokenizer;
+
+/// Everything that determines a `labels` part.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeakLabelSettings {
+    /// The labelling run: a trained run in the store, or the name given to `model`'s labels.
+    pub run_id: String,
+    /// A reward-model folder to use instead of the stored run `run_id`.
+    pub model: Option<String>,
+    pub split: String,
+    /// Seed of the slot bits (must match the student's; the reference uses 0 everywhere).
+    pub slot_seed: u64,
+    pub max_ctx: usize,
+    /// Override of the checkpoint's readout.
+    pub readout: Option<Readout>,
+    pub device: String,
+    /// Pairs per forward pass (speed only; not in the fingerprint).
+    #[serde(skip)]
+    pub batch_pairs: usize,
+}
+
+/// What a labelling run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelReport {
+    pub pairs: usize,
+    /// Agreement of the hard labels with the ground truth.
+    pub accuracy: f64,
+    pub up_to_date: bool,
+}
+
+/// The manifest key of a run's labels on a split.
+pub fn key(run_id: &str, split: &str) -> String {
+    format!("weak-label/{run_id}/{split}")
+}
+
+/// A reward model's folder and the inputs that identify it.
+pub(crate) async fn locate(
+    store: &ArtifactStore,
+    run_id: &str,
+    model: Option<&str>,
+) -> Result<(PathBuf, Vec<crate::store::InputFile>)> {
+    match model {
+        Some(loc) => {
+            let dir = crate::models::source::materialize(loc).await?;
+            let inputs = common::model_inputs(&dir)?;
+            Ok((dir, inputs))
+        }
+        None => {
+            let (dir, m) = common::open_run(store, run_id).await?;
+            Ok((dir, vec![common::manifest_input(&m)]))
+        }
+    }
+}
+
+/// Runs the weak-label stage.
+pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> Result<LabelReport> {
+    if s.batch_pairs == 0 || s.max_ctx < 2 {
+        return Err(Error::Config("--batch-pairs must be >= 1 and --max-ctx >= 2".into()));
+    }
+    let pairs_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
+        Error::Config(format!("{}: no `pairs` table (run `w2s split` first)", store.root()))
+    })?;
+    let (dir, mut inputs) = locate(store, &s.run_id, s.model.as_deref()).await?;
+    inputs.push(common::manifest_input(&pairs_manifest));
+    let fp = fingerprint("weak-label", s, &inputs);
+    let key = key(&s.run_id, &s.split);
+    if !force {
+        if let Some(m) = store.manifest(&key).await? {
+            if m.fingerprint == fp {
+                let rows: u64 = m.outputs.iter().filter_map(|f| f.rows).sum();
+                let mut correct = 0usize;
+                for f in &m.outputs {
+                    for b in store.read_table_part(f).await? {
+                        use datafusion::arrow::array::AsArray;
+                        correct += b
+                            .column_by_name("correct")
+                            .expect("labels schema")
+                            .as_boolean()
+                            .true_count();
+                    }
+                }
+                return Ok(LabelReport {
+                    pairs: rows as usize,
+                    accuracy: correct as f64 / rows.max(1) as f64,
+                    up_to_date: true,
+                });
+            }
+        }
+    }
+
+    let device = crate::models::parse_device(&s.device)?;
+    let rmodel = RewardModel::load_frozen(&dir, &device, s.readout)?;
+    let tok = Tokenizer::load(&dir.join("tokenizer.json"))?;
+    let max_ctx = s.max_ctx.min(rmodel.model.config.max_positions());
+    let pairs = common::load_split(store, &s.split).await?;
+    let bits = rm::slot_bits(s.slot_seed, pairs.len());
+
+    let n = pairs.len();
+    let mut margin = Vec::with_capacity(n);
+    let bar = progress::items(n as u64, "labelling");
+    let encode = |t: String| -> Result<Vec<u32>> {
+        let mut ids = tok.encode(&t)?;
+        if ids.len() > max_ctx {
+            ids.drain(..ids.len() - max_ctx);
+        }
+        Ok(ids)
+    };
+    for (chunk, hs) in pairs.chunks(s.batch_pairs).zip(bits.chunks(s.batch_pairs)) {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for (p, &h) in chunk.iter().zip(hs) {
+            let (c, r) = (encode(p.chosen_text())?, encode(p.rejected_text())?);
+            let (x, y) = if h { (c, r) } else { (r, c) };
+            a.push(x);
+            b.push(y);
+        }
+        let a: Vec<&[u32]> = a.iter().map(Vec::as_slice).collect();
+        let b: Vec<&[u32]> = b.iter().map(Vec::as_slice).collect();
+        margin.extend(rmodel.margins(&a, &b)?.to_vec1::<f32>()?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    // sigmoid in f32, as the reference's torch.sigmoid on the float32 margin.
+    let soft: Vec<f32> = margin.iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect();
+    let hard: Vec<i64> = soft.iter().map(|&p| i64::from(p >= 0.5)).collect();
+    let gt: Vec<i64> = bits.iter().map(|&h| i64::from(h)).collect();
+    let correct: Vec<bool> = hard.iter().zip(&gt).map(|(a, b)| a == b).collect();
+    let accuracy = correct.iter().filter(|&&c| c).count() as f64 / n as f64;
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![s.run_id.as_str(); n])),
+        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.pair_id.as_str()))),
+        Arc::new(StringArray::from(vec![s.split.as_str(); n])),
+        Arc::new(Int64Array::from_iter_values(pairs.iter().map(|p| p.split_index))),
+        Arc::new(StringArray::from(vec!["rm"; n])),
+        Arc::new(Int64Array::from(gt)),
+        Arc::new(Float64Array::from_iter_values(margin.iter().map(|&z| f64::from(z)))),
+        Arc::new(Float64Array::from_iter_values(soft.iter().map(|&p| f64::from(p)))),
+        Arc::new(Int64Array::from(hard)),
+        Arc::new(BooleanArray::from(correct)),
+    ];
+    let batch = RecordBatch::try_new(schema::labels(), cols).map_err(|e| Error::Format {
+        file: "labels".into(),
+        msg: e.to_string(),
+    })?;
+    let part = store
+        .write_table_part(
+            "labels",
+            &format!("{}-{}-{}", common::sanitize(&s.run_id), s.split, &fp[..16]),
+            &batch,
+        )
+        .await?;
+    store.publish("weak-label", &key, &fp, s, inputs, vec![part]).await?;
+    Ok(LabelReport {
+        pairs: n,
+        accuracy,
+        up_to_date: false,
+    })
+}
