@@ -4,16 +4,16 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use w2s::data::{PairRules, PromptMismatch, Shape, Template};
-use w2s::sql::{self, OutFormat};
 use w2s::optim::Schedule;
 use w2s::scenarios::rm::{Objective, Readout};
+use w2s::sql::{self, OutFormat};
 use w2s::stages::rm_train::{RmTrainSettings, TrainReport};
 use w2s::stages::score::{self, ScoreSettings};
+use w2s::stages::split::{self, Mode, SplitSettings};
 use w2s::stages::weak_label::{self, WeakLabelSettings};
 use w2s::stages::Scenario;
-use w2s::train::LoopSettings;
-use w2s::stages::split::{self, Mode, SplitSettings};
 use w2s::store::{resolve, ArtifactStore};
+use w2s::train::LoopSettings;
 use w2s::Error;
 
 #[derive(Parser, Debug)]

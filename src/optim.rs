@@ -105,7 +105,10 @@ impl Adam {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let g: Vec<f32> = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            let g: Vec<f32> = g
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
             match &mut slot.grad {
                 Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
                 None => slot.grad = Some(g),
@@ -184,7 +187,10 @@ impl Adam {
                 .remove(&slot.name)
                 .ok_or_else(|| format!("no optimizer state for `{}`", slot.name))?;
             if s.m.len() != slot.m.len() || s.v.len() != slot.v.len() {
-                return Err(format!("optimizer state of `{}` has the wrong size", slot.name));
+                return Err(format!(
+                    "optimizer state of `{}` has the wrong size",
+                    slot.name
+                ));
             }
             slot.m = s.m;
             slot.v = s.v;

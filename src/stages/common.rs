@@ -132,7 +132,6 @@ pub fn model_inputs(dir: &Path) -> Result<Vec<InputFile>> {
         .collect()
 }
 
-
 /// A run id as a file-name part.
 pub fn sanitize(id: &str) -> String {
     id.chars()
@@ -145,7 +144,6 @@ pub fn sanitize(id: &str) -> String {
         })
         .collect()
 }
-
 
 /// Uploads a checkpoint folder's files to `models/<run>/<tag>/` and returns them as outputs.
 pub async fn upload_checkpoint(
@@ -201,7 +199,9 @@ pub async fn open_run(store: &ArtifactStore, run_id: &str) -> Result<(PathBuf, M
         .iter()
         .find(|f| f.path.ends_with("/config.json"))
         .ok_or_else(|| Error::Format {
-            file: store.url_of(&format!("manifests/{}.json", m.key)).to_string(),
+            file: store
+                .url_of(&format!("manifests/{}.json", m.key))
+                .to_string(),
             msg: "the run's manifest lists no checkpoint".into(),
         })?;
     let folder = config.path.trim_end_matches("config.json");

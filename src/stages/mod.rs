@@ -18,7 +18,9 @@ pub const PENDING: &[(&str, &str)] = &[
 ];
 
 /// The training scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// Reward modeling (paper §4).
@@ -34,10 +36,10 @@ impl Scenario {
     pub fn require_rm(self) -> crate::error::Result<()> {
         match self {
             Scenario::Rm => Ok(()),
-            other => Err(crate::error::Error::NotImplemented(format!(
-                "--scenario {other:?} (the preference scenario arrives with issue 7)"
-            )
-            .to_lowercase())),
+            other => Err(crate::error::Error::NotImplemented(
+                format!("--scenario {other:?} (the preference scenario arrives with issue 7)")
+                    .to_lowercase(),
+            )),
         }
     }
 }

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
-use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int64Array, StringArray,
-};
+use datafusion::arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
@@ -83,9 +81,16 @@ async fn teacher_labels(
         ))
     })?;
     let mut out = HashMap::new();
-    for f in m.outputs.iter().filter(|f| f.table.as_deref() == Some("labels")) {
+    for f in m
+        .outputs
+        .iter()
+        .filter(|f| f.table.as_deref() == Some("labels"))
+    {
         for b in store.read_table_part(f).await? {
-            let ids = b.column_by_name("pair_id").expect("labels schema").as_string::<i32>();
+            let ids = b
+                .column_by_name("pair_id")
+                .expect("labels schema")
+                .as_string::<i32>();
             let gt = b
                 .column_by_name("gt_label")
                 .expect("labels schema")
@@ -152,7 +157,10 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         ));
     }
     let pairs_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!("{}: no `pairs` table (run `w2s split` first)", store.root()))
+        Error::Config(format!(
+            "{}: no `pairs` table (run `w2s split` first)",
+            store.root()
+        ))
     })?;
     let base_dir = crate::models::source::materialize(&s.base_model).await?;
     let mut inputs = common::model_inputs(&base_dir)?;
@@ -200,7 +208,9 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     let train_split = if teacher.is_some() { "w2s" } else { "gt" };
     let pairs = common::load_split(store, train_split).await?;
     let mut data = match &teacher {
-        None => samples(&tok, &pairs, s.slot_seed, max_ctx, |_, h| Ok(f32::from(u8::from(h))))?,
+        None => samples(&tok, &pairs, s.slot_seed, max_ctx, |_, h| {
+            Ok(f32::from(u8::from(h)))
+        })?,
         Some(labels) => samples(&tok, &pairs, s.slot_seed, max_ctx, |p, h| {
             let &(teacher_bit, soft) = labels.get(&p.pair_id).ok_or_else(|| {
                 Error::Config(format!(
@@ -242,7 +252,10 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             if w.dims() != want {
                 return Err(Error::Model {
                     file: s.init_head.clone().unwrap_or_default(),
-                    msg: format!("`weight` has shape {:?}, the model needs {want:?}", w.dims()),
+                    msg: format!(
+                        "`weight` has shape {:?}, the model needs {want:?}",
+                        w.dims()
+                    ),
                 });
             }
             w.to_dtype(candle_core::DType::F32)?
@@ -250,9 +263,12 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         None => rm::init_head(model.config.hidden_width(), s.head_seed, &device)?,
     };
     let head = Var::from_tensor(&head)?;
+    // The reward model is the backbone plus the head (reference-spec §2.1): an untied LM
+    // head is not part of it, is not trained, and is saved unchanged.
     let mut vars: Vec<(String, Var)> = model
         .params()
         .iter()
+        .filter(|(k, _)| !k.starts_with("lm_head."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     vars.push(("reward_head.weight".into(), head.clone()));
@@ -276,33 +292,34 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     };
     let batch = s.train.batch as f32;
     let alpha = s.alpha as f32;
-    let (resumed_at, log) = train::optimize(&mut adam, &vars, &s.train, data.len(), &resume, |mb| {
-        let a: Vec<&[u32]> = mb.iter().map(|&i| data[i].a.as_slice()).collect();
-        let b: Vec<&[u32]> = mb.iter().map(|&i| data[i].b.as_slice()).collect();
-        let z = rmodel.margins(&a, &b)?;
-        let zs: Vec<f32> = z.to_vec1()?;
-        let (mut loss, mut correct, mut tokens) = (0.0f64, 0usize, 0usize);
-        let mut dz = Vec::with_capacity(mb.len());
-        for (j, &i) in mb.iter().enumerate() {
-            let x = &data[i];
-            let l = rm::pair_loss(zs[j], x.label, x.gt, s.objective, alpha);
-            loss += f64::from(l.loss / batch);
-            dz.push(l.dz / batch);
-            correct += usize::from((zs[j] >= 0.0) == (x.label >= 0.5));
-            tokens += x.a.len() + x.b.len();
-        }
-        // d(sum_i z_i * dz_i)/d(theta) = sum_i dloss_i/dz_i * dz_i/d(theta): the gradient of
-        // the loss with PyTorch's own derivative of BCE-on-probabilities.
-        let w = Tensor::new(dz, z.device())?;
-        let surrogate = (z * w)?.sum_all()?;
-        Ok(MicroOut {
-            loss,
-            correct,
-            tokens,
-            grads: surrogate.backward()?,
+    let (resumed_at, log) =
+        train::optimize(&mut adam, &vars, &s.train, data.len(), &resume, |mb| {
+            let a: Vec<&[u32]> = mb.iter().map(|&i| data[i].a.as_slice()).collect();
+            let b: Vec<&[u32]> = mb.iter().map(|&i| data[i].b.as_slice()).collect();
+            let z = rmodel.margins(&a, &b)?;
+            let zs: Vec<f32> = z.to_vec1()?;
+            let (mut loss, mut correct, mut tokens) = (0.0f64, 0usize, 0usize);
+            let mut dz = Vec::with_capacity(mb.len());
+            for (j, &i) in mb.iter().enumerate() {
+                let x = &data[i];
+                let l = rm::pair_loss(zs[j], x.label, x.gt, s.objective, alpha);
+                loss += f64::from(l.loss / batch);
+                dz.push(l.dz / batch);
+                correct += usize::from((zs[j] >= 0.0) == (x.label >= 0.5));
+                tokens += x.a.len() + x.b.len();
+            }
+            // d(sum_i z_i * dz_i)/d(theta) = sum_i dloss_i/dz_i * dz_i/d(theta): the gradient of
+            // the loss with PyTorch's own derivative of BCE-on-probabilities.
+            let w = Tensor::new(dz, z.device())?;
+            let surrogate = (z * w)?.sum_all()?;
+            Ok(MicroOut {
+                loss,
+                correct,
+                tokens,
+                grads: surrogate.backward()?,
+            })
         })
-    })
-    .await?;
+        .await?;
     // Publish: checkpoint files, the train_log part and the runs row, under one manifest.
     let tag = &fp[..16];
     let tmp = std::env::temp_dir().join(format!(
@@ -360,7 +377,9 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             return Err(e);
         }
     }
-    store.publish(&s.stage, &key, &fp, s, inputs, outputs).await?;
+    store
+        .publish(&s.stage, &key, &fp, s, inputs, outputs)
+        .await?;
     resume.clear().await?;
     Ok(report)
 }
@@ -375,9 +394,18 @@ async fn up_to_date(store: &ArtifactStore, m: &crate::store::Manifest) -> Result
         resumed_at: 0,
         up_to_date: true,
     };
-    for f in m.outputs.iter().filter(|f| f.table.as_deref() == Some("runs")) {
+    for f in m
+        .outputs
+        .iter()
+        .filter(|f| f.table.as_deref() == Some("runs"))
+    {
         for b in store.read_table_part(f).await? {
-            let i64c = |n: &str| b.column_by_name(n).expect("runs schema").as_primitive::<Int64Type>().value(0);
+            let i64c = |n: &str| {
+                b.column_by_name(n)
+                    .expect("runs schema")
+                    .as_primitive::<Int64Type>()
+                    .value(0)
+            };
             report.steps = i64c("steps") as usize;
             report.pairs = i64c("pairs") as usize;
             report.tokens = i64c("tokens") as u64;
@@ -402,13 +430,23 @@ fn train_log_batch(run_id: &str, log: &[StepLog]) -> Result<RecordBatch> {
     let n = log.len();
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id; n])),
-        Arc::new(Int64Array::from_iter_values(log.iter().map(|l| l.step as i64))),
+        Arc::new(Int64Array::from_iter_values(
+            log.iter().map(|l| l.step as i64),
+        )),
         Arc::new(Float64Array::from_iter_values(log.iter().map(|l| l.loss))),
         Arc::new(Float64Array::from_iter_values(log.iter().map(|l| l.lr))),
-        Arc::new(Float64Array::from_iter_values(log.iter().map(|l| l.accuracy))),
-        Arc::new(Int64Array::from_iter_values(log.iter().map(|l| l.pairs as i64))),
-        Arc::new(Int64Array::from_iter_values(log.iter().map(|l| l.tokens as i64))),
-        Arc::new(Float64Array::from_iter_values(log.iter().map(|l| l.seconds))),
+        Arc::new(Float64Array::from_iter_values(
+            log.iter().map(|l| l.accuracy),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            log.iter().map(|l| l.pairs as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            log.iter().map(|l| l.tokens as i64),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            log.iter().map(|l| l.seconds),
+        )),
     ];
     RecordBatch::try_new(schema::train_log(), cols).map_err(batch_err("train_log"))
 }
@@ -422,9 +460,9 @@ fn runs_batch(s: &RmTrainSettings, fp: &str, r: &TrainReport) -> Result<RecordBa
         Arc::new(StringArray::from(vec![s.objective.name()])),
         Arc::new(StringArray::from(vec![s.base_model.as_str()])),
         Arc::new(StringArray::from(vec![s.teacher.as_deref()])),
-        Arc::new(Float64Array::from(vec![
-            (s.objective == Objective::Explicit).then_some(s.alpha),
-        ])),
+        Arc::new(Float64Array::from(vec![(s.objective
+            == Objective::Explicit)
+            .then_some(s.alpha)])),
         Arc::new(Int64Array::from(vec![s.train.shuffle_seed as i64])),
         Arc::new(StringArray::from(vec![settings])),
         Arc::new(StringArray::from(vec![fp])),
@@ -434,7 +472,9 @@ fn runs_batch(s: &RmTrainSettings, fp: &str, r: &TrainReport) -> Result<RecordBa
         Arc::new(Float64Array::from(vec![r.final_loss])),
         Arc::new(Int64Array::from(vec![r.resumed_at as i64])),
         Arc::new(Float64Array::from(vec![r.seconds])),
-        Arc::new(Float64Array::from(vec![r.tokens as f64 / r.seconds.max(1e-9)])),
+        Arc::new(Float64Array::from(vec![
+            r.tokens as f64 / r.seconds.max(1e-9),
+        ])),
     ];
     RecordBatch::try_new(schema::runs(), cols).map_err(batch_err("runs"))
 }

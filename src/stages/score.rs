@@ -22,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::models::readout::response_logprobs;
 use crate::models::{ops, Model};
 use crate::progress;
-use crate::schema;
 use crate::scenarios::rm::{Readout, RewardModel};
+use crate::schema;
 use crate::stages::common::{load_split, sanitize, PairText};
 use crate::stages::{split, weak_label};
 use crate::store::{fingerprint, ArtifactStore};
@@ -117,8 +117,7 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             store.root()
         ))
     })?;
-    let (model_dir, mut inputs) =
-        weak_label::locate(store, &s.run_id, s.model.as_deref()).await?;
+    let (model_dir, mut inputs) = weak_label::locate(store, &s.run_id, s.model.as_deref()).await?;
     inputs.push(crate::stages::common::manifest_input(&pairs_manifest));
     // The batch size changes speed, not results, so it is not part of the fingerprint.
     let identity = ScoreSettings {
@@ -186,7 +185,14 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             let (sr, mr, nr) = scored[n + i];
             let margin = mc - mr;
             correct += usize::from(margin >= 0.0);
-            b.push(s, p, "simpo", margin, [Some(sc), Some(sr), Some(mc), Some(mr)], [nc, nr]);
+            b.push(
+                s,
+                p,
+                "simpo",
+                margin,
+                [Some(sc), Some(sr), Some(mc), Some(mr)],
+                [nc, nr],
+            );
         }
         bar.inc(n as u64);
     }

@@ -74,10 +74,15 @@ pub(crate) async fn locate(
 /// Runs the weak-label stage.
 pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> Result<LabelReport> {
     if s.batch_pairs == 0 || s.max_ctx < 2 {
-        return Err(Error::Config("--batch-pairs must be >= 1 and --max-ctx >= 2".into()));
+        return Err(Error::Config(
+            "--batch-pairs must be >= 1 and --max-ctx >= 2".into(),
+        ));
     }
     let pairs_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!("{}: no `pairs` table (run `w2s split` first)", store.root()))
+        Error::Config(format!(
+            "{}: no `pairs` table (run `w2s split` first)",
+            store.root()
+        ))
     })?;
     let (dir, mut inputs) = locate(store, &s.run_id, s.model.as_deref()).await?;
     inputs.push(common::manifest_input(&pairs_manifest));
@@ -148,13 +153,21 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
     let accuracy = correct.iter().filter(|&&c| c).count() as f64 / n as f64;
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![s.run_id.as_str(); n])),
-        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.pair_id.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            pairs.iter().map(|p| p.pair_id.as_str()),
+        )),
         Arc::new(StringArray::from(vec![s.split.as_str(); n])),
-        Arc::new(Int64Array::from_iter_values(pairs.iter().map(|p| p.split_index))),
+        Arc::new(Int64Array::from_iter_values(
+            pairs.iter().map(|p| p.split_index),
+        )),
         Arc::new(StringArray::from(vec!["rm"; n])),
         Arc::new(Int64Array::from(gt)),
-        Arc::new(Float64Array::from_iter_values(margin.iter().map(|&z| f64::from(z)))),
-        Arc::new(Float64Array::from_iter_values(soft.iter().map(|&p| f64::from(p)))),
+        Arc::new(Float64Array::from_iter_values(
+            margin.iter().map(|&z| f64::from(z)),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            soft.iter().map(|&p| f64::from(p)),
+        )),
         Arc::new(Int64Array::from(hard)),
         Arc::new(BooleanArray::from(correct)),
     ];
@@ -169,7 +182,9 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
             &batch,
         )
         .await?;
-    store.publish("weak-label", &key, &fp, s, inputs, vec![part]).await?;
+    store
+        .publish("weak-label", &key, &fp, s, inputs, vec![part])
+        .await?;
     Ok(LabelReport {
         pairs: n,
         accuracy,

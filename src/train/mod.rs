@@ -51,7 +51,9 @@ impl LoopSettings {
             )));
         }
         let perm = numpy_permutation(self.shuffle_seed, n);
-        let order: Vec<usize> = (0..self.epochs).flat_map(|_| perm.iter().copied()).collect();
+        let order: Vec<usize> = (0..self.epochs)
+            .flat_map(|_| perm.iter().copied())
+            .collect();
         Ok((order, steps))
     }
 }

@@ -35,7 +35,33 @@ struct Latest {
     file: String,
     sha256: String,
     adam_steps: BTreeMap<String, u64>,
-    log: Vec<StepLog>,
+    /// The log so far, floats as IEEE bit patterns: JSON text would not round-trip them
+    /// exactly, and a resumed run must log what an uninterrupted one does.
+    log: Vec<[u64; 7]>,
+}
+
+fn log_bits(l: &StepLog) -> [u64; 7] {
+    [
+        l.step,
+        l.loss.to_bits(),
+        l.lr.to_bits(),
+        l.accuracy.to_bits(),
+        l.pairs,
+        l.tokens,
+        l.seconds.to_bits(),
+    ]
+}
+
+fn log_from_bits(b: &[u64; 7]) -> StepLog {
+    StepLog {
+        step: b[0],
+        loss: f64::from_bits(b[1]),
+        lr: f64::from_bits(b[2]),
+        accuracy: f64::from_bits(b[3]),
+        pairs: b[4],
+        tokens: b[5],
+        seconds: f64::from_bits(b[6]),
+    }
 }
 
 fn corrupt(store: &ArtifactStore, path: &str, msg: impl Into<String>) -> Error {
@@ -66,8 +92,14 @@ impl Resume<'_> {
         }
         let mut adam_steps = BTreeMap::new();
         for s in &state {
-            tensors.push((format!("adam_m.{}", s.name), Tensor::new(s.m.as_slice(), &dev)?));
-            tensors.push((format!("adam_v.{}", s.name), Tensor::new(s.v.as_slice(), &dev)?));
+            tensors.push((
+                format!("adam_m.{}", s.name),
+                Tensor::new(s.m.as_slice(), &dev)?,
+            ));
+            tensors.push((
+                format!("adam_v.{}", s.name),
+                Tensor::new(s.v.as_slice(), &dev)?,
+            ));
             adam_steps.insert(s.name.clone(), s.steps);
         }
         let data: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
@@ -83,10 +115,12 @@ impl Resume<'_> {
             file: file.clone(),
             sha256,
             adam_steps,
-            log: log.to_vec(),
+            log: log.iter().map(log_bits).collect(),
         };
         let json = serde_json::to_vec(&latest).expect("state serializes");
-        self.store.put(&self.latest_path(), Bytes::from(json)).await?;
+        self.store
+            .put(&self.latest_path(), Bytes::from(json))
+            .await?;
         if let Some(p) = previous {
             if p.file != file {
                 self.store.delete(&p.file).await?;
@@ -94,7 +128,11 @@ impl Resume<'_> {
         }
         tracing::debug!("saved training state at step {step}");
         // Fault injection for the resume tests: die right after a save, as a kill would.
-        if std::env::var("W2S_ABORT_AFTER_STEP").ok().and_then(|s| s.parse().ok()) == Some(step) {
+        if std::env::var("W2S_ABORT_AFTER_STEP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            == Some(step)
+        {
             tracing::warn!("W2S_ABORT_AFTER_STEP={step}: aborting");
             std::process::abort();
         }
@@ -155,14 +193,25 @@ impl Resume<'_> {
                 return Err(corrupt(
                     self.store,
                     &latest.file,
-                    format!("parameter `{name}` has shape {:?}, the model {:?}", saved.dims(), var.as_tensor().dims()),
+                    format!(
+                        "parameter `{name}` has shape {:?}, the model {:?}",
+                        saved.dims(),
+                        var.as_tensor().dims()
+                    ),
                 ));
             }
-            var.set(&saved.to_device(var.as_tensor().device())?.to_dtype(var.as_tensor().dtype())?)?;
+            var.set(
+                &saved
+                    .to_device(var.as_tensor().device())?
+                    .to_dtype(var.as_tensor().dtype())?,
+            )?;
         }
         adam.restore(slots)
             .map_err(|m| corrupt(self.store, &latest.file, m))?;
-        Ok(Some((latest.step, latest.log)))
+        Ok(Some((
+            latest.step,
+            latest.log.iter().map(log_from_bits).collect(),
+        )))
     }
 
     /// Removes the saved state (after the run's outputs are published).

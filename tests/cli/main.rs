@@ -2,6 +2,7 @@
 
 mod common;
 mod remote;
+mod rm;
 mod score;
 mod split;
 mod split_bad_input;

@@ -1,0 +1,528 @@
+//! The reward-modeling scenario end to end: gt-train -> weak-label -> w2s-train (none /
+//! explicit / implicit / adaptive) -> score, against the PyTorch oracle
+//! (tools/fixtures/make_rm_run.py), across model families, twice for determinism, and killed
+//! mid-run then resumed.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+fn rm_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rm_run")
+}
+
+/// `w2s split` of the oracle's four files into `root`.
+fn split_oracle_data(root: &Path) {
+    let f = rm_fixture();
+    let p = |n: &str| f.join(format!("{n}.jsonl")).display().to_string();
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        s(root),
+        "--gt",
+        &p("gt"),
+        "--w2s",
+        &p("w2s"),
+        "--test",
+        &p("test"),
+        "--helpful",
+        &p("helpful"),
+        "--n-gt",
+        "12",
+        "--n-w2s",
+        "12",
+        "--n-test",
+        "6",
+        "--n-helpful",
+        "12",
+    ]));
+}
+
+/// The oracle's training settings (batch 4, micro-batch 2, lr 1e-3, max_ctx 48) and head.
+fn oracle_args() -> Vec<String> {
+    let head = rm_fixture().join("head.safetensors").display().to_string();
+    [
+        "--batch",
+        "4",
+        "--micro-batch",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-ctx",
+        "48",
+        "--init-head",
+        &head,
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+fn run_with(args: &[&str], extra: &[String]) -> String {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    ok(w2s(&all))
+}
+
+/// CSV rows of a query (header dropped).
+fn rows(root: &Path, query: &str) -> Vec<Vec<String>> {
+    let out = ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(root),
+        "--format",
+        "csv",
+        query,
+    ]));
+    out.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "{what}[{i}]: {g} vs oracle {w}");
+    }
+}
+
+#[test]
+fn losses_margins_and_labels_match_the_pytorch_oracle() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rm_fixture().join("expected.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a");
+    split_oracle_data(&root);
+    let model = fixture_model("gpt2").display().to_string();
+    let r = s(&root);
+    let args = oracle_args();
+    run_with(
+        &[
+            "gt-train",
+            "--artifacts",
+            r,
+            "--model",
+            &model,
+            "--run-id",
+            "teacher",
+        ],
+        &args,
+    );
+    ok(w2s(&[
+        "weak-label",
+        "--artifacts",
+        r,
+        "--run",
+        "teacher",
+        "--max-ctx",
+        "48",
+    ]));
+    for o in ["none", "explicit", "implicit", "adaptive"] {
+        run_with(
+            &[
+                "w2s-train",
+                "--artifacts",
+                r,
+                "--model",
+                &model,
+                "--teacher",
+                "teacher",
+                "--objective",
+                o,
+                "--run-id",
+                o,
+            ],
+            &args,
+        );
+    }
+    for run in ["teacher", "none", "explicit", "implicit", "adaptive"] {
+        ok(w2s(&[
+            "score",
+            "--artifacts",
+            r,
+            "--run-id",
+            run,
+            "--max-ctx",
+            "48",
+        ]));
+        let e = &expected[if run == "teacher" { "gt" } else { run }];
+        let log = rows(
+            &root,
+            &format!("select loss, lr from train_log where run_id = '{run}' order by step"),
+        );
+        let col = |i: usize| -> Vec<f64> { log.iter().map(|r| r[i].parse().unwrap()).collect() };
+        assert_close(
+            &format!("{run} losses"),
+            &col(0),
+            &floats(&e["losses"]),
+            1e-4,
+        );
+        assert_close(&format!("{run} lr"), &col(1), &floats(&e["lrs"]), 1e-12);
+        let margins: Vec<f64> = rows(
+            &root,
+            &format!("select margin from scores where run_id = '{run}' order by split_index"),
+        )
+        .iter()
+        .map(|r| r[0].parse().unwrap())
+        .collect();
+        assert_close(
+            &format!("{run} test margins"),
+            &margins,
+            &floats(&e["test_margins"]),
+            1e-4,
+        );
+    }
+    // The implicit run trains on the 12 w2s + 12 helpful pairs: 6 steps.
+    assert_eq!(floats(&expected["implicit"]["losses"]).len(), 6);
+    // Weak labels: slot-orientation margins, soft labels and slot bits.
+    let labels = rows(
+        &root,
+        "select margin, soft_label, gt_label, hard_label, correct from labels \
+         where run_id = 'teacher' and split = 'w2s' order by split_index",
+    );
+    let col = |i: usize| -> Vec<f64> { labels.iter().map(|r| r[i].parse().unwrap()).collect() };
+    let g = &expected["gt"];
+    assert_close("w2s margins", &col(0), &floats(&g["w2s_margins"]), 1e-4);
+    assert_close(
+        "w2s soft labels",
+        &col(1),
+        &floats(&g["w2s_soft_labels"]),
+        1e-4,
+    );
+    assert_close("w2s slot bits", &col(2), &floats(&g["w2s_slot_gt"]), 0.0);
+    for l in &labels {
+        let (soft, hard, gt): (f64, i64, i64) = (
+            l[1].parse().unwrap(),
+            l[3].parse().unwrap(),
+            l[2].parse().unwrap(),
+        );
+        assert_eq!(hard, i64::from(soft >= 0.5));
+        assert_eq!(l[4], (hard == gt).to_string());
+    }
+    // runs: one row per training run, with its objective, teacher and alpha.
+    let runs = rows(
+        &root,
+        "select run_id, stage, objective, coalesce(teacher, '-'), coalesce(cast(alpha as varchar), '-'), steps \
+         from runs order by run_id",
+    );
+    let want = [
+        ["adaptive", "w2s-train", "adaptive", "teacher", "-", "3"],
+        ["explicit", "w2s-train", "explicit", "teacher", "0.5", "3"],
+        ["implicit", "w2s-train", "implicit", "teacher", "-", "6"],
+        ["none", "w2s-train", "none", "teacher", "-", "3"],
+        ["teacher", "gt-train", "none", "-", "-", "3"],
+    ];
+    assert_eq!(runs, want.map(|r| r.map(str::to_string).to_vec()).to_vec());
+    // A second invocation finds everything up to date.
+    let again = run_with(
+        &[
+            "gt-train",
+            "--artifacts",
+            r,
+            "--model",
+            &model,
+            "--run-id",
+            "teacher",
+        ],
+        &args,
+    );
+    assert!(again.contains("up to date"), "{again}");
+}
+
+/// The whole chain with a weak GPT-2 and a strong Llama (different tokenizers), into `root`.
+fn chain(root: &Path) {
+    split_oracle_data(root);
+    let r = s(root);
+    let weak = fixture_model("gpt2").display().to_string();
+    let strong = fixture_model("llama").display().to_string();
+    let common = [
+        "--batch",
+        "4",
+        "--micro-batch",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-ctx",
+        "48",
+    ];
+    let train = |extra: &[&str]| {
+        let mut a: Vec<&str> = extra.to_vec();
+        a.extend(common);
+        ok(w2s(&a))
+    };
+    train(&[
+        "gt-train",
+        "--artifacts",
+        r,
+        "--model",
+        &weak,
+        "--run-id",
+        "weak",
+    ]);
+    train(&[
+        "gt-train",
+        "--artifacts",
+        r,
+        "--model",
+        &strong,
+        "--run-id",
+        "strong",
+    ]);
+    ok(w2s(&[
+        "weak-label",
+        "--artifacts",
+        r,
+        "--run",
+        "weak",
+        "--max-ctx",
+        "48",
+    ]));
+    for o in ["none", "explicit", "implicit", "adaptive"] {
+        train(&[
+            "w2s-train",
+            "--artifacts",
+            r,
+            "--model",
+            &strong,
+            "--teacher",
+            "weak",
+            "--objective",
+            o,
+            "--run-id",
+            o,
+        ]);
+    }
+    for run in ["weak", "strong", "none", "explicit", "implicit", "adaptive"] {
+        ok(w2s(&[
+            "score",
+            "--artifacts",
+            r,
+            "--run-id",
+            run,
+            "--max-ctx",
+            "48",
+        ]));
+    }
+}
+
+#[test]
+fn chain_across_families_scores_six_models_and_repeats_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    chain(&a);
+    chain(&b);
+    let per_run = rows(
+        &a,
+        "select run_id, count(*) from scores group by run_id order by run_id",
+    );
+    assert_eq!(per_run.len(), 6, "{per_run:?}");
+    assert!(per_run.iter().all(|r| r[1] == "6"), "{per_run:?}");
+    assert_eq!(
+        rows(&a, "select count(*) from scores s join pairs p on s.pair_id = p.pair_id where p.split = 'test'"),
+        vec![vec!["36".to_string()]]
+    );
+    // Same seeds, same inputs: identical tables (timing columns aside).
+    for q in [
+        "select * from scores order by run_id, split_index",
+        "select * from labels order by run_id, split_index",
+        "select run_id, step, loss, lr, accuracy, pairs, tokens from train_log order by run_id, step",
+        "select run_id, stage, objective, teacher, alpha, seed, settings, fingerprint, steps, tokens, final_loss \
+         from runs order by run_id",
+    ] {
+        assert_eq!(rows(&a, q), rows(&b, q), "{q}");
+    }
+    // The scores parts are byte-identical files.
+    let parts = |root: &Path| -> Vec<Vec<u8>> {
+        files_under(root)
+            .iter()
+            .filter(|f| f.starts_with("tables/scores/"))
+            .map(|f| std::fs::read(root.join(f)).unwrap())
+            .collect()
+    };
+    assert_eq!(parts(&a), parts(&b));
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_saved_step_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let model = fixture_model("gpt2").display().to_string();
+    let args = |root: &Path| -> Vec<String> {
+        [
+            "gt-train",
+            "--artifacts",
+            s(root),
+            "--model",
+            &model,
+            "--run-id",
+            "ceiling",
+            "--batch",
+            "2",
+            "--micro-batch",
+            "1",
+            "--lr",
+            "1e-3",
+            "--max-ctx",
+            "48",
+            "--save-every",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    for root in [&a, &b] {
+        split_oracle_data(root);
+    }
+    let a_args = args(&a);
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    // Killed right after saving the state of step 3 of 6.
+    let killed = w2s_env(&a_args, &[("W2S_ABORT_AFTER_STEP", "3".into())]);
+    assert!(!killed.status.success());
+    let files = files_under(&a);
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.starts_with("models/") || f.contains("train_log")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("state/train/ceiling/")),
+        "{files:?}"
+    );
+    let resumed = ok(w2s(&a_args));
+    assert!(resumed.contains("resumed at step 3"), "{resumed}");
+    assert!(
+        !files_under(&a).iter().any(|f| f.starts_with("state/")),
+        "state is cleared"
+    );
+
+    let b_args = args(&b);
+    ok(w2s(&b_args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let weights = |root: &Path, name: &str| -> Vec<u8> {
+        let f = files_under(root)
+            .into_iter()
+            .find(|f| f.starts_with("models/ceiling/") && f.ends_with(name))
+            .unwrap();
+        std::fs::read(root.join(f)).unwrap()
+    };
+    assert_eq!(
+        weights(&a, "model.safetensors"),
+        weights(&b, "model.safetensors")
+    );
+    assert_eq!(
+        weights(&a, "reward_head.safetensors"),
+        weights(&b, "reward_head.safetensors")
+    );
+    let q = "select step, loss, lr, accuracy, tokens from train_log order by step";
+    assert_eq!(rows(&a, q), rows(&b, q));
+    assert_eq!(
+        rows(&a, "select resumed_at_step from runs"),
+        vec![vec!["3".to_string()]]
+    );
+}
+
+#[test]
+fn misuse_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let r = s(&root);
+    let model = fixture_model("gpt2").display().to_string();
+    // No pairs yet.
+    let o = w2s(&["gt-train", "--artifacts", r, "--model", &model]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("run `w2s split` first"),
+        "{}",
+        stderr(&o)
+    );
+    split_oracle_data(&root);
+    // A teacher that has no labels.
+    let o = w2s(&[
+        "w2s-train",
+        "--artifacts",
+        r,
+        "--model",
+        &model,
+        "--teacher",
+        "nobody",
+    ]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("no labels of `nobody`"),
+        "{}",
+        stderr(&o)
+    );
+    // Labelling with a run that does not exist, and with a model that has no reward head.
+    let o = w2s(&["weak-label", "--artifacts", r, "--run", "nobody"]);
+    assert!(
+        stderr(&o).contains("no trained run `nobody`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = w2s(&[
+        "weak-label",
+        "--artifacts",
+        r,
+        "--run",
+        "x",
+        "--model",
+        &model,
+    ]);
+    assert!(stderr(&o).contains("not a reward model"), "{}", stderr(&o));
+    // Scenarios that come later, a batch larger than the data, a bad head file.
+    let o = w2s(&[
+        "gt-train",
+        "--artifacts",
+        r,
+        "--model",
+        &model,
+        "--scenario",
+        "simpo",
+    ]);
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    let o = w2s(&[
+        "gt-train",
+        "--artifacts",
+        r,
+        "--model",
+        &model,
+        "--batch",
+        "64",
+    ]);
+    assert!(
+        stderr(&o).contains("make no full batch of 64"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = dir.path().join("head.safetensors");
+    std::fs::write(&bad, b"not safetensors").unwrap();
+    let o = w2s(&[
+        "gt-train",
+        "--artifacts",
+        r,
+        "--model",
+        &model,
+        "--init-head",
+        s(&bad),
+    ]);
+    assert!(
+        stderr(&o).contains("head.safetensors") && stderr(&o).contains("unreadable head"),
+        "{}",
+        stderr(&o)
+    );
+    // Nothing was published by any of these.
+    assert!(!files_under(&root)
+        .iter()
+        .any(|f| f.starts_with("models/") || f.starts_with("manifests/train")));
+}
