@@ -12,7 +12,7 @@ fn rm_fixture() -> PathBuf {
 }
 
 /// `w2s split` of the oracle's four files into `root`.
-fn split_oracle_data(root: &Path) {
+pub fn split_oracle_data(root: &Path) {
     let f = rm_fixture();
     let p = |n: &str| f.join(format!("{n}.jsonl")).display().to_string();
     ok(w2s(&[
@@ -39,7 +39,7 @@ fn split_oracle_data(root: &Path) {
 }
 
 /// The oracle's training settings (batch 4, micro-batch 2, lr 1e-3, max_ctx 48) and head.
-fn oracle_args() -> Vec<String> {
+pub fn oracle_args() -> Vec<String> {
     let head = rm_fixture().join("head.safetensors").display().to_string();
     [
         "--batch",
@@ -65,7 +65,7 @@ fn run_with(args: &[&str], extra: &[String]) -> String {
 }
 
 /// CSV rows of a query (header dropped).
-fn rows(root: &Path, query: &str) -> Vec<Vec<String>> {
+pub fn rows(root: &Path, query: &str) -> Vec<Vec<String>> {
     let out = ok(w2s(&[
         "sql",
         "--artifacts",
