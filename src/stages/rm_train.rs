@@ -80,6 +80,18 @@ async fn teacher_labels(
             store.root()
         ))
     })?;
+    // Labels made by an earlier checkpoint of the teacher must not train a student silently.
+    if let Some(run) = store.manifest(&common::run_key(teacher)).await? {
+        let used = m
+            .inputs
+            .iter()
+            .find(|i| i.uri == format!("manifest:{}", run.key));
+        if used.is_some_and(|i| i.sha256 != run.fingerprint) {
+            return Err(Error::Config(format!(
+                "the labels of `{teacher}` were made by an earlier checkpoint of it (it was retrained since): rerun `w2s weak-label --run {teacher}`"
+            )));
+        }
+    }
     let mut out = HashMap::new();
     for f in m
         .outputs
@@ -151,7 +163,9 @@ fn samples(
 
 /// Trains (or finds up to date) the reward model `s` describes.
 pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Result<TrainReport> {
-    if !(0.0..=f64::MAX).contains(&s.alpha) || s.max_ctx < 2 || !(s.train.lr > 0.0) {
+    let bad_alpha = !s.alpha.is_finite() || s.alpha < 0.0;
+    let bad_lr = !s.train.lr.is_finite() || s.train.lr <= 0.0;
+    if bad_alpha || bad_lr || s.max_ctx < 2 {
         return Err(Error::Config(
             "--alpha must be >= 0, --max-ctx >= 2 and --lr > 0".into(),
         ));

@@ -526,3 +526,78 @@ fn misuse_gets_clear_errors() {
         .iter()
         .any(|f| f.starts_with("models/") || f.starts_with("manifests/train")));
 }
+
+#[test]
+fn labels_of_a_retrained_teacher_are_refused_until_relabelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let r = s(&root);
+    split_oracle_data(&root);
+    let model = fixture_model("gpt2").display().to_string();
+    let train = |lr: &str| {
+        ok(w2s(&[
+            "gt-train",
+            "--artifacts",
+            r,
+            "--model",
+            &model,
+            "--run-id",
+            "t",
+            "--batch",
+            "4",
+            "--max-ctx",
+            "48",
+            "--lr",
+            lr,
+        ]))
+    };
+    let student = || {
+        w2s(&[
+            "w2s-train",
+            "--artifacts",
+            r,
+            "--model",
+            &model,
+            "--teacher",
+            "t",
+            "--batch",
+            "4",
+            "--max-ctx",
+            "48",
+        ])
+    };
+    train("1e-3");
+    ok(w2s(&[
+        "weak-label",
+        "--artifacts",
+        r,
+        "--run",
+        "t",
+        "--max-ctx",
+        "48",
+    ]));
+    ok(student());
+    train("2e-3");
+    let o = student();
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("rerun `w2s weak-label --run t`"),
+        "{}",
+        stderr(&o)
+    );
+    let relabel = ok(w2s(&[
+        "weak-label",
+        "--artifacts",
+        r,
+        "--run",
+        "t",
+        "--max-ctx",
+        "48",
+    ]));
+    assert!(!relabel.contains("up to date"), "{relabel}");
+    let again = ok(student());
+    assert!(
+        !again.contains("up to date"),
+        "the student retrains on the new labels: {again}"
+    );
+}
