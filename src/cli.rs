@@ -537,6 +537,9 @@ fn model_name(location: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::Config(format!("{location}: give --run-id")))
 }
 
+/// Context for training errors: where the scenarios not built yet come from.
+const SCENARIO_LATER: &str = "it arrives with the preference scenario (issue 7)";
+
 fn rm_settings(
     t: &TrainArgs,
     stage: &str,
@@ -605,6 +608,7 @@ async fn gt_train_cmd(a: GtTrainArgs) -> Result<()> {
     };
     let s = rm_settings(t, "gt-train", run_id.clone(), None, Objective::None, 0.0);
     let store = ArtifactStore::open(&t.root.artifacts)?;
+    t.scenario.require_rm("gt-train").context(SCENARIO_LATER)?;
     let r = w2s::stages::gt_train::run(&store, t.scenario, &s, t.force).await?;
     print_train(&run_id, store.root(), &r);
     Ok(())
@@ -630,6 +634,7 @@ async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
         a.alpha,
     );
     let store = ArtifactStore::open(&t.root.artifacts)?;
+    t.scenario.require_rm("w2s-train").context(SCENARIO_LATER)?;
     let r = w2s::stages::w2s_train::run(&store, t.scenario, &s, t.force).await?;
     print_train(&run_id, store.root(), &r);
     Ok(())

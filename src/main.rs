@@ -22,7 +22,18 @@ fn main() {
         }
     };
     if let Err(e) = runtime.block_on(cli::run(cli)) {
-        eprintln!("error: {e:#}");
+        // The error chain, leaving out causes a message already quotes (`path: io error`).
+        let mut msg = String::new();
+        for cause in e.chain() {
+            let text = cause.to_string();
+            if !msg.contains(&text) {
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&text);
+            }
+        }
+        eprintln!("error: {msg}");
         let code = e
             .chain()
             .find_map(|c| c.downcast_ref::<w2s::Error>())

@@ -15,7 +15,7 @@ pub async fn run(
     s: &RmTrainSettings,
     force: bool,
 ) -> Result<TrainReport> {
-    scenario.require_rm()?;
+    scenario.require_rm("gt-train")?;
     debug_assert!(s.teacher.is_none() && s.objective == Objective::None);
     rm_train::run(store, s, force).await
 }

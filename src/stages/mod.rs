@@ -32,14 +32,17 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    /// Refuses the scenarios that are not built yet.
-    pub fn require_rm(self) -> crate::error::Result<()> {
+    /// Refuses the scenarios that are not built yet (the preference scenario, issue 7);
+    /// `stage` names the command.
+    pub fn require_rm(self, stage: &str) -> crate::error::Result<()> {
         match self {
             Scenario::Rm => Ok(()),
-            other => Err(crate::error::Error::NotImplemented(
-                format!("--scenario {other:?} (the preference scenario arrives with issue 7)")
-                    .to_lowercase(),
-            )),
+            Scenario::Simpo => Err(crate::error::Error::NotImplemented(format!(
+                "{stage} --scenario simpo"
+            ))),
+            Scenario::Dpo => Err(crate::error::Error::NotImplemented(format!(
+                "{stage} --scenario dpo"
+            ))),
         }
     }
 }

@@ -15,7 +15,7 @@ pub async fn run(
     s: &RmTrainSettings,
     force: bool,
 ) -> Result<TrainReport> {
-    scenario.require_rm()?;
+    scenario.require_rm("w2s-train")?;
     if s.teacher.is_none() {
         return Err(Error::Config("w2s-train needs --teacher RUN_ID".into()));
     }
