@@ -36,7 +36,30 @@ pub async fn context(store: &ArtifactStore) -> Result<SessionContext> {
             .await?;
         ctx.register_table(name.as_str(), Arc::new(ListingTable::try_new(config)?))?;
     }
+    if ctx.table_exist("runs")? && ctx.table_exist("scores")? {
+        for statement in statements(VIEWS) {
+            ctx.sql(&statement).await?;
+        }
+    }
     Ok(ctx)
+}
+
+/// The analyses' shared views (`sql/views.sql`): `confidences`, `experiments`,
+/// `experiment_pairs`.
+pub const VIEWS: &str = include_str!("../sql/views.sql");
+
+/// The statements of a SQL file: comment lines dropped, split at semicolons.
+pub fn statements(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Parses `name=value` into a bound parameter: integers, floats and booleans get their type,

@@ -1,0 +1,65 @@
+-- Views every analysis builds on. `w2s sql` and `w2s analyze` create them whenever the `runs`
+-- and `scores` tables exist (this file is compiled into `w2s`; comments are dropped and the
+-- statements split at semicolons, so keep semicolons out of the SQL text itself).
+--
+-- Roles (paper §3, reference-spec §4):
+--   ceiling     a model trained on ground truth (stage gt-train), one per base model and seed
+--   experiment  a weak-to-strong run (stage w2s-train) with
+--                 weak_run       its teacher (the weak ceiling),
+--                 strong_run     the ceiling of its own base model and seed,
+--                 reference_run  the no-conflict run (objective none) of the same teacher,
+--                                base model and seed (itself, for a no-conflict run).
+-- A grid must have at most one ceiling per (base model, seed) and one no-conflict run per
+-- (teacher, base model, seed); `w2s analyze` checks this and names the offending runs.
+
+-- Confidence toward the ground-truth chosen answer of every scored run on the test split.
+create view confidences as
+select run_id, pair_id, split_index, confidence
+from scores
+where split = 'test';
+
+create view experiments as
+select
+    w.run_id,
+    w.objective,
+    w.alpha,
+    w.seed,
+    w.teacher as weak_run,
+    t.base_model as weak_model,
+    w.base_model as strong_model,
+    sc.run_id as strong_run,
+    nc.run_id as reference_run
+from runs w
+join runs t on t.run_id = w.teacher
+left join runs sc
+    on sc.stage = 'gt-train' and sc.base_model = w.base_model and sc.seed = w.seed
+left join runs nc
+    on nc.stage = 'w2s-train' and nc.objective = 'none'
+    and nc.teacher = w.teacher and nc.base_model = w.base_model and nc.seed = w.seed
+where w.stage = 'w2s-train';
+
+-- One row per (experiment, test pair) with the four confidences the measures need:
+-- the run's own, its no-conflict reference's, and the two ceilings'. Pairs some model has not
+-- scored are left out (inner joins), so every measure counts the same pairs.
+create view experiment_pairs as
+select
+    e.run_id,
+    e.objective,
+    e.alpha,
+    e.seed,
+    e.weak_run,
+    e.weak_model,
+    e.strong_run,
+    e.strong_model,
+    e.reference_run,
+    n.pair_id,
+    n.split_index,
+    n.confidence as run_conf,
+    r.confidence as reference_conf,
+    s.confidence as strong_conf,
+    w.confidence as weak_conf
+from experiments e
+join confidences n on n.run_id = e.run_id
+join confidences r on r.run_id = e.reference_run and r.pair_id = n.pair_id
+join confidences s on s.run_id = e.strong_run and s.pair_id = n.pair_id
+join confidences w on w.run_id = e.weak_run and w.pair_id = n.pair_id;
