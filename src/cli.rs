@@ -7,6 +7,7 @@ use w2s::data::{PairRules, PromptMismatch, Shape, Template};
 use w2s::optim::Schedule;
 use w2s::scenarios::rm::{Objective, Readout};
 use w2s::sql::{self, OutFormat};
+use w2s::stages::analyze::{self, AnalyzeSettings};
 use w2s::stages::rm_train::{RmTrainSettings, TrainReport};
 use w2s::stages::score::{self, ScoreSettings};
 use w2s::stages::split::{self, Mode, SplitSettings};
@@ -52,8 +53,8 @@ pub enum Command {
     W2sTrain(W2sTrainArgs),
     /// Score a model's confidence toward the ground-truth chosen answers of a split.
     Score(ScoreArgs),
-    /// Run every SQL analysis (not built yet).
-    Analyze(Pending),
+    /// Run every SQL analysis in sql/ over the tables, write the results as tables, summarise.
+    Analyze(AnalyzeArgs),
     /// Write the HTML report (not built yet).
     Report(Pending),
     /// Run a pipeline file (not built yet).
@@ -296,6 +297,26 @@ pub struct WeakLabelArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// Knowledge threshold T (paper: 0.75).
+    #[arg(long, default_value_t = 0.75)]
+    pub threshold: f64,
+    /// The four thresholds of the sweep (paper App. I).
+    #[arg(long, num_args = 4, value_delimiter = ',', default_values_t = [0.70, 0.75, 0.80, 0.85])]
+    pub sweep: Vec<f64>,
+    /// Bootstrap replicates for intervals of single-seed cells (0: no intervals).
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    #[arg(long, default_value_t = 0)]
+    pub bootstrap_seed: u64,
+    /// Recompute even if up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct SqlArgs {
     /// The query, or a path to a .sql file.
     pub query: Option<String>,
@@ -326,7 +347,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score_cmd(a).await,
         Command::Convert(a) => convert_cmd(a).await,
         Command::LoraMerge(a) => lora_merge_cmd(a).await,
-        Command::Analyze(_) => pending("analyze"),
+        Command::Analyze(a) => analyze_cmd(a).await,
         Command::Report(_) => pending("report"),
         Command::Run(_) => pending("run"),
     }
@@ -661,6 +682,29 @@ async fn weak_label_cmd(a: WeakLabelArgs) -> Result<()> {
         r.pairs,
         r.accuracy
     );
+    Ok(())
+}
+
+async fn analyze_cmd(a: AnalyzeArgs) -> Result<()> {
+    let s = AnalyzeSettings {
+        threshold: a.threshold,
+        sweep: [a.sweep[0], a.sweep[1], a.sweep[2], a.sweep[3]],
+        bootstrap: a.bootstrap,
+        bootstrap_seed: a.bootstrap_seed,
+    };
+    let store = ArtifactStore::open(&a.root.artifacts)?;
+    let r = analyze::run(&store, &s, a.force).await?;
+    println!(
+        "analysis tables -> {}{}: {}",
+        store.root(),
+        if r.up_to_date { " (up to date)" } else { "" },
+        r.tables
+            .iter()
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    print!("{}", analyze::text_summary(&r.cells, a.threshold));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `w2s` binary. One test binary (modules below) keeps link time low.
 
+mod analyze;
 mod common;
 mod remote;
 mod rm;

@@ -1,0 +1,392 @@
+//! `w2s analyze` against a hand-built confidence table whose areas, flips and scores are known
+//! by construction (confidences exactly at T and at 0.5 included, one setting with no flips).
+//! Expected values are computed here with plain loops over the same confidences, not by SQL.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::datatypes::Float64Type;
+use w2s::store::ArtifactStore;
+
+use crate::common::*;
+
+const N: usize = 240;
+const T: f64 = 0.75;
+const OBJECTIVES: [&str; 4] = ["none", "explicit", "implicit", "adaptive"];
+
+/// Confidence of `model` (weak, strong or an objective) on pair `i` for seed `s`.
+fn conf(model: &str, i: usize, s: usize) -> f64 {
+    match model {
+        "strong" => [0.75, 0.9, 0.6, 0.3, 0.5][(i + s) % 5],
+        "weak" => [0.75, 0.749_999_9, 0.5, 0.2][(i / 5 + s) % 4],
+        "none" | "adaptive" => {
+            if (i + s).is_multiple_of(3) {
+                0.4
+            } else {
+                0.5
+            }
+        }
+        "explicit" => {
+            if i % 7 == s {
+                0.5
+            } else if i.is_multiple_of(2) {
+                0.499_99
+            } else {
+                0.8
+            }
+        }
+        "implicit" => {
+            if i % 4 == 1 {
+                0.3
+            } else {
+                0.500_01
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn run_id(model: &str, s: usize) -> String {
+    format!("{model}-s{s}")
+}
+
+fn strs(v: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+/// Writes `runs` and `scores` for seeds 0 and 1 into `root` through the artifact store.
+async fn build(root: &str) {
+    let store = ArtifactStore::open(root).unwrap();
+    let mut ids = Vec::new();
+    let (mut stage, mut objective, mut base, mut teacher, mut alpha, mut seed) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for s in 0..2 {
+        for (m, b) in [("weak", "models/W"), ("strong", "models/S")] {
+            ids.push(run_id(m, s));
+            stage.push("gt-train".to_string());
+            objective.push("none".to_string());
+            base.push(b.to_string());
+            teacher.push(None);
+            alpha.push(None);
+            seed.push(s as i64);
+        }
+        for o in OBJECTIVES {
+            ids.push(run_id(o, s));
+            stage.push("w2s-train".to_string());
+            objective.push(o.to_string());
+            base.push("models/S".to_string());
+            teacher.push(Some(run_id("weak", s)));
+            alpha.push((o == "explicit").then_some(0.5));
+            seed.push(s as i64);
+        }
+    }
+    let n = ids.len();
+    let runs = RecordBatch::try_new(
+        w2s::schema::runs(),
+        vec![
+            strs(ids.clone()),
+            strs(stage),
+            strs(vec!["rm".into(); n]),
+            strs(objective),
+            strs(base),
+            Arc::new(StringArray::from(teacher)),
+            Arc::new(Float64Array::from(alpha)),
+            Arc::new(Int64Array::from(seed)),
+            strs(vec!["{}".into(); n]),
+            strs(vec!["fp".into(); n]),
+            Arc::new(Int64Array::from(vec![1; n])),
+            Arc::new(Int64Array::from(vec![1; n])),
+            Arc::new(Int64Array::from(vec![1; n])),
+            Arc::new(Float64Array::from(vec![0.5; n])),
+            Arc::new(Int64Array::from(vec![0; n])),
+            Arc::new(Float64Array::from(vec![1.0; n])),
+            Arc::new(Float64Array::from(vec![1.0; n])),
+        ],
+    )
+    .unwrap();
+    let part = store.write_table_part("runs", "test", &runs).await.unwrap();
+    store
+        .publish("test", "test/runs", "fp-runs", &(), vec![], vec![part])
+        .await
+        .unwrap();
+    for s in 0..2 {
+        for m in ["weak", "strong"].into_iter().chain(OBJECTIVES) {
+            let c: Vec<f64> = (0..N).map(|i| conf(m, i, s)).collect();
+            // A margin whose sigmoid is the confidence (the analyses read `confidence` only).
+            let margin: Vec<f64> = c.iter().map(|p| (p / (1.0 - p)).ln()).collect();
+            let b = RecordBatch::try_new(
+                w2s::schema::scores(),
+                vec![
+                    strs(vec![run_id(m, s); N]),
+                    strs((0..N).map(|i| format!("pair-{i:03}")).collect()),
+                    strs(vec!["test".into(); N]),
+                    Arc::new(Int64Array::from_iter_values(0..N as i64)),
+                    strs(vec!["rm".into(); N]),
+                    Arc::new(Float64Array::from(margin)),
+                    Arc::new(Float64Array::from(c.clone())),
+                    Arc::new(BooleanArray::from(
+                        c.iter().map(|&p| p >= 0.5).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Float64Array::from(vec![None::<f64>; N])),
+                    Arc::new(Float64Array::from(vec![None::<f64>; N])),
+                    Arc::new(Float64Array::from(vec![None::<f64>; N])),
+                    Arc::new(Float64Array::from(vec![None::<f64>; N])),
+                    Arc::new(Int64Array::from(vec![10; N])),
+                    Arc::new(Int64Array::from(vec![10; N])),
+                ],
+            )
+            .unwrap();
+            let name = run_id(m, s);
+            let part = store.write_table_part("scores", &name, &b).await.unwrap();
+            store
+                .publish(
+                    "score",
+                    &format!("score/{name}/test"),
+                    &name,
+                    &(),
+                    vec![],
+                    vec![part],
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Rows of a query over `root` as optional floats (every selected column cast to double).
+async fn values(root: &str, sql: &str) -> Vec<Vec<Option<f64>>> {
+    let store = ArtifactStore::open(root).unwrap();
+    let ctx = w2s::sql::context(&store).await.unwrap();
+    let batches = w2s::sql::query(&ctx, sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            out.push(
+                (0..b.num_columns())
+                    .map(|c| {
+                        let a = b.column(c).as_primitive::<Float64Type>();
+                        (!datafusion::arrow::array::Array::is_null(a, r)).then(|| a.value(r))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// The flip set and areas of one conflict run, counted by hand.
+struct Expect {
+    flips: usize,
+    cells: [usize; 4], // sk_wk, sk_wuk, suk_wk, suk_wuk (of the flips)
+    abs_flips: usize,
+    abs_deceptive: usize,
+}
+
+fn expect(obj: &str, s: usize, t: f64) -> Expect {
+    let mut e = Expect {
+        flips: 0,
+        cells: [0; 4],
+        abs_flips: 0,
+        abs_deceptive: 0,
+    };
+    for i in 0..N {
+        let (run, reference) = (conf(obj, i, s), conf("none", i, s));
+        let (sc, wc) = (conf("strong", i, s), conf("weak", i, s));
+        let (sk, wk) = (sc >= t, wc >= t);
+        if reference >= 0.5 && run < 0.5 {
+            e.flips += 1;
+            e.cells[match (sk, wk) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, true) => 2,
+                (false, false) => 3,
+            }] += 1;
+        }
+        if sc >= 0.5 && run < 0.5 {
+            e.abs_flips += 1;
+            if sk && !wk {
+                e.abs_deceptive += 1;
+            }
+        }
+    }
+    e
+}
+
+fn ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+fn close(a: Option<f64>, b: Option<f64>, what: &str) {
+    match (a, b) {
+        (Some(x), Some(y)) => assert!((x - y).abs() < 1e-12, "{what}: {x} vs {y}"),
+        _ => assert_eq!(a, b, "{what}"),
+    }
+}
+
+#[test]
+fn every_analysis_matches_counts_known_by_construction() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let r = root.to_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(build(&r));
+    let out = ok(w2s(&["analyze", "--artifacts", &r, "--bootstrap", "200"]));
+    assert!(out.contains("analysis_deception (6)"), "{out}");
+    let q = |sql: &str| rt.block_on(values(&r, sql));
+
+    // Accuracy per run.
+    for s in 0..2 {
+        for m in ["weak", "strong"].into_iter().chain(OBJECTIVES) {
+            let want = (0..N).filter(|&i| conf(m, i, s) >= 0.5).count();
+            let got = q(&format!(
+                "select cast(correct as double), accuracy from analysis_accuracy where run_id = '{}'",
+                run_id(m, s)
+            ));
+            assert_eq!(
+                got,
+                vec![vec![Some(want as f64), ratio(want, N)]],
+                "accuracy {m} {s}"
+            );
+        }
+    }
+    for s in 0..2 {
+        // Knowledge areas of the ceilings.
+        let mut areas = [0usize; 4];
+        for i in 0..N {
+            let (sk, wk) = (conf("strong", i, s) >= T, conf("weak", i, s) >= T);
+            areas[match (sk, wk) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, true) => 2,
+                _ => 3,
+            }] += 1;
+        }
+        let got = q(&format!(
+            "select cast(sk_wk as double), cast(sk_wuk as double), cast(suk_wk as double), \
+             cast(suk_wuk as double), sk_wuk_share from analysis_knowledge_areas where seed = {s}"
+        ));
+        let mut want: Vec<Option<f64>> = areas.iter().map(|&a| Some(a as f64)).collect();
+        want.push(ratio(areas[1], N));
+        assert_eq!(got, vec![want], "areas seed {s}");
+        assert!(
+            areas.iter().all(|&a| a > 0),
+            "every area is populated: {areas:?}"
+        );
+
+        for obj in ["explicit", "implicit", "adaptive"] {
+            let e = expect(obj, s, T);
+            let id = run_id(obj, s);
+            let ds = q(&format!(
+                "select cast(flips as double), cast(deceptive_flips as double), deception_score \
+                 from analysis_deception where run_id = '{id}'"
+            ));
+            assert_eq!(ds.len(), 1);
+            assert_eq!(ds[0][0], Some(e.flips as f64), "{id} flips");
+            assert_eq!(ds[0][1], Some(e.cells[1] as f64), "{id} deceptive flips");
+            close(ds[0][2], ratio(e.cells[1], e.flips), &format!("{id} DS"));
+            let fb = q(&format!(
+                "select cast(sk_wk as double), cast(sk_wuk as double), cast(suk_wk as double), \
+                 cast(suk_wuk as double), sk_wuk_share from analysis_flip_breakdown where run_id = '{id}'"
+            ));
+            let mut want: Vec<Option<f64>> = e.cells.iter().map(|&c| Some(c as f64)).collect();
+            want.push(ratio(e.cells[1], e.flips));
+            assert_eq!(fb, vec![want], "{id} breakdown");
+            let ab = q(&format!(
+                "select cast(flips as double), absolute_deception_score from analysis_absolute_deception where run_id = '{id}'"
+            ));
+            assert_eq!(ab[0][0], Some(e.abs_flips as f64));
+            close(
+                ab[0][1],
+                ratio(e.abs_deceptive, e.abs_flips),
+                &format!("{id} abs DS"),
+            );
+            let share = q(&format!("select sk_wuk_share, deception_score from analysis_area_share where run_id = '{id}'"));
+            close(share[0][0], ratio(areas[1], N), "share");
+            close(share[0][1], ratio(e.cells[1], e.flips), "share DS");
+            for t in [0.70, 0.75, 0.80, 0.85] {
+                let e = expect(obj, s, t);
+                let got = q(&format!(
+                    "select cast(flips as double), deception_score from analysis_threshold_sweep \
+                     where run_id = '{id}' and abs(threshold - {t}) < 1e-9"
+                ));
+                assert_eq!(got[0][0], Some(e.flips as f64));
+                close(
+                    got[0][1],
+                    ratio(e.cells[1], e.flips),
+                    &format!("{id} DS at {t}"),
+                );
+            }
+        }
+        // The setting with no flips: adaptive copies the no-conflict run. NULL, not 0.
+        assert_eq!(expect("adaptive", s, T).flips, 0);
+        // PGR of the explicit run, from the three accuracies.
+        let acc = |m: &str| (0..N).filter(|&i| conf(m, i, s) >= 0.5).count() as f64 / N as f64;
+        let pgr = q(&format!(
+            "select pgr from analysis_pgr where run_id = '{}'",
+            run_id("explicit", s)
+        ));
+        close(
+            pgr[0][0],
+            Some((acc("explicit") - acc("weak")) / (acc("strong") - acc("weak"))),
+            "pgr",
+        );
+        let alpha = q(&format!(
+            "select alpha, accuracy from analysis_alpha_sweep where seed = {s}"
+        ));
+        assert_eq!(alpha, vec![vec![Some(0.5), Some(acc("explicit"))]]);
+    }
+    // The edge cases are really in the data: confidences exactly at T and at 0.5.
+    assert!((0..N).any(|i| conf("strong", i, 0) == T && conf("weak", i, 0) == T));
+    assert!((0..N).any(|i| conf("none", i, 0) == 0.5));
+
+    // Summary: two seeds per cell, so the mean over seeds with a t interval; counts summed.
+    let (e0, e1) = (expect("explicit", 0, T), expect("explicit", 1, T));
+    let mean =
+        (ratio(e0.cells[1], e0.flips).unwrap() + ratio(e1.cells[1], e1.flips).unwrap()) / 2.0;
+    let got = q(
+        "select value, ci_low, ci_high, cast(numerator as double), cast(denominator as double), \
+                 cast(seeds as double) from analysis_summary \
+                 where objective = 'explicit' and measure = 'deception_score'",
+    );
+    close(got[0][0], Some(mean), "summary DS mean");
+    assert!(got[0][1].unwrap() <= mean && got[0][2].unwrap() >= mean);
+    assert_eq!(
+        got[0][3..],
+        [
+            Some((e0.cells[1] + e1.cells[1]) as f64),
+            Some((e0.flips + e1.flips) as f64),
+            Some(2.0)
+        ]
+    );
+    let none = q("select value from analysis_summary where objective = 'adaptive' and measure = 'deception_score'");
+    assert_eq!(none, vec![vec![None]], "no flips: NULL");
+    let store = ArtifactStore::open(&r).unwrap();
+    let methods = rt.block_on(async {
+        let ctx = w2s::sql::context(&store).await.unwrap();
+        let sql = "select distinct interval_method from analysis_summary \
+                   where objective = 'explicit' and measure = 'deception_score'";
+        let b = w2s::sql::query(&ctx, sql, &[]).await.unwrap();
+        w2s::sql::render(&b, w2s::sql::OutFormat::Csv).unwrap()
+    });
+    assert_eq!(
+        String::from_utf8(methods).unwrap().trim(),
+        "interval_method\nt over seeds"
+    );
+}
+
+#[test]
+fn analyze_without_runs_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let o = w2s(&["analyze", "--artifacts", root.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("analyze needs trained runs"),
+        "{}",
+        stderr(&o)
+    );
+}
