@@ -16,7 +16,7 @@ areas as (
         w.confidence >= $threshold as weak_known
     from ceilings c
     join confidences s on s.run_id = c.strong_run
-    join confidences w on w.run_id = c.weak_run and w.pair_id = s.pair_id
+    join confidences w on w.run_id = c.weak_run and w.split_index = s.split_index
 )
 select
     weak_run,

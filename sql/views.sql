@@ -40,7 +40,8 @@ where w.stage = 'w2s-train';
 
 -- One row per (experiment, test pair) with the four confidences the measures need:
 -- the run's own, its no-conflict reference's, and the two ceilings'. Pairs some model has not
--- scored are left out (inner joins), so every measure counts the same pairs.
+-- scored are left out (inner joins), so every measure counts the same pairs. Pairs are
+-- matched by their position in the test split (an integer join; the same pair in every run).
 create view experiment_pairs as
 select
     e.run_id,
@@ -60,6 +61,6 @@ select
     w.confidence as weak_conf
 from experiments e
 join confidences n on n.run_id = e.run_id
-join confidences r on r.run_id = e.reference_run and r.pair_id = n.pair_id
-join confidences s on s.run_id = e.strong_run and s.pair_id = n.pair_id
-join confidences w on w.run_id = e.weak_run and w.pair_id = n.pair_id;
+join confidences r on r.run_id = e.reference_run and r.split_index = n.split_index
+join confidences s on s.run_id = e.strong_run and s.split_index = n.split_index
+join confidences w on w.run_id = e.weak_run and w.split_index = n.split_index;

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray, StringBuilder,
+};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -187,6 +189,7 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
 
     let ctx = sql::context(store).await?;
     check_roles(&ctx).await?;
+    materialize_experiment_pairs(&ctx).await?;
     let params = bound(s);
     let mut batches = Vec::new();
     for (name, text) in ANALYSES {
@@ -224,6 +227,158 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
         cells,
         up_to_date: false,
     })
+}
+
+/// A scored pair of a run: (batch, row) of its pair id, and its confidence.
+type Slot = Option<(u32, u32, f64)>;
+
+/// Builds `experiment_pairs` (sql/views.sql) in memory and registers it in place of the
+/// view: every analysis reads it, and DataFusion 55 takes seconds to join the four copies of
+/// `confidences` the view needs at a million rows (the `w2s sql` view gives the same rows, and
+/// the oracle test checks the analyses on this table).
+async fn materialize_experiment_pairs(ctx: &SessionContext) -> Result<()> {
+    let started = std::time::Instant::now();
+    let exp = sql::query(
+        ctx,
+        "select run_id, objective, alpha, seed, weak_run, weak_model, strong_run, strong_model, \
+         reference_run from experiments \
+         where strong_run is not null and reference_run is not null order by run_id",
+        &[],
+    )
+    .await?;
+    // Confidences by run, indexed by split_index (positions in the split: dense from 0).
+    let batches = sql::query(
+        ctx,
+        "select run_id, split_index, pair_id, confidence from confidences",
+        &[],
+    )
+    .await?;
+    let pair_ids: Vec<StringArray> = batches
+        .iter()
+        .map(|b| strings(b.column(2)))
+        .collect::<Result<_>>()?;
+    let mut runs: std::collections::HashMap<String, Vec<Slot>> = std::collections::HashMap::new();
+    for (k, b) in batches.iter().enumerate() {
+        let run = strings(b.column(0))?;
+        let idx = b.column(1).as_primitive::<Int64Type>();
+        let c = b.column(3).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            let v = match runs.get_mut(run.value(i)) {
+                Some(v) => v,
+                None => runs.entry(run.value(i).to_string()).or_default(),
+            };
+            let at = usize::try_from(idx.value(i)).map_err(|_| Error::Format {
+                file: "scores".into(),
+                msg: format!(
+                    "negative split_index {} of run {}",
+                    idx.value(i),
+                    run.value(i)
+                ),
+            })?;
+            if v.len() <= at {
+                v.resize(at + 1, None);
+            }
+            v[at] = Some((k as u32, i as u32, c.value(i)));
+        }
+    }
+    let empty = Vec::new();
+    let mut cols: [StringBuilder; 8] = Default::default();
+    let (mut alpha, mut seed, mut split_index) = (Vec::new(), Vec::new(), Vec::new());
+    let mut c: [Vec<f64>; 4] = Default::default();
+    for b in &exp {
+        let st: Vec<StringArray> = [0, 1, 4, 5, 6, 7, 8]
+            .iter()
+            .map(|&i| strings(b.column(i)))
+            .collect::<Result<_>>()?;
+        let a = b.column(2).as_primitive::<Float64Type>().clone();
+        let sd = b.column(3).as_primitive::<Int64Type>().clone();
+        for i in 0..b.num_rows() {
+            let get = |k: usize| runs.get(st[k].value(i)).unwrap_or(&empty);
+            let (run, weak, strong, reference) = (get(0), get(2), get(4), get(6));
+            for (idx, own) in run.iter().enumerate() {
+                let at = |v: &Vec<Slot>| v.get(idx).copied().flatten();
+                let (Some((pb, pr, rc)), Some(r), Some(s), Some(w)) =
+                    (*own, at(reference), at(strong), at(weak))
+                else {
+                    continue;
+                };
+                // run_id, objective, weak_run, weak_model, strong_run, strong_model, reference_run
+                for (k, col) in cols.iter_mut().take(7).enumerate() {
+                    col.append_value(st[k].value(i));
+                }
+                cols[7].append_value(pair_ids[pb as usize].value(pr as usize));
+                alpha.push((!a.is_null(i)).then(|| a.value(i)));
+                seed.push(sd.value(i));
+                split_index.push(idx as i64);
+                for (col, v) in c.iter_mut().zip([rc, r.2, s.2, w.2]) {
+                    col.push(v);
+                }
+            }
+        }
+    }
+    let [run_id, objective, weak_run, weak_model, strong_run, strong_model, reference_run, pair_id] =
+        cols;
+    let [run_conf, reference_conf, strong_conf, weak_conf] = c;
+    let f = |n: &str, t: DataType| Field::new(n, t, n == "alpha");
+    let schema = Arc::new(Schema::new(vec![
+        f("run_id", DataType::Utf8),
+        f("objective", DataType::Utf8),
+        f("alpha", DataType::Float64),
+        f("seed", DataType::Int64),
+        f("weak_run", DataType::Utf8),
+        f("weak_model", DataType::Utf8),
+        f("strong_run", DataType::Utf8),
+        f("strong_model", DataType::Utf8),
+        f("reference_run", DataType::Utf8),
+        f("pair_id", DataType::Utf8),
+        f("split_index", DataType::Int64),
+        f("run_conf", DataType::Float64),
+        f("reference_conf", DataType::Float64),
+        f("strong_conf", DataType::Float64),
+        f("weak_conf", DataType::Float64),
+    ]));
+    let s = |mut v: StringBuilder| -> ArrayRef { Arc::new(v.finish()) };
+    let x = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            s(run_id),
+            s(objective),
+            Arc::new(Float64Array::from(alpha)),
+            Arc::new(Int64Array::from(seed)),
+            s(weak_run),
+            s(weak_model),
+            s(strong_run),
+            s(strong_model),
+            s(reference_run),
+            s(pair_id),
+            Arc::new(Int64Array::from(split_index)),
+            x(run_conf),
+            x(reference_conf),
+            x(strong_conf),
+            x(weak_conf),
+        ],
+    )
+    .map_err(|e| Error::Format {
+        file: "experiment_pairs".into(),
+        msg: e.to_string(),
+    })?;
+    // Split into batches so DataFusion can spread the work over its partitions.
+    let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = batch.num_rows().div_ceil(parts).max(1);
+    let partitions: Vec<Vec<RecordBatch>> = (0..batch.num_rows())
+        .step_by(per)
+        .map(|o| vec![batch.slice(o, per.min(batch.num_rows() - o))])
+        .collect();
+    ctx.deregister_table("experiment_pairs")?;
+    let table = datafusion::datasource::MemTable::try_new(schema, partitions)?;
+    ctx.register_table("experiment_pairs", Arc::new(table))?;
+    tracing::debug!(
+        "experiment_pairs: {} rows in {:.2}s",
+        batch.num_rows(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Each run must have one strong ceiling and one no-conflict reference.

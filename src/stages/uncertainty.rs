@@ -215,12 +215,25 @@ fn bootstrap(run: &RunPairs, reps: usize, seed: u64) -> Vec<Vec<f64>> {
     if n == 0 {
         return out;
     }
+    let cats = &run.categories;
     for _ in 0..reps {
         let mut counts = [0u64; 64];
-        for _ in 0..n {
-            // Multiply-shift: an index in [0, n) from 64 random bits (bias below n / 2^64).
-            let i = ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize;
-            counts[run.categories[i] as usize] += 1;
+        if n <= u32::MAX as usize {
+            // Two draws per 64 random bits: an index in [0, n) from each 32-bit half by
+            // multiply-shift (bias below n / 2^32, immaterial for an interval).
+            let mut left = n;
+            while left > 0 {
+                let r = rng.next_u64();
+                for half in [r & 0xFFFF_FFFF, r >> 32].into_iter().take(left.min(2)) {
+                    counts[cats[((half * n as u64) >> 32) as usize] as usize] += 1;
+                }
+                left -= left.min(2);
+            }
+        } else {
+            for _ in 0..n {
+                let i = ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize;
+                counts[cats[i] as usize] += 1;
+            }
         }
         for (m, v) in measures(&counts, run.conflict).iter().enumerate() {
             if let Some(x) = v.value {

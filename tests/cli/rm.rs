@@ -341,6 +341,19 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
     ] {
         assert_eq!(rows(&a, q), rows(&b, q), "{q}");
     }
+    // The analyses run over the chain: one row per conflict run, six cells in the summary.
+    let out = ok(w2s(&[
+        "analyze",
+        "--artifacts",
+        s(&a),
+        "--bootstrap",
+        "100",
+    ]));
+    assert!(out.contains("analysis_deception (3)"), "{out}");
+    assert_eq!(
+        rows(&a, "select count(distinct objective) from analysis_summary"),
+        vec![vec!["4".to_string()]]
+    );
     // The scores parts are byte-identical files.
     let parts = |root: &Path| -> Vec<Vec<u8>> {
         files_under(root)
