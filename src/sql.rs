@@ -20,13 +20,7 @@ use crate::store::{encode_parquet, ArtifactStore};
 
 /// A session with every committed table of `store` registered.
 pub async fn context(store: &ArtifactStore) -> Result<SessionContext> {
-    // Plain Utf8 strings, not Utf8View: joins that carry string columns (the analyses' views)
-    // copy view buffers over and over and ran 50x slower with them.
-    let config = datafusion::prelude::SessionConfig::new().set_bool(
-        "datafusion.execution.parquet.schema_force_view_types",
-        false,
-    );
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new();
     let (url, os) = store.registration();
     ctx.register_object_store(&url, os);
     for (name, files) in store.table_files().await? {
