@@ -39,6 +39,15 @@ impl Tokenizer {
         Ok(self.encoding(text)?.get_ids().to_vec())
     }
 
+    /// Encodes a whole text and keeps its last `max_ctx` tokens (left truncation, as the
+    /// reference's reward models); also returns how many were dropped.
+    pub fn encode_last(&self, text: &str, max_ctx: usize) -> Result<(Vec<u32>, usize)> {
+        let mut ids = self.encode(text)?;
+        let dropped = ids.len().saturating_sub(max_ctx);
+        ids.drain(..dropped);
+        Ok((ids, dropped))
+    }
+
     fn encoding(&self, text: &str) -> Result<tokenizers::Encoding> {
         self.inner.encode(text, true).map_err(|e| Error::Model {
             file: self.file.clone(),

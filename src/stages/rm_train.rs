@@ -120,10 +120,7 @@ async fn teacher_labels(
 }
 
 fn encode(tok: &Tokenizer, text: &str, max_ctx: usize) -> Result<Vec<u32>> {
-    let mut ids = tok.encode(text)?;
-    if ids.len() > max_ctx {
-        ids.drain(..ids.len() - max_ctx);
-    }
+    let (ids, _) = tok.encode_last(text, max_ctx)?;
     if ids.is_empty() {
         return Err(Error::Config(format!(
             "text encodes to no tokens: {:?}",

@@ -251,11 +251,8 @@ fn score_rm(
     let bar = progress::items(pairs.len() as u64, "scoring");
     let (mut tokens, mut truncated, mut correct) = (0usize, 0usize, 0usize);
     let mut encode = |t: String| -> Result<Vec<u32>> {
-        let mut ids = tok.encode(&t)?;
-        if ids.len() > max_ctx {
-            truncated += 1;
-            ids.drain(..ids.len() - max_ctx);
-        }
+        let (ids, dropped) = tok.encode_last(&t, max_ctx)?;
+        truncated += usize::from(dropped > 0);
         tokens += ids.len();
         Ok(ids)
     };

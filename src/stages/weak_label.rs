@@ -122,13 +122,7 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
     let n = pairs.len();
     let mut margin = Vec::with_capacity(n);
     let bar = progress::items(n as u64, "labelling");
-    let encode = |t: String| -> Result<Vec<u32>> {
-        let mut ids = tok.encode(&t)?;
-        if ids.len() > max_ctx {
-            ids.drain(..ids.len() - max_ctx);
-        }
-        Ok(ids)
-    };
+    let encode = |t: String| -> Result<Vec<u32>> { Ok(tok.encode_last(&t, max_ctx)?.0) };
     for (chunk, hs) in pairs.chunks(s.batch_pairs).zip(bits.chunks(s.batch_pairs)) {
         let mut a = Vec::new();
         let mut b = Vec::new();

@@ -549,36 +549,7 @@ fn s3_root_runs_the_reward_model_chain() {
     let oracle = crate::rm::oracle_args();
     let oracle: Vec<&str> = oracle.iter().map(String::as_str).collect();
     for root in [s(&local), remote] {
-        // split writes to the root given by --artifacts; reuse the rm helper for local only.
-        if root == remote {
-            let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rm_run");
-            let p = |n: &str| f.join(format!("{n}.jsonl")).display().to_string();
-            ok(run(
-                root,
-                &[
-                    "split",
-                    "--gt",
-                    &p("gt"),
-                    "--w2s",
-                    &p("w2s"),
-                    "--test",
-                    &p("test"),
-                    "--helpful",
-                    &p("helpful"),
-                    "--n-gt",
-                    "12",
-                    "--n-w2s",
-                    "12",
-                    "--n-test",
-                    "6",
-                    "--n-helpful",
-                    "12",
-                ],
-                &env,
-            ));
-        } else {
-            crate::rm::split_oracle_data(&local);
-        }
+        crate::rm::split_oracle_data_env(root, &env);
         let mut gt = vec![
             "gt-train",
             "--model",

@@ -13,29 +13,37 @@ fn rm_fixture() -> PathBuf {
 
 /// `w2s split` of the oracle's four files into `root`.
 pub fn split_oracle_data(root: &Path) {
+    split_oracle_data_env(s(root), &[]);
+}
+
+/// `w2s split` of the oracle's four files into `root` (a path or URL) with extra environment.
+pub fn split_oracle_data_env(root: &str, env: &[(&str, String)]) {
     let f = rm_fixture();
     let p = |n: &str| f.join(format!("{n}.jsonl")).display().to_string();
-    ok(w2s(&[
-        "split",
-        "--artifacts",
-        s(root),
-        "--gt",
-        &p("gt"),
-        "--w2s",
-        &p("w2s"),
-        "--test",
-        &p("test"),
-        "--helpful",
-        &p("helpful"),
-        "--n-gt",
-        "12",
-        "--n-w2s",
-        "12",
-        "--n-test",
-        "6",
-        "--n-helpful",
-        "12",
-    ]));
+    ok(w2s_env(
+        &[
+            "split",
+            "--artifacts",
+            root,
+            "--gt",
+            &p("gt"),
+            "--w2s",
+            &p("w2s"),
+            "--test",
+            &p("test"),
+            "--helpful",
+            &p("helpful"),
+            "--n-gt",
+            "12",
+            "--n-w2s",
+            "12",
+            "--n-test",
+            "6",
+            "--n-helpful",
+            "12",
+        ],
+        env,
+    ));
 }
 
 /// The oracle's training settings (batch 4, micro-batch 2, lr 1e-3, max_ctx 48) and head.
