@@ -3,7 +3,9 @@
 #
 # 1. Installs the S3-compatible test server (moto, from PyPI) into .venv-s3 if it is missing;
 #    the S3 tests start it on 127.0.0.1 themselves, so no network is used at test time.
-# 2. Runs every test in release mode (a debug build of candle/DataFusion is too slow to test).
+# 2. Says whether the report's headless-Chromium check (scripts/check-report.sh) will run: the
+#    report tests run it when Chromium is installed (Debian: apt-get install chromium).
+# 3. Runs every test in release mode (a debug build of candle/DataFusion is too slow to test).
 #
 # Time on the 2-core CI machine: the tests themselves take under 1 minute (about 5 s of
 # test time); a clean release build of DataFusion + candle takes about 35 minutes before that.
@@ -16,5 +18,11 @@ if [ ! -x .venv-s3/bin/moto_server ]; then
     .venv-s3/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 export W2S_MOTO_SERVER="$PWD/.venv-s3/bin/moto_server"
+
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    echo "chromium found: the report tests open their pages in headless Chromium"
+else
+    echo "no chromium: the report tests skip the browser check (apt-get install chromium to run it)"
+fi
 
 cargo test --release --locked "$@"

@@ -8,6 +8,7 @@ use w2s::optim::Schedule;
 use w2s::scenarios::rm::{Objective, Readout};
 use w2s::sql::{self, OutFormat};
 use w2s::stages::analyze::{self, AnalyzeSettings};
+use w2s::stages::report::{self, ReportSettings};
 use w2s::stages::rm_train::{RmTrainSettings, TrainReport};
 use w2s::stages::score::{self, ScoreSettings};
 use w2s::stages::split::{self, Mode, SplitSettings};
@@ -55,8 +56,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Run every SQL analysis in sql/ over the tables, write the results as tables, summarise.
     Analyze(AnalyzeArgs),
-    /// Write the HTML report (not built yet).
-    Report(Pending),
+    /// Write the figures and tables as one self-contained HTML page plus PNGs (runs analyze first).
+    Report(ReportArgs),
     /// Run a pipeline file (not built yet).
     Run(Pending),
 }
@@ -317,6 +318,15 @@ pub struct AnalyzeArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub analysis: AnalyzeArgs,
+    /// Also copy the page and its PNGs into this local folder (replaced as a whole).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct SqlArgs {
     /// The query, or a path to a .sql file.
     pub query: Option<String>,
@@ -348,7 +358,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert_cmd(a).await,
         Command::LoraMerge(a) => lora_merge_cmd(a).await,
         Command::Analyze(a) => analyze_cmd(a).await,
-        Command::Report(_) => pending("report"),
+        Command::Report(a) => report_cmd(a).await,
         Command::Run(_) => pending("run"),
     }
 }
@@ -685,13 +695,44 @@ async fn weak_label_cmd(a: WeakLabelArgs) -> Result<()> {
     Ok(())
 }
 
-async fn analyze_cmd(a: AnalyzeArgs) -> Result<()> {
-    let s = AnalyzeSettings {
+fn analyze_settings(a: &AnalyzeArgs) -> AnalyzeSettings {
+    AnalyzeSettings {
         threshold: a.threshold,
         sweep: [a.sweep[0], a.sweep[1], a.sweep[2], a.sweep[3]],
         bootstrap: a.bootstrap,
         bootstrap_seed: a.bootstrap_seed,
+    }
+}
+
+async fn report_cmd(a: ReportArgs) -> Result<()> {
+    let s = ReportSettings {
+        analyze: analyze_settings(&a.analysis),
     };
+    let store = ArtifactStore::open(&a.analysis.root.artifacts)?;
+    let r = report::run(&store, &s, a.analysis.force).await?;
+    let page = store.url_of(&r.page);
+    let shown = if page.scheme() == "file" {
+        page.to_file_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| page.to_string())
+    } else {
+        page.to_string()
+    };
+    println!(
+        "report{} -> {shown} ({} figures: {}; PNGs beside it)",
+        if r.up_to_date { " (up to date)" } else { "" },
+        r.figures.len(),
+        r.figures.join(", ")
+    );
+    if let Some(out) = &a.out {
+        report::copy_to(&store, &r, out).await?;
+        println!("copied to {}", out.join("index.html").display());
+    }
+    Ok(())
+}
+
+async fn analyze_cmd(a: AnalyzeArgs) -> Result<()> {
+    let s = analyze_settings(&a);
     let store = ArtifactStore::open(&a.root.artifacts)?;
     let r = analyze::run(&store, &s, a.force).await?;
     println!(

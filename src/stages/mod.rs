@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod common;
 pub mod gt_train;
+pub mod report;
 pub mod rm_train;
 pub mod score;
 pub mod split;
@@ -14,7 +15,6 @@ pub mod weak_label;
 /// Stages the CLI knows about but that are not built yet, with the issue that builds them.
 pub const PENDING: &[(&str, &str)] = &[
     ("pretrain", "the embedded default (issue 6)"),
-    ("report", "the SQL analyses (issue 5)"),
     ("run", "the make-style pipelines (issue 6)"),
 ];
 

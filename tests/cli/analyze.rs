@@ -12,8 +12,8 @@ use w2s::store::ArtifactStore;
 
 use crate::common::*;
 
-const N: usize = 240;
-const T: f64 = 0.75;
+pub const N: usize = 240;
+pub const T: f64 = 0.75;
 const OBJECTIVES: [&str; 4] = ["none", "explicit", "implicit", "adaptive"];
 
 /// Confidence of `model` (weak, strong or an objective) on pair `i` for seed `s`.
@@ -57,7 +57,7 @@ fn strs(v: Vec<String>) -> ArrayRef {
 }
 
 /// Writes `runs` and `scores` for seeds 0 and 1 into `root` through the artifact store.
-async fn build(root: &str) {
+pub async fn build(root: &str) {
     let store = ArtifactStore::open(root).unwrap();
     let mut ids = Vec::new();
     let (mut stage, mut objective, mut base, mut teacher, mut alpha, mut seed) =
@@ -179,14 +179,14 @@ async fn values(root: &str, sql: &str) -> Vec<Vec<Option<f64>>> {
 }
 
 /// The flip set and areas of one conflict run, counted by hand.
-struct Expect {
-    flips: usize,
-    cells: [usize; 4], // sk_wk, sk_wuk, suk_wk, suk_wuk (of the flips)
+pub struct Expect {
+    pub flips: usize,
+    pub cells: [usize; 4], // sk_wk, sk_wuk, suk_wk, suk_wuk (of the flips)
     abs_flips: usize,
     abs_deceptive: usize,
 }
 
-fn expect(obj: &str, s: usize, t: f64) -> Expect {
+pub fn expect(obj: &str, s: usize, t: f64) -> Expect {
     let mut e = Expect {
         flips: 0,
         cells: [0; 4],

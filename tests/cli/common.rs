@@ -156,3 +156,51 @@ pub fn same_margins(root: &Path, a: &str, b: &str) -> String {
          where x.run_id = $a and y.run_id = $b and x.margin = y.margin",
     ]))
 }
+
+/// Runs scripts/check-report.sh on a report page when Chromium is installed (CI installs it
+/// when it can; without it the page is still checked by the caller's own assertions).
+pub fn check_in_chromium(page: &Path) {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|c| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !found {
+        eprintln!(
+            "check_in_chromium: no Chromium on this machine; skipped the browser check of {}",
+            page.display()
+        );
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-report.sh");
+    let o = Command::new("bash")
+        .arg(script)
+        .arg(page)
+        .output()
+        .expect("bash runs");
+    assert!(
+        o.status.success(),
+        "check-report.sh failed on {}:\n{}\n{}",
+        page.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The page of the report published under `root`, as its manifest names it.
+pub fn report_page(root: &Path) -> PathBuf {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifests/report.json")).unwrap())
+            .unwrap();
+    let page = m["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["path"].as_str())
+        .find(|p| p.ends_with("/index.html"))
+        .expect("the report manifest names its page");
+    root.join(page)
+}

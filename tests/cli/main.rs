@@ -3,6 +3,7 @@
 mod analyze;
 mod common;
 mod remote;
+mod report;
 mod rm;
 mod score;
 mod split;

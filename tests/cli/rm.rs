@@ -362,6 +362,19 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
         rows(&a, "select count(distinct objective) from analysis_summary"),
         vec![vec!["4".to_string()]]
     );
+    // The report over the chain: the accuracy bars and the deception grid are always there
+    // (other figures need flips, which six test pairs may not have); the page opens cleanly.
+    let out = ok(w2s(&["report", "--artifacts", s(&a), "--bootstrap", "100"]));
+    assert!(out.contains("figures: accuracy, deception_grid"), "{out}");
+    let page = report_page(&a);
+    let html = std::fs::read_to_string(&page).unwrap();
+    for run in ["weak", "strong", "none", "explicit", "implicit", "adaptive"] {
+        assert!(
+            html.contains(&format!("<td>{run}</td>")),
+            "run {run} in the runs table"
+        );
+    }
+    check_in_chromium(&page);
     // The scores parts are byte-identical files.
     let parts = |root: &Path| -> Vec<Vec<u8>> {
         files_under(root)

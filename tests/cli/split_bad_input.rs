@@ -255,7 +255,7 @@ fn bad_arguments_are_clear() {
 
 #[test]
 fn pending_stages_say_so() {
-    let o = w2s(&["report", "--whatever"]);
+    let o = w2s(&["run", "--whatever"]);
     assert_eq!(o.status.code(), Some(69));
     assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
 }
