@@ -64,9 +64,11 @@ pub enum Chart {
     },
     /// Heat maps side by side, values in [0, 1].
     Grids { grids: Vec<Grid> },
-    /// Points per series, both axes in [0, 1].
+    /// Points per series, both axes in [0, 1]; `undefined[j]` holds the x of series j's points
+    /// whose y is undefined (NULL), drawn hollow in a band under the axis.
     Scatter {
         series: Vec<Series>,
+        undefined: Vec<Vec<f64>>,
         x_label: String,
         y_label: String,
     },
@@ -77,7 +79,8 @@ pub enum Chart {
         x_label: String,
         y_label: String,
     },
-    /// Horizontal stacked bars of shares (each row sums to 1), with the parts' names.
+    /// Horizontal stacked bars of shares (each row sums to 1, or is all zero: "no flips"),
+    /// with the parts' names.
     Stacked {
         rows: Vec<String>,
         parts: Vec<String>,
@@ -265,6 +268,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Draw
         }
         Chart::Scatter {
             series,
+            undefined,
             x_label,
             y_label,
         } => {
@@ -273,14 +277,28 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Draw
                 .flat_map(|s| s.points.iter().map(|p| p.0))
                 .fold(0.0f64, f64::max);
             let hi = (hi * 1.15).clamp(0.05, 1.0);
-            lines(root, &fig.title, series, (0.0, hi), x_label, y_label, false)
+            let plot = Plot {
+                x_range: (0.0, hi),
+                x_label,
+                y_label,
+                joined: false,
+            };
+            lines(root, &fig.title, series, undefined, &plot)
         }
         Chart::Lines {
             series,
             x_range,
             x_label,
             y_label,
-        } => lines(root, &fig.title, series, *x_range, x_label, y_label, true),
+        } => {
+            let plot = Plot {
+                x_range: *x_range,
+                x_label,
+                y_label,
+                joined: true,
+            };
+            lines(root, &fig.title, series, &[], &plot)
+        }
         Chart::Stacked {
             rows,
             parts,
@@ -448,37 +466,69 @@ fn shade(v: f64) -> RGBColor {
     RGBColor(mix(247, 8), mix(251, 48), mix(255, 107))
 }
 
+/// Axes of a line or scatter plot.
+struct Plot<'a> {
+    x_range: (f64, f64),
+    x_label: &'a str,
+    y_label: &'a str,
+    joined: bool,
+}
+
+/// Where undefined values are drawn, under y = 0.
+const UNDEFINED_Y: f64 = -0.08;
+
 fn lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     series: &[Series],
-    x_range: (f64, f64),
-    x_label: &str,
-    y_label: &str,
-    joined: bool,
+    undefined: &[Vec<f64>],
+    p: &Plot,
 ) -> DrawResult<DB> {
     let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
     let (plot, side) = with_legend(root, title, legend_width(&names))?;
-    let pad = ((x_range.1 - x_range.0) * 0.05).max(1e-3);
+    let (x0, x1) = p.x_range;
+    let pad = ((x1 - x0) * 0.05).max(1e-3);
+    let band = undefined.iter().any(|u| !u.is_empty());
+    let y0 = if band { UNDEFINED_Y - 0.05 } else { -0.03 };
     let mut chart = ChartBuilder::on(&plot)
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d(x_range.0 - pad..x_range.1 + pad, -0.03f64..1.05f64)?;
+        .build_cartesian_2d(x0 - pad..x1 + pad, y0..1.05f64)?;
     chart
         .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
+        .x_desc(p.x_label)
+        .y_desc(p.y_label)
+        .y_label_formatter(&|y| {
+            if *y < -1e-9 {
+                String::new()
+            } else {
+                format!("{y:.1}")
+            }
+        })
         .label_style((FONT, 13))
         .light_line_style(TRANSPARENT)
         .bold_line_style(BLACK.mix(0.12))
         .draw()?;
     for (j, s) in series.iter().enumerate() {
         let c = color(j);
-        if joined {
+        if p.joined {
             chart.draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?;
         }
         chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
+        if let Some(xs) = undefined.get(j) {
+            chart.draw_series(
+                xs.iter()
+                    .map(|&x| Circle::new((x, UNDEFINED_Y), 4, c.stroke_width(2))),
+            )?;
+        }
+    }
+    if band {
+        chart.draw_series(std::iter::once(Text::new(
+            "no flips (undefined)",
+            (x0 - pad, UNDEFINED_Y + 0.035),
+            (FONT, 11).into_font().color(&BLACK.mix(0.7)),
+        )))?;
     }
     let items: Vec<(String, RGBColor)> = names
         .into_iter()
@@ -515,6 +565,21 @@ fn stacked<DB: DrawingBackend>(
         .x_desc("share of the flip set")
         .label_style((FONT, 12))
         .draw()?;
+    for (r, s) in shares.iter().enumerate() {
+        if s.iter().sum::<f64>() <= 0.0 {
+            let y = (n - 1 - r) as f64 + 0.5;
+            chart.draw_series(std::iter::once(Text::new(
+                "no flips",
+                (0.01, y),
+                (FONT, 12).into_font().color(&BLACK.mix(0.7)).pos(
+                    plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Left,
+                        plotters::style::text_anchor::VPos::Center,
+                    ),
+                ),
+            )))?;
+        }
+    }
     for k in 0..parts.len() {
         let c = color(k);
         chart.draw_series(shares.iter().enumerate().map(|(r, s)| {

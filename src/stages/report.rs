@@ -547,7 +547,16 @@ fn figures(d: &ReportData) -> Vec<Figure> {
                 .filter_map(|p| Some((p.share, p.deception?)))
                 .collect(),
         })
-        .filter(|s| !s.points.is_empty())
+        .collect();
+    let undefined: Vec<Vec<f64>> = area_settings
+        .iter()
+        .map(|st| {
+            d.area
+                .iter()
+                .filter(|p| &p.setting == st && p.deception.is_none())
+                .map(|p| p.share)
+                .collect()
+        })
         .collect();
     if !scatter.is_empty() {
         out.push(Figure {
@@ -555,6 +564,7 @@ fn figures(d: &ReportData) -> Vec<Figure> {
             title: "Deception score against the Strong-Known & Weak-Unknown share (Fig. 8)".into(),
             chart: Chart::Scatter {
                 series: scatter,
+                undefined,
                 x_label: "|S_k ∩ W_uk| / test pairs".into(),
                 y_label: "deception score".into(),
             },
@@ -562,11 +572,7 @@ fn figures(d: &ReportData) -> Vec<Figure> {
     }
 
     // App. L: where the flips fall.
-    let mut with_flips: Vec<&Flips> = d
-        .flips
-        .iter()
-        .filter(|f| f.counts.iter().sum::<i64>() > 0)
-        .collect();
+    let mut with_flips: Vec<&Flips> = d.flips.iter().collect();
     let order = |f: &Flips| {
         settings
             .iter()
@@ -597,7 +603,7 @@ fn figures(d: &ReportData) -> Vec<Figure> {
                 shares: with_flips
                     .iter()
                     .map(|f| {
-                        let n = f.counts.iter().sum::<i64>() as f64;
+                        let n = f.counts.iter().sum::<i64>().max(1) as f64;
                         f.counts.iter().map(|&c| c as f64 / n).collect()
                     })
                     .collect(),
@@ -621,7 +627,7 @@ fn figures(d: &ReportData) -> Vec<Figure> {
         })
         .filter(|s| !s.points.is_empty())
         .collect();
-    if !lines.is_empty() {
+    if !d.sweep_share.is_empty() {
         lines.push(Series {
             name: "S_k ∩ W_uk share".into(),
             points: d
@@ -746,7 +752,7 @@ fn caption(id: &str, t: f64) -> String {
             "w2s sql --artifacts ROOT \"select * from analysis_summary where measure like '%accuracy'\"".to_string(),
         ),
         "deception_grid" => (
-            "Of the pairs the no-conflict student gets right and the conflict student gets wrong (the flips), the share in the Strong-Known & Weak-Unknown area (Eq. 8). Grey: no flips (undefined) or no run. Counts under each value.",
+            "Of the pairs the no-conflict student gets right and the conflict student gets wrong (the flips), the share in the Strong-Known & Weak-Unknown area (Eq. 8). Grey: no flips (the score is undefined, not 0); blank: no run. Counts under each value.",
             format!("w2s sql sql/deception.sql --artifacts ROOT --param threshold={t}"),
         ),
         "deception_vs_area" => (

@@ -128,9 +128,19 @@ fn report_shows_every_figure_with_values_known_by_construction() {
             "{label}: want {n} flips"
         );
     }
+    let adaptive = flips
+        .iter()
+        .find(|t| t.contains("adaptive"))
+        .expect("a row for adaptive");
+    assert!(adaptive.ends_with("(0)"), "{adaptive}");
     assert!(
-        !flips.iter().any(|t| t.contains("adaptive")),
-        "no bar for a setting without flips"
+        has(&flips, "no flips"),
+        "the empty flip set is said, not hidden"
+    );
+    let area = texts(figure(&page, "deception_vs_area"));
+    assert!(
+        has(&area, "no flips (undefined)"),
+        "runs without flips are shown apart"
     );
 
     // Accuracy bars: the ceilings and every objective are series; all five bars are drawn.

@@ -362,10 +362,19 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
         rows(&a, "select count(distinct objective) from analysis_summary"),
         vec![vec!["4".to_string()]]
     );
-    // The report over the chain: the accuracy bars and the deception grid are always there
-    // (other figures need flips, which six test pairs may not have); the page opens cleanly.
-    let out = ok(w2s(&["report", "--artifacts", s(&a), "--bootstrap", "100"]));
-    assert!(out.contains("figures: accuracy, deception_grid"), "{out}");
+    // The report over the chain: every figure (runs without flips are shown as such); the page
+    // opens cleanly in a browser.
+    // W2S_TEST_REPORT_COPY=DIR keeps a copy of this report to look at.
+    let mut args = vec!["report", "--artifacts", s(&a), "--bootstrap", "100"];
+    let keep = std::env::var("W2S_TEST_REPORT_COPY").unwrap_or_default();
+    if !keep.is_empty() {
+        args.extend(["--out", keep.as_str()]);
+    }
+    let out = ok(w2s(&args));
+    assert!(
+        out.contains("5 figures: accuracy, deception_grid, deception_vs_area, flip_breakdown, threshold_sweep"),
+        "{out}"
+    );
     let page = report_page(&a);
     let html = std::fs::read_to_string(&page).unwrap();
     for run in ["weak", "strong", "none", "explicit", "implicit", "adaptive"] {
