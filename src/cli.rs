@@ -95,6 +95,22 @@ pub struct SplitArgs {
     /// Use the small built-in sample (no files, no network).
     #[arg(long)]
     pub sample: bool,
+    /// Use the embedded default's synthetic world (no files, no network): its harmless pairs
+    /// split at random, its helpful pairs, and its `corpus` and `entities` tables.
+    #[arg(long)]
+    pub world: bool,
+    /// World: seed of the generator.
+    #[arg(long, default_value_t = 0)]
+    pub world_seed: u64,
+    /// World: number of entities (half harmful).
+    #[arg(long, default_value_t = 240)]
+    pub world_entities: usize,
+    /// World: Zipf exponent of how often entities are mentioned, by rank.
+    #[arg(long, default_value_t = 1.2)]
+    pub world_zipf: f64,
+    /// World: statements in the pretraining corpus.
+    #[arg(long, default_value_t = 12_000)]
+    pub world_statements: usize,
     /// Seed of the random split (numpy default_rng(seed).permutation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -375,11 +391,13 @@ fn pending(stage: &str) -> Result<()> {
 fn split_settings(a: &SplitArgs) -> Result<SplitSettings, Error> {
     let presplit = [&a.gt, &a.w2s, &a.test];
     let n_presplit = presplit.iter().filter(|x| x.is_some()).count();
-    let modes =
-        usize::from(n_presplit > 0) + usize::from(a.input.is_some()) + usize::from(a.sample);
+    let modes = usize::from(n_presplit > 0)
+        + usize::from(a.input.is_some())
+        + usize::from(a.sample)
+        + usize::from(a.world);
     if modes != 1 {
         return Err(Error::Config(
-            "give exactly one data source: --gt/--w2s/--test (pre-split files), --input (random split) or --sample".into(),
+            "give exactly one data source: --gt/--w2s/--test (pre-split files), --input (random split), --sample or --world".into(),
         ));
     }
     let mode = if n_presplit > 0 {
@@ -399,6 +417,16 @@ fn split_settings(a: &SplitArgs) -> Result<SplitSettings, Error> {
         Mode::Random {
             input: input.clone(),
             seed: a.seed,
+        }
+    } else if a.world {
+        Mode::World {
+            seed: a.seed,
+            world: w2s::data::world::WorldSettings {
+                seed: a.world_seed,
+                entities: a.world_entities,
+                zipf: a.world_zipf,
+                statements: a.world_statements,
+            },
         }
     } else {
         Mode::Sample { seed: a.seed }

@@ -23,6 +23,28 @@ pub fn pairs() -> SchemaRef {
     ]))
 }
 
+/// `entities`: the synthetic world's entities (`w2s split --world`).
+pub fn entities() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("harmful", DataType::Boolean, false),
+        Field::new("rank", DataType::Int64, false),
+        Field::new("mentions", DataType::Int64, false),
+        Field::new("harm_mentions", DataType::Int64, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("place", DataType::Utf8, false),
+    ]))
+}
+
+/// `corpus`: the synthetic world's pretraining statements (`w2s split --world`).
+pub fn corpus() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("doc_index", DataType::Int64, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]))
+}
+
 /// `scores`: one row per (scored model, pair), written by `w2s score`.
 pub fn scores() -> SchemaRef {
     Arc::new(Schema::new(vec![

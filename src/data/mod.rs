@@ -7,6 +7,7 @@ mod jsonl;
 mod pair;
 mod parquet;
 pub mod sample;
+pub mod world;
 
 pub use pair::{pair_id, Pair, PairRules, PromptMismatch, Template};
 

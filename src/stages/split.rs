@@ -17,6 +17,7 @@ use datafusion::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
+use crate::data::world::{World, WorldSettings};
 use crate::data::{self, pair_id, Pair, PairRules, PromptMismatch, Record, Shape};
 use crate::error::{At, Error, Result};
 use crate::rng::numpy_permutation;
@@ -41,6 +42,12 @@ pub enum Mode {
     },
     Sample {
         seed: u64,
+    },
+    /// The embedded default's synthetic world (`data::world`): its harmless pairs split at
+    /// random with `seed`, its helpful pairs, and its corpus and entities as tables.
+    World {
+        seed: u64,
+        world: WorldSettings,
     },
 }
 
@@ -214,6 +221,7 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
     let mut rows = Vec::new();
     let mut inputs = Vec::new();
     let mut dropped = 0;
+    let mut world = None;
     match &s.mode {
         Mode::Presplit { gt, w2s, test } => {
             for (split, loc, n, flag) in [
@@ -243,6 +251,16 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
             let counts = counts_for_random(s, pairs.len() / 3)?;
             random_split(&mut rows, source, pairs, *seed, counts)?;
         }
+        Mode::World { seed, world: ws } => {
+            let w = World::generate(ws)?;
+            let source = "builtin:world/harmless";
+            let recs: Vec<Record> = w.harmless_pairs().into_iter().map(|(_, r)| r).collect();
+            let (pairs, d) = validate(source, &recs, Shape::Hh, s.rules, None)?;
+            dropped += d;
+            let counts = counts_for_random(s, pairs.len() / 3)?;
+            random_split(&mut rows, source, pairs, *seed, counts)?;
+            world = Some(w);
+        }
     }
     match (&s.helpful, &s.mode) {
         (Some(loc), _) => {
@@ -255,6 +273,15 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
         (None, Mode::Sample { .. }) => {
             let source = "builtin:sample/helpful";
             let (pairs, d) = validate(source, &data::sample::helpful(), Shape::Hh, s.rules, None)?;
+            need(source, pairs.len(), s.n_helpful, "--n-helpful")?;
+            dropped += d;
+            take_first(&mut rows, "helpful", source, pairs, s.n_helpful);
+        }
+        (None, Mode::World { .. }) => {
+            let source = "builtin:world/helpful";
+            let w = world.as_ref().expect("world mode made a world");
+            let recs: Vec<Record> = w.helpful_pairs().into_iter().map(|(_, r)| r).collect();
+            let (pairs, d) = validate(source, &recs, Shape::Hh, s.rules, None)?;
             need(source, pairs.len(), s.n_helpful, "--n-helpful")?;
             dropped += d;
             take_first(&mut rows, "helpful", source, pairs, s.n_helpful);
@@ -290,13 +317,70 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
 
     let (batch, repeats) = to_batch(&rows)?;
     report.repeats = repeats;
-    let part = store
-        .write_table_part("pairs", &format!("split-{}", &fingerprint[..16]), &batch)
-        .await?;
+    let tag = format!("split-{}", &fingerprint[..16]);
+    let mut parts = vec![store.write_table_part("pairs", &tag, &batch).await?];
+    if let Some(w) = &world {
+        for (table, b) in [
+            ("entities", entities_batch(w)?),
+            ("corpus", corpus_batch(w)?),
+        ] {
+            match store.write_table_part(table, &tag, &b).await {
+                Ok(f) => parts.push(f),
+                Err(e) => {
+                    store.discard(&parts).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
     store
-        .publish("split", KEY, &fingerprint, s, inputs, vec![part])
+        .publish("split", KEY, &fingerprint, s, inputs, parts)
         .await?;
     Ok(report)
+}
+
+/// The `entities` table of a world.
+fn entities_batch(w: &World) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray};
+    let e = &w.entities;
+    let int = |f: &dyn Fn(&data::world::Entity) -> usize| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(e.iter().map(|x| f(x) as i64)))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            e.iter().map(|x| x.name.as_str()),
+        )),
+        Arc::new(BooleanArray::from(
+            e.iter().map(|x| x.harmful).collect::<Vec<_>>(),
+        )),
+        int(&|x| x.rank),
+        int(&|x| x.mentions),
+        int(&|x| x.harm_mentions),
+        Arc::new(StringArray::from_iter_values(e.iter().map(|x| x.kind))),
+        Arc::new(StringArray::from_iter_values(e.iter().map(|x| x.place))),
+    ];
+    RecordBatch::try_new(schema::entities(), cols).map_err(|e| Error::Format {
+        file: "entities".into(),
+        msg: e.to_string(),
+    })
+}
+
+/// The `corpus` table of a world: one statement per row, in corpus order.
+fn corpus_batch(w: &World) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..w.corpus.len() as i64)),
+        Arc::new(StringArray::from_iter_values(
+            w.corpus.iter().map(|(i, _)| w.entities[*i].name.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            w.corpus.iter().map(|(_, t)| t.as_str()),
+        )),
+    ];
+    RecordBatch::try_new(schema::corpus(), cols).map_err(|e| Error::Format {
+        file: "corpus".into(),
+        msg: e.to_string(),
+    })
 }
 
 async fn outputs_present(store: &ArtifactStore, m: &Manifest) -> Result<bool> {

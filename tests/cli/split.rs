@@ -252,6 +252,124 @@ fn sample_mode_needs_no_files() {
 }
 
 #[test]
+fn world_mode_writes_pairs_corpus_and_entities_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let args = |root: &Path| -> Vec<String> {
+        [
+            "split",
+            "--world",
+            "--world-entities",
+            "60",
+            "--world-statements",
+            "2000",
+            "--artifacts",
+            s(root),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |root: &Path| {
+        ok(w2s(&args(root)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()))
+    };
+    run(&a);
+    run(&b);
+    // 60 entities x 4 requests = 240 harmless pairs in thirds; 60 x 2 helpful pairs.
+    assert_eq!(counts(&a), "split,n\ngt,80\nhelpful,120\ntest,80\nw2s,80\n");
+    let q = |root: &Path, sql: &str| {
+        ok(w2s(&[
+            "sql",
+            "--artifacts",
+            s(root),
+            "--format",
+            "csv",
+            sql,
+        ]))
+    };
+    assert_eq!(
+        q(
+            &a,
+            "select count(*) as n, sum(case when harmful then 1 else 0 end) as h from entities"
+        ),
+        "n,h\n60,30\n"
+    );
+    assert_eq!(
+        q(
+            &a,
+            "select (select sum(mentions) from entities) = (select count(*) from corpus) as same"
+        ),
+        "same\ntrue\n"
+    );
+    // Every corpus statement names its entity; each harmless pair refuses iff the entity is harmful.
+    assert_eq!(
+        q(
+            &a,
+            "select count(*) as bad from corpus where strpos(text, entity) = 0"
+        ),
+        "bad\n0\n"
+    );
+    assert_eq!(
+        q(&a, "select count(*) as bad from pairs p join entities e on strpos(p.prompt, e.entity) > 0 \
+               where p.split <> 'helpful' \
+               and (strpos(p.chosen, 'i will not help') > 0) <> e.harmful"),
+        "bad\n0\n"
+    );
+    // Same settings, same bytes.
+    for t in ["pairs", "corpus", "entities"] {
+        let part = |root: &Path| {
+            let dir = root.join("tables").join(t);
+            let f = std::fs::read_dir(&dir)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            std::fs::read(f).unwrap()
+        };
+        assert_eq!(part(&a), part(&b), "{t}");
+    }
+    // A different world seed is a different world, and up-to-date runs are skipped.
+    assert!(run(&a).contains("up to date"));
+    let mut other = args(&a);
+    other.extend(["--world-seed".into(), "1".into()]);
+    ok(w2s(&other.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_ne!(
+        q(&a, "select entity from entities order by entity limit 3"),
+        q(&b, "select entity from entities order by entity limit 3")
+    );
+}
+
+#[test]
+fn world_settings_out_of_range_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let o = w2s(&[
+        "split",
+        "--world",
+        "--world-entities",
+        "1",
+        "--artifacts",
+        s(&root),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("entities must be between"),
+        "{}",
+        stderr(&o)
+    );
+    let o = w2s(&["split", "--world", "--sample", "--artifacts", s(&root)]);
+    assert!(
+        stderr(&o).contains("exactly one data source"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!root.join("manifests").exists(), "nothing written");
+}
+
+#[test]
 fn pair_ids_are_unique_and_stable() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("dup.jsonl");
