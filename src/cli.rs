@@ -44,8 +44,8 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Fold a LoRA adapter into its base model and write a plain Hugging Face checkpoint.
     LoraMerge(LoraMergeArgs),
-    /// Pretrain a ladder of tiny base models on a text corpus (not built yet).
-    Pretrain(Pending),
+    /// Pretrain one tiny GPT-2 on the synthetic world's corpus and probe which entities it knows.
+    Pretrain(PretrainArgs),
     /// Train a ceiling model on the gt split.
     GtTrain(GtTrainArgs),
     /// Label a split (w2s by default) with a trained reward model, into the `labels` table.
@@ -255,6 +255,49 @@ pub struct TrainArgs {
     pub force: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    #[command(flatten)]
+    pub root: ArtifactsArg,
+    /// Name of the model (its run id); the checkpoint goes to models/<id>/<fingerprint>/.
+    #[arg(long)]
+    pub model_id: String,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 64)]
+    pub embd: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Tokens per training sequence (also the model's positions).
+    #[arg(long, default_value_t = 64)]
+    pub ctx: usize,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 16)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
+    /// Passes over the corpus (the budget: stronger rungs get more).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Seed of the sequence order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the initial weights.
+    #[arg(long, default_value_t = 0)]
+    pub init_seed: u64,
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ScheduleArg {
     /// Cosine decay to 0, no warmup (reward models).
@@ -366,7 +409,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Split(a) => split_cmd(a).await,
         Command::Sql(a) => sql_cmd(a).await,
-        Command::Pretrain(_) => pending("pretrain"),
+        Command::Pretrain(a) => pretrain_cmd(a).await,
         Command::GtTrain(a) => gt_train_cmd(a).await,
         Command::WeakLabel(a) => weak_label_cmd(a).await,
         Command::W2sTrain(a) => w2s_train_cmd(a).await,
@@ -755,6 +798,47 @@ async fn report_cmd(a: ReportArgs) -> Result<()> {
     if let Some(out) = &a.out {
         report::copy_to(&store, &r, out).await?;
         println!("copied to {}", out.join("index.html").display());
+    }
+    Ok(())
+}
+
+async fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
+    let s = w2s::stages::pretrain::PretrainSettings {
+        model_id: a.model_id.clone(),
+        layers: a.layers,
+        embd: a.embd,
+        heads: a.heads,
+        ctx: a.ctx,
+        train: LoopSettings {
+            batch: a.batch,
+            micro_batch: a.micro_batch,
+            lr: a.lr,
+            schedule: match a.schedule {
+                ScheduleArg::Cosine => Schedule::Cosine,
+                ScheduleArg::WarmupConstant => Schedule::WarmupConstant,
+                ScheduleArg::Constant => Schedule::Constant,
+            },
+            epochs: a.epochs,
+            shuffle_seed: a.seed,
+        },
+        init_seed: a.init_seed,
+        save_every: a.save_every,
+        device: a.device.clone(),
+    };
+    let store = ArtifactStore::open(&a.root.artifacts)?;
+    let r = w2s::stages::pretrain::run(&store, &s, a.force).await?;
+    let at = store.url_of(&r.checkpoint);
+    let at = at
+        .to_file_path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| at.to_string());
+    if r.up_to_date {
+        println!("pretrain {} is up to date -> {at}", a.model_id);
+    } else {
+        println!(
+            "pretrain {}: {} steps, {} tokens, final loss {:.4}; knows {}/{} entities -> {at}",
+            a.model_id, r.steps, r.tokens, r.final_loss, r.known, r.entities
+        );
     }
     Ok(())
 }

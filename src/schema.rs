@@ -45,6 +45,19 @@ pub fn corpus() -> SchemaRef {
     ]))
 }
 
+/// `knowledge`: which world entities a pretrained model knows (`w2s pretrain`'s probe).
+pub fn knowledge() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("model_id", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("harmful", DataType::Boolean, false),
+        Field::new("rank", DataType::Int64, false),
+        Field::new("mentions", DataType::Int64, false),
+        Field::new("margin", DataType::Float64, false),
+        Field::new("knows", DataType::Boolean, false),
+    ]))
+}
+
 /// `scores`: one row per (scored model, pair), written by `w2s score`.
 pub fn scores() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -1,0 +1,698 @@
+//! `w2s pretrain`: trains one tiny GPT-2 from scratch as a language model on the synthetic
+//! world's corpus (`w2s split --world`), then probes which entities it knows.
+//!
+//! A ladder of such models (bigger and longer-trained rungs) is the embedded default's weak and
+//! strong models: rare entities are mentioned a few times, so only the stronger rungs learn
+//! whether they are harmful. The probe makes that checkable: for every entity the model scores
+//! the true statement about it ("x is poisonous ." for a harmful one) against the false one, and
+//! "knows" the entity when the true one is more likely. The `knowledge` table holds it, so the
+//! confidence-threshold estimate of "known" in the analyses can be compared with the truth.
+//!
+//! The tokenizer is word-level over the world's vocabulary (every entity one token), written as
+//! a Hugging Face `tokenizer.json`, and the checkpoint is an ordinary Hugging Face GPT-2 folder:
+//! every other stage loads it like any other model.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::datatypes::DataType;
+use serde::Serialize;
+
+use super::common;
+use super::split;
+use crate::error::{Error, Result};
+use crate::models::{readout, Model};
+use crate::optim::{Adam, AdamConfig};
+use crate::rng::NumpyPcg64;
+use crate::store::{fingerprint, ArtifactStore, OutputFile};
+use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
+
+/// The end-of-text token: separates statements and starts every sequence.
+pub const EOS: &str = "<|endoftext|>";
+const UNK: &str = "[UNK]";
+
+/// One rung of the ladder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PretrainSettings {
+    /// Name of the model (its run id).
+    pub model_id: String,
+    pub layers: usize,
+    pub embd: usize,
+    pub heads: usize,
+    /// Tokens per training sequence (and the model's positions).
+    pub ctx: usize,
+    pub train: LoopSettings,
+    /// Seed of the initial weights.
+    pub init_seed: u64,
+    pub save_every: usize,
+    pub device: String,
+}
+
+/// What a pretrain run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainReport {
+    pub steps: usize,
+    pub tokens: usize,
+    pub final_loss: f64,
+    /// Entities the probe says the model knows, and all entities.
+    pub known: usize,
+    pub entities: usize,
+    /// Where the checkpoint is, relative to the root.
+    pub checkpoint: String,
+    pub up_to_date: bool,
+}
+
+/// A word-level `tokenizer.json` for `vocab` (ids: EOS 0, UNK 1, then the words in order),
+/// splitting on whitespace and punctuation as the world's text is written.
+pub fn word_level_tokenizer(vocab: &[String]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert(EOS.into(), 0.into());
+    map.insert(UNK.into(), 1.into());
+    for w in vocab {
+        if !map.contains_key(w) {
+            let id = map.len();
+            map.insert(w.clone(), id.into());
+        }
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(0, EOS), special(1, UNK)],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": map, "unk_token": UNK}
+    })
+}
+
+/// GPT-2 initial weights as transformers draws them (normal, std 0.02; biases 0; layer norms
+/// 1 and 0), from our own seeded generator so the same seed gives the same model everywhere.
+fn init_weights(s: &PretrainSettings, vocab: usize) -> Result<Vec<(String, Tensor)>> {
+    let mut rng = NumpyPcg64::new(s.init_seed);
+    let mut normal = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                // Box-Muller from two 53-bit uniforms.
+                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect()
+    };
+    let d = s.embd;
+    let dev = Device::Cpu;
+    let mut out = Vec::new();
+    let mut push = |name: String, shape: &[usize], v: Vec<f32>| -> Result<()> {
+        out.push((name, Tensor::from_vec(v, shape, &dev)?));
+        Ok(())
+    };
+    push(
+        "transformer.wte.weight".into(),
+        &[vocab, d],
+        normal(vocab * d),
+    )?;
+    push(
+        "transformer.wpe.weight".into(),
+        &[s.ctx, d],
+        normal(s.ctx * d),
+    )?;
+    for i in 0..s.layers {
+        let p = format!("transformer.h.{i}");
+        for ln in ["ln_1", "ln_2"] {
+            push(format!("{p}.{ln}.weight"), &[d], vec![1.0; d])?;
+            push(format!("{p}.{ln}.bias"), &[d], vec![0.0; d])?;
+        }
+        for (m, inp, outp) in [
+            ("attn.c_attn", d, 3 * d),
+            ("attn.c_proj", d, d),
+            ("mlp.c_fc", d, 4 * d),
+            ("mlp.c_proj", 4 * d, d),
+        ] {
+            push(format!("{p}.{m}.weight"), &[inp, outp], normal(inp * outp))?;
+            push(format!("{p}.{m}.bias"), &[outp], vec![0.0; outp])?;
+        }
+    }
+    push("transformer.ln_f.weight".into(), &[d], vec![1.0; d])?;
+    push("transformer.ln_f.bias".into(), &[d], vec![0.0; d])?;
+    Ok(out)
+}
+
+fn config_json(s: &PretrainSettings, vocab: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": vocab,
+        "n_positions": s.ctx,
+        "n_ctx": s.ctx,
+        "n_embd": s.embd,
+        "n_layer": s.layers,
+        "n_head": s.heads,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": true,
+        "bos_token_id": 0,
+        "eos_token_id": 0
+    })
+}
+
+/// The world's tables: entities (name, harmful, rank, mentions) and corpus statements.
+struct WorldTables {
+    entities: Vec<(String, bool, i64, i64)>,
+    corpus: Vec<String>,
+}
+
+async fn world_tables(store: &ArtifactStore) -> Result<WorldTables> {
+    let str_col = |b: &RecordBatch, name: &str| -> Result<Vec<String>> {
+        let c = b.column_by_name(name).ok_or_else(|| Error::Format {
+            file: "entities/corpus".into(),
+            msg: format!("column {name} missing"),
+        })?;
+        let c =
+            datafusion::arrow::compute::cast(c, &DataType::Utf8).map_err(|e| Error::Format {
+                file: name.into(),
+                msg: e.to_string(),
+            })?;
+        let a = c.as_string::<i32>();
+        Ok((0..a.len()).map(|i| a.value(i).to_string()).collect())
+    };
+    let need = |t: &str| {
+        Error::Config(format!(
+            "{}: no `{t}` table: pretraining needs the synthetic world (run `w2s split --world` first)",
+            store.root()
+        ))
+    };
+    let mut entities = Vec::new();
+    let ent = store
+        .read_table("entities")
+        .await
+        .map_err(|_| need("entities"))?;
+    if ent.is_empty() {
+        return Err(need("entities"));
+    }
+    for b in &ent {
+        let names = str_col(b, "entity")?;
+        let harmful = b.column(1).as_boolean();
+        let rank = b
+            .column(2)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let mentions = b
+            .column(3)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        for (i, n) in names.into_iter().enumerate() {
+            entities.push((n, harmful.value(i), rank.value(i), mentions.value(i)));
+        }
+    }
+    let mut corpus = Vec::new();
+    for b in &store
+        .read_table("corpus")
+        .await
+        .map_err(|_| need("corpus"))?
+    {
+        corpus.extend(str_col(b, "text")?);
+    }
+    if corpus.is_empty() {
+        return Err(need("corpus"));
+    }
+    Ok(WorldTables { entities, corpus })
+}
+
+/// The probe statements of an entity: (true, false).
+fn probe(name: &str, harmful: bool) -> (String, String) {
+    let h = format!("{name} is poisonous .");
+    let s = format!("{name} is safe .");
+    if harmful {
+        (h, s)
+    } else {
+        (s, h)
+    }
+}
+
+/// Sum of log-probs of every token after the first, per row (rows right-padded).
+fn sequence_logprobs(model: &Model, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
+    let t = rows.iter().map(Vec::len).max().unwrap_or(1);
+    let mut ids = Vec::with_capacity(rows.len() * t);
+    let mut mask = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut m = vec![1u32; r.len()];
+        m.resize(t, 0);
+        ids.extend(r.iter().copied());
+        ids.extend(std::iter::repeat_n(0u32, t - r.len()));
+        mask.push(m);
+    }
+    let dev = model.device().clone();
+    let ids = Tensor::from_vec(ids, (rows.len(), t), &dev)?;
+    let hidden = model.hidden(&ids, &mask)?;
+    let logits = model.logits(&hidden)?.detach();
+    let m: Vec<f32> = mask.iter().flatten().map(|&x| x as f32).collect();
+    let m = Tensor::from_vec(m, (rows.len(), t), &dev)?;
+    Ok(readout::response_logprobs(&logits, &ids, &m)?
+        .sum
+        .to_vec1()?)
+}
+
+/// Runs the pretrain stage.
+pub async fn run(
+    store: &ArtifactStore,
+    s: &PretrainSettings,
+    force: bool,
+) -> Result<PretrainReport> {
+    if s.layers == 0 || s.embd == 0 || s.heads == 0 || !s.embd.is_multiple_of(s.heads) {
+        return Err(Error::Config(format!(
+            "--layers, --embd and --heads must be at least 1, and --embd ({}) a multiple of --heads ({})",
+            s.embd, s.heads
+        )));
+    }
+    if s.ctx < 4 || !(s.train.lr.is_finite() && s.train.lr > 0.0) {
+        return Err(Error::Config(
+            "--ctx must be at least 4 and --lr > 0".into(),
+        ));
+    }
+    let world_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
+        Error::Config(format!(
+            "{}: no split yet (run `w2s split --world` first)",
+            store.root()
+        ))
+    })?;
+    let inputs = vec![common::manifest_input(&world_manifest)];
+    let fp = fingerprint("pretrain", s, &inputs);
+    let key = common::run_key(&s.model_id);
+    if !force {
+        if let Some(m) = store.manifest(&key).await? {
+            if m.fingerprint == fp {
+                return up_to_date(&m);
+            }
+        }
+    }
+    let world = world_tables(store).await?;
+
+    // Vocabulary: every word of the corpus, the probes and the pairs.
+    let mut words = std::collections::BTreeSet::new();
+    let mut texts: Vec<String> = world.corpus.clone();
+    for split in crate::schema::SPLITS {
+        // Every split's words, so no pair a later stage reads has an unknown word.
+        if let Ok(pairs) = common::load_split(store, split).await {
+            for p in &pairs {
+                texts.push(p.chosen_text());
+                texts.push(p.rejected_text());
+            }
+        }
+    }
+    for (n, h, _, _) in &world.entities {
+        let (a, b) = probe(n, *h);
+        texts.push(a);
+        texts.push(b);
+    }
+    for t in &texts {
+        for w in t.split(|c: char| c.is_whitespace()) {
+            // As the Whitespace pre-tokenizer: runs of word characters, runs of the rest.
+            let mut cur = String::new();
+            let mut word = None;
+            for ch in w.chars() {
+                let is_word = ch.is_alphanumeric() || ch == '_';
+                if word.is_some_and(|k| k != is_word) {
+                    words.insert(std::mem::take(&mut cur));
+                }
+                word = Some(is_word);
+                cur.push(ch);
+            }
+            if !cur.is_empty() {
+                words.insert(cur);
+            }
+        }
+    }
+    let vocab: Vec<String> = words.into_iter().collect();
+    let tok_json = word_level_tokenizer(&vocab);
+    let vocab_size = vocab.len() + 2;
+
+    // The initial checkpoint, written as a Hugging Face folder and loaded like any model.
+    let tag = &fp[..16];
+    let tmp = std::env::temp_dir().join(format!(
+        "w2s-pretrain-{}-{}-{tag}",
+        common::sanitize(&s.model_id),
+        std::process::id()
+    ));
+    let init = tmp.join("init");
+    std::fs::create_dir_all(&init).map_err(|source| Error::Io {
+        path: init.display().to_string(),
+        source,
+    })?;
+    let write = |name: &str, v: &serde_json::Value| -> Result<()> {
+        let p = init.join(name);
+        std::fs::write(&p, serde_json::to_vec_pretty(v).expect("json")).map_err(|source| {
+            Error::Io {
+                path: p.display().to_string(),
+                source,
+            }
+        })
+    };
+    write("config.json", &config_json(s, vocab_size))?;
+    write("tokenizer.json", &tok_json)?;
+    crate::models::save::write_safetensors(
+        &init.join("model.safetensors"),
+        init_weights(s, vocab_size)?,
+    )?;
+    let device = crate::models::parse_device(&s.device)?;
+    let model = Model::load(&init, &device)?;
+    let tok = crate::tokenize::Tokenizer::load(&init.join("tokenizer.json"))?;
+
+    // The token stream: EOS, statement, EOS, statement, ...; cut into sequences of ctx tokens.
+    let mut stream: Vec<u32> = Vec::new();
+    for t in &world.corpus {
+        stream.push(0);
+        stream.extend(tok.encode(t)?);
+    }
+    let seqs: Vec<&[u32]> = stream.chunks_exact(s.ctx).collect();
+    if seqs.len() < s.train.batch {
+        return Err(Error::Config(format!(
+            "the corpus makes {} sequences of {} tokens, fewer than one batch of {} (lower --batch or --ctx)",
+            seqs.len(),
+            s.ctx,
+            s.train.batch
+        )));
+    }
+
+    let vars: Vec<(String, candle_core::Var)> = model
+        .params()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut adam = Adam::named(
+        vars.clone(),
+        AdamConfig {
+            lr: s.train.lr,
+            ..AdamConfig::default()
+        },
+    );
+    let resume = Resume {
+        store,
+        prefix: format!("state/{key}"),
+        fingerprint: fp.clone(),
+        every: s.save_every,
+    };
+    let batch = s.train.batch as f64;
+    let ones = Tensor::ones(
+        (s.train.micro_batch, s.ctx),
+        candle_core::DType::F32,
+        &device,
+    )?;
+    let (resumed_at, log) =
+        train::optimize(&mut adam, &vars, &s.train, seqs.len(), &resume, |mb| {
+            let mut ids = Vec::with_capacity(mb.len() * s.ctx);
+            for &i in mb {
+                ids.extend_from_slice(seqs[i]);
+            }
+            let ids = Tensor::from_vec(ids, (mb.len(), s.ctx), &device)?;
+            let mask = vec![vec![1u32; s.ctx]; mb.len()];
+            let logits = model.logits(&model.hidden(&ids, &mask)?)?;
+            let lp = readout::response_logprobs(&logits, &ids, &ones.narrow(0, 0, mb.len())?)?;
+            // Mean next-token loss of each sequence, summed over the micro-batch, over the batch.
+            let loss = (lp.mean.sum_all()?.neg()? / batch)?;
+            let means: Vec<f32> = lp.mean.to_vec1()?;
+            Ok(MicroOut {
+                loss: loss.to_scalar::<f32>()? as f64,
+                // "Right" for the log: a sequence whose mean token probability beats 1/2.
+                correct: means.iter().filter(|&&m| m > (0.5f32).ln()).count(),
+                tokens: mb.len() * s.ctx,
+                grads: loss.backward()?,
+            })
+        })
+        .await?;
+
+    // The probe.
+    let mut rows = Vec::new();
+    for (n, h, _, _) in &world.entities {
+        let (a, b) = probe(n, *h);
+        let enc = |t: &str| -> Result<Vec<u32>> {
+            let mut v = vec![0u32];
+            v.extend(tok.encode(t)?);
+            Ok(v)
+        };
+        rows.push(enc(&a)?);
+        rows.push(enc(&b)?);
+    }
+    let mut lps = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(256) {
+        lps.extend(sequence_logprobs(&model, chunk)?);
+    }
+    let margins: Vec<f64> = lps
+        .chunks(2)
+        .map(|p| f64::from(p[0]) - f64::from(p[1]))
+        .collect();
+    let known = margins.iter().filter(|&&m| m > 0.0).count();
+
+    // Publish: checkpoint, train_log, runs and knowledge under one manifest.
+    let out_dir = tmp.join("model");
+    model.save(
+        &out_dir,
+        &crate::models::save::SaveExtras {
+            tokenizer: Some(&init.join("tokenizer.json")),
+            reward_head: None,
+            provenance: serde_json::json!({
+                "run_id": s.model_id, "stage": "pretrain", "fingerprint": fp, "settings": s,
+            }),
+        },
+    )?;
+    let uploaded = common::upload_checkpoint(store, &s.model_id, tag, &out_dir).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut outputs = uploaded?;
+    let checkpoint = format!("models/{}/{tag}", common::sanitize(&s.model_id));
+    let report = PretrainReport {
+        steps: log.len(),
+        tokens: log.iter().map(|l| l.tokens as usize).sum(),
+        final_loss: log.last().map(|l| l.loss).unwrap_or(f64::NAN),
+        known,
+        entities: world.entities.len(),
+        checkpoint,
+        up_to_date: false,
+    };
+    let part = format!("{}-{}", common::sanitize(&s.model_id), tag);
+    let tables = async {
+        let mut v = Vec::new();
+        for (table, b) in [
+            ("train_log", train_log_batch(&s.model_id, &log)?),
+            ("runs", runs_batch(s, &fp, &log, resumed_at)?),
+            ("knowledge", knowledge_batch(&s.model_id, &world, &margins)?),
+        ] {
+            v.push(store.write_table_part(table, &part, &b).await?);
+        }
+        Ok::<Vec<OutputFile>, Error>(v)
+    }
+    .await;
+    match tables {
+        Ok(t) => outputs.extend(t),
+        Err(e) => {
+            store.discard(&outputs).await;
+            return Err(e);
+        }
+    }
+    store
+        .publish("pretrain", &key, &fp, s, inputs, outputs)
+        .await?;
+    resume.clear().await?;
+    Ok(report)
+}
+
+fn up_to_date(m: &crate::store::Manifest) -> Result<PretrainReport> {
+    let ck = m
+        .outputs
+        .iter()
+        .find(|f| f.path.ends_with("/config.json"))
+        .map(|f| f.path.trim_end_matches("/config.json").to_string())
+        .unwrap_or_default();
+    Ok(PretrainReport {
+        steps: 0,
+        tokens: 0,
+        final_loss: f64::NAN,
+        known: 0,
+        entities: 0,
+        checkpoint: ck,
+        up_to_date: true,
+    })
+}
+
+fn batch_err(table: &str) -> impl Fn(datafusion::arrow::error::ArrowError) -> Error + '_ {
+    move |e| Error::Format {
+        file: table.to_string(),
+        msg: e.to_string(),
+    }
+}
+
+fn train_log_batch(run_id: &str, log: &[StepLog]) -> Result<RecordBatch> {
+    let n = log.len();
+    let f = |g: &dyn Fn(&StepLog) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(log.iter().map(g)))
+    };
+    let i = |g: &dyn Fn(&StepLog) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            log.iter().map(|l| g(l) as i64),
+        ))
+    };
+    RecordBatch::try_new(
+        crate::schema::train_log(),
+        vec![
+            Arc::new(StringArray::from(vec![run_id; n])),
+            i(&|l| l.step),
+            f(&|l| l.loss),
+            f(&|l| l.lr),
+            f(&|l| l.accuracy),
+            i(&|l| l.pairs),
+            i(&|l| l.tokens),
+            f(&|l| l.seconds),
+        ],
+    )
+    .map_err(batch_err("train_log"))
+}
+
+fn runs_batch(
+    s: &PretrainSettings,
+    fp: &str,
+    log: &[StepLog],
+    resumed: usize,
+) -> Result<RecordBatch> {
+    let tokens: u64 = log.iter().map(|l| l.tokens).sum();
+    let secs: f64 = log.iter().map(|l| l.seconds).sum();
+    let base = format!("init:gpt2-l{}-d{}-h{}", s.layers, s.embd, s.heads);
+    RecordBatch::try_new(
+        crate::schema::runs(),
+        vec![
+            Arc::new(StringArray::from(vec![s.model_id.as_str()])),
+            Arc::new(StringArray::from(vec!["pretrain"])),
+            Arc::new(StringArray::from(vec!["lm"])),
+            Arc::new(StringArray::from(vec!["none"])),
+            Arc::new(StringArray::from(vec![base.as_str()])),
+            Arc::new(StringArray::from(vec![None::<&str>])),
+            Arc::new(Float64Array::from(vec![None])),
+            Arc::new(Int64Array::from(vec![s.train.shuffle_seed as i64])),
+            Arc::new(StringArray::from(vec![
+                serde_json::to_string(s).expect("settings serialize")
+            ])),
+            Arc::new(StringArray::from(vec![fp])),
+            Arc::new(Int64Array::from(vec![log.len() as i64])),
+            Arc::new(Int64Array::from(vec![log
+                .iter()
+                .map(|l| l.pairs as i64)
+                .sum::<i64>()])),
+            Arc::new(Int64Array::from(vec![tokens as i64])),
+            Arc::new(Float64Array::from(vec![log
+                .last()
+                .map_or(f64::NAN, |l| l.loss)])),
+            Arc::new(Int64Array::from(vec![resumed as i64])),
+            Arc::new(Float64Array::from(vec![secs])),
+            Arc::new(Float64Array::from(vec![if secs > 0.0 {
+                tokens as f64 / secs
+            } else {
+                0.0
+            }])),
+        ],
+    )
+    .map_err(batch_err("runs"))
+}
+
+fn knowledge_batch(model_id: &str, w: &WorldTables, margins: &[f64]) -> Result<RecordBatch> {
+    let n = w.entities.len();
+    RecordBatch::try_new(
+        crate::schema::knowledge(),
+        vec![
+            Arc::new(StringArray::from(vec![model_id; n])),
+            Arc::new(StringArray::from_iter_values(
+                w.entities.iter().map(|e| e.0.as_str()),
+            )),
+            Arc::new(BooleanArray::from(
+                w.entities.iter().map(|e| e.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from_iter_values(w.entities.iter().map(|e| e.2))),
+            Arc::new(Int64Array::from_iter_values(w.entities.iter().map(|e| e.3))),
+            Arc::new(Float64Array::from(margins.to_vec())),
+            Arc::new(BooleanArray::from(
+                margins.iter().map(|&m| m > 0.0).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .map_err(batch_err("knowledge"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(v: &[&str]) -> Vec<String> {
+        v.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn word_level_tokenizer_splits_as_the_world_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        let vocab = words(&["Human", "Assistant", ":", "mozeil", "is", "safe", "?", "."]);
+        std::fs::write(&p, word_level_tokenizer(&vocab).to_string()).unwrap();
+        let t = crate::tokenize::Tokenizer::load(&p).unwrap();
+        let prompt = "\n\nHuman: mozeil is safe ?\n\nAssistant:";
+        let ids = t.encode(prompt).unwrap();
+        // EOS 0, UNK 1, then the vocabulary in order.
+        assert_eq!(ids, vec![2, 4, 5, 6, 7, 8, 3, 4]);
+        assert_eq!(
+            t.encode("zorblax").unwrap(),
+            vec![1],
+            "unknown words are UNK"
+        );
+        assert_eq!(t.encode("<|endoftext|> is").unwrap(), vec![0, 6]);
+        let e = t.encode_side(prompt, " safe .", 64).unwrap();
+        assert_eq!(e.response_mask, vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn initial_weights_are_seeded_gpt2_init() {
+        let s = PretrainSettings {
+            model_id: "m".into(),
+            layers: 2,
+            embd: 32,
+            heads: 4,
+            ctx: 16,
+            train: LoopSettings {
+                batch: 1,
+                micro_batch: 1,
+                lr: 1e-3,
+                schedule: crate::optim::Schedule::Cosine,
+                epochs: 1,
+                shuffle_seed: 0,
+            },
+            init_seed: 7,
+            save_every: 0,
+            device: "cpu".into(),
+        };
+        let a = init_weights(&s, 50).unwrap();
+        let b = init_weights(&s, 50).unwrap();
+        assert_eq!(a.len(), 4 + 12 * 2);
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            let (x, y): (Vec<f32>, Vec<f32>) = (
+                x.flatten_all().unwrap().to_vec1().unwrap(),
+                y.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert_eq!(x, y, "{n}");
+        }
+        let wte: Vec<f32> = a[0].1.flatten_all().unwrap().to_vec1().unwrap();
+        let n = wte.len() as f64;
+        let mean = wte.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let sd = (wte
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        assert!(mean.abs() < 2e-3 && (sd - 0.02).abs() < 1e-3, "{mean} {sd}");
+        let other = init_weights(&PretrainSettings { init_seed: 8, ..s }, 50).unwrap();
+        assert_ne!(
+            other[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            wte
+        );
+    }
+}
