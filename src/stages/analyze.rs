@@ -370,6 +370,12 @@ async fn materialize_experiment_pairs(ctx: &SessionContext) -> Result<()> {
         .step_by(per)
         .map(|o| vec![batch.slice(o, per.min(batch.num_rows() - o))])
         .collect();
+    // No weak-to-strong runs yet (only ceilings): one empty partition, every analysis empty.
+    let partitions = if partitions.is_empty() {
+        vec![Vec::new()]
+    } else {
+        partitions
+    };
     ctx.deregister_table("experiment_pairs")?;
     let table = datafusion::datasource::MemTable::try_new(schema, partitions)?;
     ctx.register_table("experiment_pairs", Arc::new(table))?;

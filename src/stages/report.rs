@@ -52,7 +52,16 @@ pub async fn run(store: &ArtifactStore, s: &ReportSettings, force: bool) -> Resu
         .manifest(analyze::KEY)
         .await?
         .ok_or_else(|| Error::Config(format!("{}: analyze published no manifest", store.root())))?;
-    let inputs = vec![common::manifest_input(&am)];
+    let mut inputs = vec![common::manifest_input(&am)];
+    // Pretrained models' knowledge probes are shown too.
+    for m in store.manifests().await? {
+        if m.outputs
+            .iter()
+            .any(|f| f.table.as_deref() == Some("knowledge"))
+        {
+            inputs.push(common::manifest_input(&m));
+        }
+    }
     let fp = fingerprint("report", s, &inputs);
     let dir = format!("report/{}", &fp[..16]);
     if !force {
@@ -204,6 +213,8 @@ struct ReportData {
     sweep: BTreeMap<(Setting, u64), (i64, i64)>,
     /// threshold -> (Strong-Known & Weak-Unknown pairs, pairs), over no-conflict cells.
     sweep_share: BTreeMap<u64, (i64, i64)>,
+    /// Pretrained model -> (frequency rank, knows) per world entity (`knowledge`).
+    knowledge: BTreeMap<String, Vec<(i64, bool)>>,
     /// Tables shown as they are: (title, anchor, batches).
     tables: Vec<(String, String, Vec<RecordBatch>)>,
 }
@@ -379,7 +390,32 @@ impl ReportData {
         for (title, anchor, text) in shown {
             tables.push((title.to_string(), anchor.to_string(), q(text).await?));
         }
+        let mut knowledge: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
+        if ctx.table_exist("knowledge")? {
+            for b in
+                q("select model_id, rank, knows from knowledge order by model_id, rank").await?
+            {
+                let (m, r) = (strs(&b, "model_id")?, ints(&b, "rank")?);
+                let k = b.column(2).as_boolean();
+                for i in 0..b.num_rows() {
+                    knowledge
+                        .entry(m[i].clone().unwrap_or_default())
+                        .or_default()
+                        .push((r[i], k.value(i)));
+                }
+            }
+            tables.push((
+                "What each pretrained model knows (the probe)".into(),
+                "knowledge".into(),
+                q("select model_id, count(*) as entities, \
+                   sum(case when knows then 1 else 0 end) as known, \
+                   avg(case when knows then 1.0 else 0.0 end) as share_known, \
+                   avg(margin) as mean_margin from knowledge group by model_id order by model_id")
+                .await?,
+            ));
+        }
         Ok(ReportData {
+            knowledge,
             cells,
             area,
             flips,
@@ -650,6 +686,44 @@ fn figures(d: &ReportData) -> Vec<Figure> {
             },
         });
     }
+
+    // The knowledge probe of pretrained models: share of entities known by frequency rank.
+    if !d.knowledge.is_empty() {
+        let series = d
+            .knowledge
+            .iter()
+            .map(|(model, v)| {
+                let per = v.len().div_ceil(10).max(1);
+                Series {
+                    name: model.clone(),
+                    points: v
+                        .chunks(per)
+                        .map(|c| {
+                            let rank = c.iter().map(|x| x.0 as f64).sum::<f64>() / c.len() as f64;
+                            let known = c.iter().filter(|x| x.1).count() as f64 / c.len() as f64;
+                            (rank, known)
+                        })
+                        .collect(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let hi = d
+            .knowledge
+            .values()
+            .flat_map(|v| v.iter().map(|x| x.0 as f64))
+            .fold(1.0, f64::max);
+        out.push(Figure {
+            id: "knowledge".into(),
+            title: "Entities each pretrained model knows, by how often the corpus mentions them"
+                .into(),
+            chart: Chart::Lines {
+                series,
+                x_range: (1.0, hi),
+                x_label: "frequency rank (1 = most mentioned), tenths of the entities".into(),
+                y_label: "share known (probe)".into(),
+            },
+        });
+    }
     out
 }
 
@@ -762,6 +836,10 @@ fn caption(id: &str, t: f64) -> String {
         "flip_breakdown" => (
             "How each conflict cell's flips (summed over seeds; count in brackets) spread over the four knowledge areas.",
             format!("w2s sql sql/flip_breakdown.sql --artifacts ROOT --param threshold={t}"),
+        ),
+        "knowledge" => (
+            "For every entity of the synthetic world, the pretrained model knows it when it finds the true statement about it more likely than the false one (w2s pretrain's probe). Each point is a tenth of the entities by frequency rank. The probe is a two-way choice: a model that knows nothing scores about 0.5.",
+            "w2s sql --artifacts ROOT \"select model_id, rank, margin, knows from knowledge order by model_id, rank\"".to_string(),
         ),
         "threshold_sweep" => (
             "Deception score per conflict setting and the Strong-Known & Weak-Unknown share, pooled over every weak/strong pair and seed, at each threshold of the sweep.",

@@ -156,6 +156,12 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
         ),
         rows(&a, "select count(*) from pairs where split = 'test'")
     );
+    // The report shows the probe (no weak-to-strong runs yet: no other figure).
+    let out = ok(w2s(&["report", "--artifacts", s(&a), "--bootstrap", "10"]));
+    assert!(out.contains("1 figures: knowledge"), "{out}");
+    let page = std::fs::read_to_string(report_page(&a)).unwrap();
+    assert!(page.contains("What each pretrained model knows"));
+    check_in_chromium(&report_page(&a));
 }
 
 #[test]
