@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::DataType;
 use serde::Serialize;
@@ -478,7 +478,10 @@ pub async fn run(
     let tables = async {
         let mut v = Vec::new();
         for (table, b) in [
-            ("train_log", train_log_batch(&s.model_id, &log)?),
+            (
+                "train_log",
+                super::rm_train::train_log_batch(&s.model_id, &log)?,
+            ),
             ("runs", runs_batch(s, &fp, &log, resumed_at)?),
             ("knowledge", knowledge_batch(&s.model_id, &world, &margins)?),
         ] {
@@ -524,32 +527,6 @@ fn batch_err(table: &str) -> impl Fn(datafusion::arrow::error::ArrowError) -> Er
         file: table.to_string(),
         msg: e.to_string(),
     }
-}
-
-fn train_log_batch(run_id: &str, log: &[StepLog]) -> Result<RecordBatch> {
-    let n = log.len();
-    let f = |g: &dyn Fn(&StepLog) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(log.iter().map(g)))
-    };
-    let i = |g: &dyn Fn(&StepLog) -> u64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(
-            log.iter().map(|l| g(l) as i64),
-        ))
-    };
-    RecordBatch::try_new(
-        crate::schema::train_log(),
-        vec![
-            Arc::new(StringArray::from(vec![run_id; n])),
-            i(&|l| l.step),
-            f(&|l| l.loss),
-            f(&|l| l.lr),
-            f(&|l| l.accuracy),
-            i(&|l| l.pairs),
-            i(&|l| l.tokens),
-            f(&|l| l.seconds),
-        ],
-    )
-    .map_err(batch_err("train_log"))
 }
 
 fn runs_batch(

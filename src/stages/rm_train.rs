@@ -437,7 +437,8 @@ fn batch_err(table: &str) -> impl Fn(datafusion::arrow::error::ArrowError) -> Er
     }
 }
 
-fn train_log_batch(run_id: &str, log: &[StepLog]) -> Result<RecordBatch> {
+/// The `train_log` rows of a run (every training stage writes them the same way).
+pub(crate) fn train_log_batch(run_id: &str, log: &[StepLog]) -> Result<RecordBatch> {
     let n = log.len();
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id; n])),

@@ -164,6 +164,92 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
     check_in_chromium(&report_page(&a));
 }
 
+/// The PyTorch oracle of tools/fixtures/make_pretrain_run.py: per-step losses and learning
+/// rates, and the probe's margins, on a 12-entity world.
+#[test]
+fn losses_and_probe_match_the_pytorch_oracle() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pretrain_run");
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("expected.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    ok(w2s(&[
+        "split",
+        "--world",
+        "--world-entities",
+        "12",
+        "--world-statements",
+        "300",
+        "--world-seed",
+        "5",
+        "--artifacts",
+        s(&root),
+    ]));
+    // The oracle's input is this world's corpus.
+    let corpus: Vec<String> = rows(&root, "select text from corpus order by doc_index")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    let fixture: Vec<String> = std::fs::read_to_string(fx.join("corpus.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        corpus, fixture,
+        "the world generator changed: regenerate the fixture"
+    );
+    ok(w2s(&[
+        "pretrain",
+        "--artifacts",
+        s(&root),
+        "--model-id",
+        "oracle",
+        "--layers",
+        "1",
+        "--embd",
+        "16",
+        "--heads",
+        "2",
+        "--ctx",
+        "16",
+        "--batch",
+        "4",
+        "--micro-batch",
+        "2",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "1",
+        "--init-seed",
+        "3",
+        "--seed",
+        "1",
+    ]));
+    let log = rows(&root, "select loss, lr from train_log order by step");
+    let losses = want["losses"].as_array().unwrap();
+    assert_eq!(log.len(), losses.len());
+    assert!(log.len() >= 3);
+    for (i, (got, w)) in log.iter().zip(losses).enumerate() {
+        let (g, w) = (got[0].parse::<f64>().unwrap(), w.as_f64().unwrap());
+        assert!((g - w).abs() < 1e-4, "step {}: loss {g} vs {w}", i + 1);
+        let (g, w) = (
+            got[1].parse::<f64>().unwrap(),
+            want["lrs"][i].as_f64().unwrap(),
+        );
+        assert!((g - w).abs() < 1e-12, "step {}: lr {g} vs {w}", i + 1);
+    }
+    let margins = rows(&root, "select entity, margin from knowledge");
+    assert_eq!(margins.len(), 12);
+    for m in margins {
+        let (g, w) = (
+            m[1].parse::<f64>().unwrap(),
+            want["margins"][&m[0]].as_f64().unwrap(),
+        );
+        assert!((g - w).abs() < 1e-3, "{}: margin {g} vs {w}", m[0]);
+    }
+}
+
 #[test]
 fn pretrain_needs_the_world_and_a_sane_shape() {
     let dir = tempfile::tempdir().unwrap();
