@@ -206,7 +206,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Rm)]
     pub scenario: Scenario,
     /// The base model (config.json, *.safetensors, tokenizer.json): a local folder, an s3:// or
-    /// http(s):// prefix, or hf://owner/name[@revision].
+    /// http(s):// prefix, hf://owner/name[@revision], or run:<id> for a model pretrained or
+    /// trained in this artifact root.
     #[arg(long)]
     pub model: String,
     /// Name of the run (default: derived from the models and objective).

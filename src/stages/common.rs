@@ -190,7 +190,7 @@ pub async fn upload_checkpoint(
 pub async fn open_run(store: &ArtifactStore, run_id: &str) -> Result<(PathBuf, Manifest)> {
     let m = store.manifest(&run_key(run_id)).await?.ok_or_else(|| {
         Error::Config(format!(
-            "{}: no trained run `{run_id}` (train it with gt-train or w2s-train first)",
+            "{}: no trained run `{run_id}` (train it with pretrain, gt-train or w2s-train first)",
             store.root()
         ))
     })?;

@@ -173,7 +173,11 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             store.root()
         ))
     })?;
-    let base_dir = crate::models::source::materialize(&s.base_model).await?;
+    // `run:<id>`: a model trained or pretrained in this root (checked against its manifest).
+    let base_dir = match s.base_model.strip_prefix("run:") {
+        Some(id) => common::open_run(store, id).await?.0,
+        None => crate::models::source::materialize(&s.base_model).await?,
+    };
     let mut inputs = common::model_inputs(&base_dir)?;
     inputs.push(common::manifest_input(&pairs_manifest));
     let teacher = match &s.teacher {

@@ -107,7 +107,8 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
     // Up to date on a rerun.
     assert!(pretrain(&a, "tiny").contains("up to date"));
 
-    // The checkpoint is an ordinary model folder: a reward model trains on it and is scored.
+    // The checkpoint is an ordinary model folder, and `run:<id>` names it: a reward model
+    // trains on it and is scored.
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.join("manifests/train/tiny.json")).unwrap())
             .unwrap();
@@ -128,7 +129,7 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
         "--artifacts",
         s(&a),
         "--model",
-        s(&ckpt),
+        "run:tiny",
         "--run-id",
         "rm-on-tiny",
         "--batch",
@@ -155,6 +156,28 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
             "select count(*) from scores where run_id = 'rm-on-tiny'"
         ),
         rows(&a, "select count(*) from pairs where split = 'test'")
+    );
+    assert_eq!(
+        rows(
+            &a,
+            "select base_model from runs where run_id = 'rm-on-tiny'"
+        ),
+        vec![vec!["run:tiny".to_string()]]
+    );
+    let o = w2s(&[
+        "gt-train",
+        "--artifacts",
+        s(&a),
+        "--model",
+        "run:nope",
+        "--run-id",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no trained run `nope`"),
+        "{}",
+        stderr(&o)
     );
     // The report shows the probe (no weak-to-strong runs yet: no other figure).
     let out = ok(w2s(&["report", "--artifacts", s(&a), "--bootstrap", "10"]));
