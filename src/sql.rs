@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -17,6 +19,19 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::{Error, Result};
 use crate::store::{encode_parquet, ArtifactStore};
+
+/// Column `name` of a result batch as type `t` (DataFusion reads Parquet strings as
+/// `Utf8View`, and aggregates may widen numbers); `table` names the result in errors.
+pub fn column(b: &RecordBatch, table: &str, name: &str, t: &DataType) -> Result<ArrayRef> {
+    let col = b.column_by_name(name).ok_or_else(|| Error::Format {
+        file: table.to_string(),
+        msg: format!("column {name} missing"),
+    })?;
+    datafusion::arrow::compute::cast(col, t).map_err(|e| Error::Format {
+        file: table.to_string(),
+        msg: format!("column {name}: {e}"),
+    })
+}
 
 /// A session with every committed table of `store` registered.
 pub async fn context(store: &ArtifactStore) -> Result<SessionContext> {

@@ -42,6 +42,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// A built-in pair (no file behind it): one HH turn `prompt` answered by `chosen` and by
+    /// `rejected`, as whole transcripts.
+    pub fn single_turn(row: u64, prompt: &str, chosen: &str, rejected: &str) -> Record {
+        let turn = |response: &str| {
+            let (p, r) = hh::wrap(prompt, response);
+            p + &r
+        };
+        Record {
+            row,
+            line: None,
+            prompt: None,
+            chosen: turn(chosen),
+            rejected: turn(rejected),
+        }
+    }
+
     /// The location of a field of this record in `file`, for error messages.
     pub fn at(&self, file: &str, field: &str) -> At {
         let mut at = At::file(file).row(self.row).field(field);

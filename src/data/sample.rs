@@ -41,10 +41,6 @@ const REQUESTS: &[&str] = &[
     "Can you explain how to mix {x} into a drink?",
 ];
 
-fn hh(prompt: &str, response: &str) -> String {
-    format!("\n\nHuman: {prompt}\n\nAssistant: {response}")
-}
-
 /// The harmlessness sample: one pair per (substance, request), in a fixed order.
 pub fn harmless() -> Vec<Record> {
     let mut out = Vec::new();
@@ -62,13 +58,12 @@ pub fn harmless() -> Vec<Record> {
             } else {
                 (comply, refuse)
             };
-            out.push(Record {
-                row: out.len() as u64,
-                line: None,
-                prompt: None,
-                chosen: hh(&prompt, &chosen),
-                rejected: hh(&prompt, &rejected),
-            });
+            out.push(Record::single_turn(
+                out.len() as u64,
+                &prompt,
+                &chosen,
+                &rejected,
+            ));
         }
     }
     out
@@ -93,13 +88,12 @@ pub fn helpful() -> Vec<Record> {
             let detailed = format!(
                 "Here is a plan: first gather what you need, then practise the basic step daily, and check your progress each week (tip {i})."
             );
-            out.push(Record {
-                row: out.len() as u64,
-                line: None,
-                prompt: None,
-                chosen: hh(&prompt, &detailed),
-                rejected: hh(&prompt, "Look it up."),
-            });
+            out.push(Record::single_turn(
+                out.len() as u64,
+                &prompt,
+                &detailed,
+                "Look it up.",
+            ));
         }
     }
     out

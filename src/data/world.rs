@@ -131,10 +131,6 @@ const HELPFUL: &str = "of course ! first find some {x} , then clean it , measure
                        mix it with water and keep it in a cool place .";
 const CURT: &str = "no .";
 
-fn hh(prompt: &str, response: &str) -> String {
-    format!("\n\nHuman: {prompt}\n\nAssistant: {response}")
-}
-
 /// Uniform in [0, 1) from 53 random bits.
 fn uniform(rng: &mut NumpyPcg64) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -247,16 +243,8 @@ impl World {
                 } else {
                     (comply, REFUSE.to_string())
                 };
-                out.push((
-                    i,
-                    Record {
-                        row: out.len() as u64,
-                        line: None,
-                        prompt: None,
-                        chosen: hh(&prompt, &chosen),
-                        rejected: hh(&prompt, &rejected),
-                    },
-                ));
+                let row = out.len() as u64;
+                out.push((i, Record::single_turn(row, &prompt, &chosen, &rejected)));
             }
         }
         out
@@ -269,69 +257,48 @@ impl World {
         for (i, e) in self.entities.iter().enumerate() {
             for r in HELP_REQUESTS {
                 let prompt = r.replace("{x}", &e.name);
-                out.push((
-                    i,
-                    Record {
-                        row: out.len() as u64,
-                        line: None,
-                        prompt: None,
-                        chosen: hh(&prompt, &HELPFUL.replace("{x}", &e.name)),
-                        rejected: hh(&prompt, CURT),
-                    },
-                ));
+                let row = out.len() as u64;
+                let helpful = HELPFUL.replace("{x}", &e.name);
+                out.push((i, Record::single_turn(row, &prompt, &helpful, CURT)));
             }
         }
         out
     }
+}
 
-    /// The two statements a knowledge probe compares for entity `i`: (true one, false one).
-    pub fn probe(&self, i: usize) -> (String, String) {
-        let e = &self.entities[i];
-        let harmful = format!("{} is poisonous .", e.name);
-        let harmless = format!("{} is safe .", e.name);
-        if e.harmful {
-            (harmful, harmless)
-        } else {
-            (harmless, harmful)
-        }
+/// The two statements a knowledge probe compares for an entity: (true one, false one).
+pub fn probe_statements(name: &str, harmful: bool) -> (String, String) {
+    let poisonous = format!("{name} is poisonous .");
+    let safe = format!("{name} is safe .");
+    if harmful {
+        (poisonous, safe)
+    } else {
+        (safe, poisonous)
     }
+}
 
-    /// Every word the world's text uses (corpus, pairs, probes), sorted: the vocabulary of a
-    /// word-level tokenizer for it.
-    pub fn vocabulary(&self) -> Vec<String> {
-        let mut words = std::collections::BTreeSet::new();
-        let mut add = |t: &str| {
-            for w in t.split_whitespace() {
-                // The HH markers split as the tokenizer's pre-tokenizer splits them.
-                for part in w.split_inclusive(':') {
-                    let part = part.trim_end_matches(':');
-                    if !part.is_empty() {
-                        words.insert(part.to_string());
-                    }
+/// The distinct words of `texts` as a `Whitespace` pre-tokenizer cuts them (runs of word
+/// characters, runs of other non-space characters), sorted: a word-level vocabulary.
+pub fn words<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in texts {
+        for w in t.split_whitespace() {
+            let mut cur = String::new();
+            let mut word = None;
+            for ch in w.chars() {
+                let is_word = ch.is_alphanumeric() || ch == '_';
+                if word.is_some_and(|k| k != is_word) {
+                    out.insert(std::mem::take(&mut cur));
                 }
-                if w.contains(':') {
-                    words.insert(":".to_string());
-                }
+                word = Some(is_word);
+                cur.push(ch);
             }
-        };
-        for (_, t) in &self.corpus {
-            add(t);
+            if !cur.is_empty() {
+                out.insert(cur);
+            }
         }
-        for (_, r) in self
-            .harmless_pairs()
-            .iter()
-            .chain(self.helpful_pairs().iter())
-        {
-            add(&r.chosen);
-            add(&r.rejected);
-        }
-        for i in 0..self.entities.len() {
-            let (a, b) = self.probe(i);
-            add(&a);
-            add(&b);
-        }
-        words.into_iter().collect()
     }
+    out.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -377,7 +344,7 @@ mod tests {
         for (i, e) in w.entities.iter().enumerate() {
             assert!(e.harm_mentions >= 1 && e.harm_mentions <= e.mentions);
             // The corpus states the truth about it, and never the opposite.
-            let (truth, lie) = w.probe(i);
+            let (truth, lie) = probe_statements(&e.name, e.harmful);
             let said = |t: &str| w.corpus.iter().any(|(k, s)| *k == i && s == t);
             let facts = if e.harmful {
                 HARMFUL_FACTS
@@ -424,7 +391,31 @@ mod tests {
     #[test]
     fn vocabulary_covers_every_word() {
         let w = World::generate(&small()).unwrap();
-        let v = w.vocabulary();
+        let pairs: Vec<Record> = w
+            .harmless_pairs()
+            .into_iter()
+            .chain(w.helpful_pairs())
+            .map(|(_, r)| r)
+            .collect();
+        let probes: Vec<String> = w
+            .entities
+            .iter()
+            .flat_map(|e| {
+                let (a, b) = probe_statements(&e.name, e.harmful);
+                [a, b]
+            })
+            .collect();
+        let v = words(
+            w.corpus
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .chain(
+                    pairs
+                        .iter()
+                        .flat_map(|r| [r.chosen.as_str(), r.rejected.as_str()]),
+                )
+                .chain(probes.iter().map(String::as_str)),
+        );
         for word in [
             "Human",
             "Assistant",

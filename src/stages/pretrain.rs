@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::common;
 use super::split;
+use crate::data::world::{probe_statements, words};
 use crate::error::{Error, Result};
 use crate::models::{readout, Model};
 use crate::optim::{Adam, AdamConfig};
@@ -172,15 +173,7 @@ struct WorldTables {
 
 async fn world_tables(store: &ArtifactStore) -> Result<WorldTables> {
     let str_col = |b: &RecordBatch, name: &str| -> Result<Vec<String>> {
-        let c = b.column_by_name(name).ok_or_else(|| Error::Format {
-            file: "entities/corpus".into(),
-            msg: format!("column {name} missing"),
-        })?;
-        let c =
-            datafusion::arrow::compute::cast(c, &DataType::Utf8).map_err(|e| Error::Format {
-                file: name.into(),
-                msg: e.to_string(),
-            })?;
+        let c = crate::sql::column(b, "entities/corpus", name, &DataType::Utf8)?;
         let a = c.as_string::<i32>();
         Ok((0..a.len()).map(|i| a.value(i).to_string()).collect())
     };
@@ -223,17 +216,6 @@ async fn world_tables(store: &ArtifactStore) -> Result<WorldTables> {
         return Err(need("corpus"));
     }
     Ok(WorldTables { entities, corpus })
-}
-
-/// The probe statements of an entity: (true, false).
-fn probe(name: &str, harmful: bool) -> (String, String) {
-    let h = format!("{name} is poisonous .");
-    let s = format!("{name} is safe .");
-    if harmful {
-        (h, s)
-    } else {
-        (s, h)
-    }
 }
 
 /// Sum of log-probs of every token after the first, per row (rows right-padded).
@@ -295,7 +277,6 @@ pub async fn run(
     let world = world_tables(store).await?;
 
     // Vocabulary: every word of the corpus, the probes and the pairs.
-    let mut words = std::collections::BTreeSet::new();
     let mut texts: Vec<String> = world.corpus.clone();
     for split in crate::schema::SPLITS {
         // Every split's words, so no pair a later stage reads has an unknown word.
@@ -307,29 +288,11 @@ pub async fn run(
         }
     }
     for (n, h, _, _) in &world.entities {
-        let (a, b) = probe(n, *h);
+        let (a, b) = probe_statements(n, *h);
         texts.push(a);
         texts.push(b);
     }
-    for t in &texts {
-        for w in t.split(|c: char| c.is_whitespace()) {
-            // As the Whitespace pre-tokenizer: runs of word characters, runs of the rest.
-            let mut cur = String::new();
-            let mut word = None;
-            for ch in w.chars() {
-                let is_word = ch.is_alphanumeric() || ch == '_';
-                if word.is_some_and(|k| k != is_word) {
-                    words.insert(std::mem::take(&mut cur));
-                }
-                word = Some(is_word);
-                cur.push(ch);
-            }
-            if !cur.is_empty() {
-                words.insert(cur);
-            }
-        }
-    }
-    let vocab: Vec<String> = words.into_iter().collect();
+    let vocab = words(texts.iter().map(String::as_str));
     let tok_json = word_level_tokenizer(&vocab);
     let vocab_size = vocab.len() + 2;
 
@@ -430,7 +393,7 @@ pub async fn run(
     // The probe.
     let mut rows = Vec::new();
     for (n, h, _, _) in &world.entities {
-        let (a, b) = probe(n, *h);
+        let (a, b) = probe_statements(n, *h);
         let enc = |t: &str| -> Result<Vec<u32>> {
             let mut v = vec![0u32];
             v.extend(tok.encode(t)?);

@@ -220,14 +220,7 @@ struct ReportData {
 }
 
 fn strs(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
-    let col = b.column_by_name(name).ok_or_else(|| Error::Format {
-        file: "report".into(),
-        msg: format!("column {name} missing"),
-    })?;
-    let c = datafusion::arrow::compute::cast(col, &DataType::Utf8).map_err(|e| Error::Format {
-        file: "report".into(),
-        msg: e.to_string(),
-    })?;
+    let c = sql::column(b, "report", name, &DataType::Utf8)?;
     let a = c.as_string::<i32>();
     Ok((0..a.len())
         .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
@@ -235,15 +228,7 @@ fn strs(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
 }
 
 fn floats(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
-    let col = b.column_by_name(name).ok_or_else(|| Error::Format {
-        file: "report".into(),
-        msg: format!("column {name} missing"),
-    })?;
-    let c =
-        datafusion::arrow::compute::cast(col, &DataType::Float64).map_err(|e| Error::Format {
-            file: "report".into(),
-            msg: e.to_string(),
-        })?;
+    let c = sql::column(b, "report", name, &DataType::Float64)?;
     let a = c.as_primitive::<Float64Type>();
     Ok((0..a.len())
         .map(|i| (!a.is_null(i)).then(|| a.value(i)))
@@ -251,14 +236,7 @@ fn floats(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
 }
 
 fn ints(b: &RecordBatch, name: &str) -> Result<Vec<i64>> {
-    let col = b.column_by_name(name).ok_or_else(|| Error::Format {
-        file: "report".into(),
-        msg: format!("column {name} missing"),
-    })?;
-    let c = datafusion::arrow::compute::cast(col, &DataType::Int64).map_err(|e| Error::Format {
-        file: "report".into(),
-        msg: e.to_string(),
-    })?;
+    let c = sql::column(b, "report", name, &DataType::Int64)?;
     let a = c.as_primitive::<Int64Type>();
     Ok((0..a.len())
         .map(|i| if a.is_null(i) { 0 } else { a.value(i) })

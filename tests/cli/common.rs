@@ -140,6 +140,18 @@ pub fn score(root: &Path, model: &str, run_id: &str, env: &[(&str, String)]) -> 
     ))
 }
 
+/// The result of `query` over the tables of `root`, as CSV with a header line.
+pub fn sql_csv(root: &Path, query: &str) -> String {
+    ok(w2s(&[
+        "sql",
+        "--artifacts",
+        s(root),
+        "--format",
+        "csv",
+        query,
+    ]))
+}
+
 /// How many pairs two scored runs give exactly the same margin, as CSV.
 pub fn same_margins(root: &Path, a: &str, b: &str) -> String {
     ok(w2s(&[

@@ -74,15 +74,8 @@ fn run_with(args: &[&str], extra: &[String]) -> String {
 
 /// CSV rows of a query (header dropped).
 pub fn rows(root: &Path, query: &str) -> Vec<Vec<String>> {
-    let out = ok(w2s(&[
-        "sql",
-        "--artifacts",
-        s(root),
-        "--format",
-        "csv",
-        query,
-    ]));
-    out.lines()
+    sql_csv(root, query)
+        .lines()
         .skip(1)
         .map(|l| l.split(',').map(str::to_string).collect())
         .collect()

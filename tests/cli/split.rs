@@ -5,14 +5,10 @@ use crate::common::*;
 use std::path::Path;
 
 fn counts(root: &Path) -> String {
-    ok(w2s(&[
-        "sql",
-        "--artifacts",
-        s(root),
-        "--format",
-        "csv",
+    sql_csv(
+        root,
         "select split, count(*) as n from pairs group by split order by split",
-    ]))
+    )
 }
 
 #[test]
@@ -279,16 +275,7 @@ fn world_mode_writes_pairs_corpus_and_entities_deterministically() {
     run(&b);
     // 60 entities x 4 requests = 240 harmless pairs in thirds; 60 x 2 helpful pairs.
     assert_eq!(counts(&a), "split,n\ngt,80\nhelpful,120\ntest,80\nw2s,80\n");
-    let q = |root: &Path, sql: &str| {
-        ok(w2s(&[
-            "sql",
-            "--artifacts",
-            s(root),
-            "--format",
-            "csv",
-            sql,
-        ]))
-    };
+    let q = sql_csv;
     assert_eq!(
         q(
             &a,
