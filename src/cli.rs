@@ -58,15 +58,47 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Write the figures and tables as one self-contained HTML page plus PNGs (runs analyze first).
     Report(ReportArgs),
-    /// Run a pipeline file (not built yet).
-    Run(Pending),
+    /// Run a pipeline file: every stage of its grid, skipping what is up to date.
+    Run(RunArgs),
+    /// Print a pipeline's steps (as a table, or as JSON for external schedulers).
+    Plan(PlanArgs),
 }
 
-/// Arguments of a stage that is not built yet; accepted so the error is about the stage.
 #[derive(Args, Debug)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
+pub struct PipelineArgs {
+    /// The pipeline file (TOML), e.g. pipelines/quickstart.toml.
+    pub pipeline: String,
+    /// Override a key of the file: KEY=VALUE with a dotted key (`train.lr=1e-4`,
+    /// `artifacts=/tmp/x`, `model.<id>.path=/folder`). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Only this step, stage or run (and what it needs): e.g. `gt-train`, `score:gt-tiny-2`.
+    #[arg(long)]
+    pub target: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Print the plan (what is up to date, what would run) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run every selected step again, even if up to date.
+    #[arg(long)]
+    pub force: bool,
+    /// Steps to run at once (each stage already uses every core; 1 shows their progress).
+    #[arg(long, short = 'j', default_value_t = 1)]
+    pub jobs: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Print the plan as JSON (steps, commands, dependencies, levels, status).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -242,6 +274,12 @@ pub struct TrainArgs {
     /// Seed of the reward head's initial weights.
     #[arg(long, default_value_t = 0)]
     pub head_seed: u64,
+    /// Train LoRA adapters of this rank instead of every weight (paper App. H; not built yet).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA scaling alpha.
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
     /// Initial reward head from a safetensors file (`weight`, [1, hidden]), e.g. from PyTorch.
     #[arg(long)]
     pub init_head: Option<String>,
@@ -327,6 +365,13 @@ pub struct W2sTrainArgs {
     /// Weight of the explicit conflict term.
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
+    /// The split the teacher labelled, which the student trains on (`gt` for the second
+    /// stage of bootstrapping).
+    #[arg(long, default_value = "w2s")]
+    pub label_split: String,
+    /// Keep only teacher labels at least this confident (paper §6.1; preference scenarios).
+    #[arg(long)]
+    pub high_confidence: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -339,6 +384,9 @@ pub struct WeakLabelArgs {
     /// Use this reward-model folder instead of the stored run.
     #[arg(long)]
     pub model: Option<String>,
+    /// The teacher's scenario (how its preference is read).
+    #[arg(long, value_enum, default_value_t = Scenario::Rm)]
+    pub scenario: Scenario,
     #[arg(long, default_value = "w2s")]
     pub split: String,
     /// Seed of the slot swap (must match the student's).
@@ -419,17 +467,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::LoraMerge(a) => lora_merge_cmd(a).await,
         Command::Analyze(a) => analyze_cmd(a).await,
         Command::Report(a) => report_cmd(a).await,
-        Command::Run(_) => pending("run"),
+        Command::Run(a) => run_cmd(a).await,
+        Command::Plan(a) => plan_cmd(a).await,
     }
-}
-
-fn pending(stage: &str) -> Result<()> {
-    let by = w2s::stages::PENDING
-        .iter()
-        .find(|(s, _)| *s == stage)
-        .map(|(_, by)| *by)
-        .unwrap_or("a later issue");
-    Err(Error::NotImplemented(stage.to_string())).context(format!("it arrives with {by}"))
 }
 
 fn split_settings(a: &SplitArgs) -> Result<SplitSettings, Error> {
@@ -656,6 +696,7 @@ fn rm_settings(
         stage: stage.into(),
         base_model: t.model.clone(),
         teacher,
+        label_split: None,
         objective,
         alpha,
         train: LoopSettings {
@@ -678,6 +719,16 @@ fn rm_settings(
         device: t.device.clone(),
         save_every: t.save_every,
     }
+}
+
+/// Refuses LoRA training, which is not built yet.
+fn require_full(t: &TrainArgs, stage: &str) -> Result<()> {
+    if t.lora_rank.is_some() {
+        return Err(Error::NotImplemented(format!("{stage} --lora-rank"))).context(
+            "LoRA training is not built yet (`w2s lora-merge` folds an adapter trained elsewhere into its base model)",
+        );
+    }
+    Ok(())
 }
 
 fn print_train(run_id: &str, root: &str, r: &TrainReport) {
@@ -712,6 +763,7 @@ async fn gt_train_cmd(a: GtTrainArgs) -> Result<()> {
     let s = rm_settings(t, "gt-train", run_id.clone(), None, Objective::None, 0.0);
     let store = ArtifactStore::open(&t.root.artifacts)?;
     t.scenario.require_rm("gt-train").context(SCENARIO_LATER)?;
+    require_full(t, "gt-train")?;
     let r = w2s::stages::gt_train::run(&store, t.scenario, &s, t.force).await?;
     print_train(&run_id, store.root(), &r);
     Ok(())
@@ -728,7 +780,7 @@ async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
             a.objective.name()
         ),
     };
-    let s = rm_settings(
+    let mut s = rm_settings(
         t,
         "w2s-train",
         run_id.clone(),
@@ -736,14 +788,25 @@ async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
         a.objective,
         a.alpha,
     );
+    if a.label_split != "w2s" {
+        s.label_split = Some(a.label_split.clone());
+    }
     let store = ArtifactStore::open(&t.root.artifacts)?;
     t.scenario.require_rm("w2s-train").context(SCENARIO_LATER)?;
+    require_full(t, "w2s-train")?;
+    if a.high_confidence.is_some() {
+        return Err(Error::NotImplemented("w2s-train --high-confidence".into()))
+            .context(SCENARIO_LATER);
+    }
     let r = w2s::stages::w2s_train::run(&store, t.scenario, &s, t.force).await?;
     print_train(&run_id, store.root(), &r);
     Ok(())
 }
 
 async fn weak_label_cmd(a: WeakLabelArgs) -> Result<()> {
+    a.scenario
+        .require_rm("weak-label")
+        .context(SCENARIO_LATER)?;
     let s = WeakLabelSettings {
         run_id: a.run.clone(),
         model: a.model.clone(),
@@ -918,4 +981,167 @@ fn read_sql(path: &str) -> Result<String> {
             source,
         })
         .map_err(Into::into)
+}
+
+/// A pipeline, its steps, the ones `--target` selects and their status.
+struct Planned {
+    pipeline: w2s::pipeline::Pipeline,
+    store: ArtifactStore,
+    steps: Vec<w2s::pipeline::Step>,
+    selected: std::collections::HashSet<String>,
+    status: Vec<w2s::pipeline::Status>,
+}
+
+async fn planned(a: &PipelineArgs, force: bool) -> Result<Planned> {
+    let pipeline = w2s::pipeline::Pipeline::load(&a.pipeline, &a.sets)?;
+    let steps = w2s::pipeline::plan::expand(&pipeline)?;
+    let selected = w2s::pipeline::exec::select(&steps, a.target.as_deref())?;
+    let store = ArtifactStore::open(pipeline.root())?;
+    let status = w2s::pipeline::exec::statuses(&store, &steps, &selected, force).await?;
+    Ok(Planned {
+        pipeline,
+        store,
+        steps,
+        selected,
+        status,
+    })
+}
+
+fn print_plan(p: &Planned) {
+    use w2s::pipeline::Status;
+    let name = p.pipeline.name.as_deref().unwrap_or("pipeline");
+    let count = |st: Status| p.status.iter().filter(|s| **s == st).count();
+    println!(
+        "{name}: {} steps into {} ({} up to date, {} to run, {} to check after their inputs{})",
+        p.selected.len(),
+        p.store.root(),
+        count(Status::UpToDate),
+        count(Status::Run),
+        count(Status::Recheck),
+        match count(Status::NotSelected) {
+            0 => String::new(),
+            n => format!(", {n} not selected"),
+        }
+    );
+    let width = p.steps.iter().map(|s| s.id.len()).max().unwrap_or(4);
+    for (s, st) in p.steps.iter().zip(&p.status) {
+        if *st == Status::NotSelected {
+            continue;
+        }
+        println!(
+            "{:>2}  {:<width$}  {:<22}  w2s {}",
+            s.level,
+            s.id,
+            st.label(),
+            w2s::pipeline::exec::shell_words(&s.command(p.store.root(), false))
+        );
+    }
+}
+
+async fn plan_cmd(a: PlanArgs) -> Result<()> {
+    let p = planned(&a.pipeline, false).await?;
+    if !a.json {
+        print_plan(&p);
+        return Ok(());
+    }
+    let steps: Vec<serde_json::Value> = p
+        .steps
+        .iter()
+        .zip(&p.status)
+        .filter(|(_, st)| **st != w2s::pipeline::Status::NotSelected)
+        .map(|(s, st)| {
+            serde_json::json!({
+                "id": s.id,
+                "stage": s.stage,
+                "run": s.run,
+                "level": s.level,
+                "needs": s.needs,
+                "outputs": s.outputs,
+                "fingerprint": s.fingerprint,
+                "status": st,
+                "command": std::iter::once("w2s".to_string())
+                    .chain(s.command(p.store.root(), false))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "pipeline": a.pipeline.pipeline,
+        "name": p.pipeline.name,
+        "artifacts": p.store.root(),
+        "code_version": w2s::store::CODE_VERSION,
+        "levels": p.steps.iter().map(|s| s.level + 1).max().unwrap_or(0),
+        "steps": steps,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&doc).expect("plan serializes")
+    );
+    Ok(())
+}
+
+async fn run_cmd(a: RunArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    if a.dry_run {
+        let p = planned(&a.pipeline, a.force).await?;
+        print_plan(&p);
+        return Ok(());
+    }
+    // The lock comes first: the plan's status must not change under us.
+    let pipeline = w2s::pipeline::Pipeline::load(&a.pipeline.pipeline, &a.pipeline.sets)?;
+    let store = ArtifactStore::open(pipeline.root())?;
+    let lock = w2s::pipeline::RootLock::acquire(&store).await?;
+    let p = planned(&a.pipeline, a.force).await?;
+    let to_run = p
+        .status
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s,
+                w2s::pipeline::Status::UpToDate | w2s::pipeline::Status::NotSelected
+            )
+        })
+        .count();
+    if to_run > 0 {
+        print_plan(&p);
+    }
+    let exe = std::env::current_exe().context("cannot find the w2s executable")?;
+    let log_dir = std::env::temp_dir().join(format!("w2s-run-{}", std::process::id()));
+    let opts = w2s::pipeline::RunOptions {
+        jobs: a.jobs.max(1),
+        force: a.force,
+        exe,
+        log_dir,
+    };
+    let result = w2s::pipeline::exec::execute(&p.store, &p.steps, &p.selected, &opts).await;
+    lock.release().await;
+    let summary = result?;
+    let report = p
+        .steps
+        .iter()
+        .find(|s| s.stage == "report" && p.selected.contains(&s.id))
+        .map(|_| {
+            format!(
+                "; report: w2s report --artifacts {} (or open report/ under it)",
+                p.store.root()
+            )
+        })
+        .unwrap_or_default();
+    if summary.ran.is_empty() {
+        println!(
+            "{}: all {} steps up to date ({:.2}s){report}",
+            p.pipeline.name.as_deref().unwrap_or("pipeline"),
+            p.selected.len(),
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "{}: {} steps ran, {} up to date ({:.1}s){report}",
+            p.pipeline.name.as_deref().unwrap_or("pipeline"),
+            summary.ran.len(),
+            summary.skipped,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }

@@ -95,6 +95,14 @@ pub enum Error {
     #[error("query failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
 
+    /// Another process holds what this one needs (the artifact root of a `w2s run`).
+    #[error("{0}")]
+    Busy(String),
+
+    /// A pipeline step (a child `w2s` process) failed; `code` is its exit code.
+    #[error("{msg}")]
+    Step { msg: String, code: i32 },
+
     /// The command exists in the CLI but its stage has not been built yet.
     #[error("`w2s {0}` is not implemented yet")]
     NotImplemented(String),
@@ -115,6 +123,8 @@ impl Error {
             Error::Config(_) => 64,                                                // EX_USAGE
             Error::NotImplemented(_) => 69,                                        // EX_UNAVAILABLE
             Error::Store { .. } | Error::Io { .. } => 74,                          // EX_IOERR
+            Error::Busy(_) => 75,                                                  // EX_TEMPFAIL
+            Error::Step { code, .. } => *code,
             Error::Query(_) | Error::Tensor(_) => 1,
         }
     }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod models;
 pub mod optim;
+pub mod pipeline;
 pub mod plots;
 pub mod progress;
 pub mod rng;

@@ -309,6 +309,34 @@ impl ArtifactStore {
             .map_err(|e| self.err(rel, e))
     }
 
+    /// Writes an object only if none exists at `rel`; `false` if one does (the atomic
+    /// create of a lock).
+    pub async fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool> {
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&Path::from(rel), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    /// Seconds since `rel` was last written, or `None` if it does not exist.
+    pub async fn age_secs(&self, rel: &str) -> Result<Option<u64>> {
+        match self.store.head(&Path::from(rel)).await {
+            Ok(meta) => {
+                let t = meta.last_modified.timestamp().max(0) as u64;
+                Ok(Some(now_unix().saturating_sub(t)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
     pub async fn get(&self, rel: &str) -> Result<Bytes> {
         let get = self
             .store
@@ -405,6 +433,29 @@ impl ArtifactStore {
                 file: self.url_of(&path).to_string(),
                 msg: format!("unreadable manifest: {e}"),
             })
+    }
+
+    /// The manifest for `key` if it has fingerprint `fingerprint` and every file it names is
+    /// still there: what lets a stage skip its work. A manifest whose files were deleted is
+    /// not current, so deleting a stage's output makes it run again.
+    pub async fn current(&self, key: &str, fingerprint: &str) -> Result<Option<Manifest>> {
+        let Some(m) = self.manifest(key).await? else {
+            return Ok(None);
+        };
+        if m.fingerprint != fingerprint {
+            return Ok(None);
+        }
+        let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in &m.outputs {
+            let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            if !listed.contains_key(dir) {
+                listed.insert(dir.to_string(), self.list(dir).await?);
+            }
+            if !listed[dir].contains(&f.path) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(m))
     }
 
     /// Every committed manifest, in key order.

@@ -167,23 +167,21 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
     }
     let fp = fingerprint("analyze", s, &inputs);
     if !force {
-        if let Some(m) = store.manifest(KEY).await? {
-            if m.fingerprint == fp {
-                let mut tables = Vec::new();
-                let mut summary = Vec::new();
-                for f in &m.outputs {
-                    let name = f.table.clone().unwrap_or_default();
-                    tables.push((name.clone(), f.rows.unwrap_or(0) as usize));
-                    if name == "analysis_summary" {
-                        summary = store.read_table_part(f).await?;
-                    }
+        if let Some(m) = store.current(KEY, &fp).await? {
+            let mut tables = Vec::new();
+            let mut summary = Vec::new();
+            for f in &m.outputs {
+                let name = f.table.clone().unwrap_or_default();
+                tables.push((name.clone(), f.rows.unwrap_or(0) as usize));
+                if name == "analysis_summary" {
+                    summary = store.read_table_part(f).await?;
                 }
-                return Ok(AnalyzeReport {
-                    tables,
-                    cells: cells_from_batches(&summary),
-                    up_to_date: true,
-                });
             }
+            return Ok(AnalyzeReport {
+                tables,
+                cells: cells_from_batches(&summary),
+                up_to_date: true,
+            });
         }
     }
 

@@ -13,9 +13,6 @@ pub mod uncertainty;
 pub mod w2s_train;
 pub mod weak_label;
 
-/// Stages the CLI knows about but that are not built yet, with the issue that builds them.
-pub const PENDING: &[(&str, &str)] = &[("run", "the make-style pipelines (issue 6)")];
-
 /// The training scenarios.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,

@@ -268,10 +268,8 @@ pub async fn run(
     let fp = fingerprint("pretrain", s, &inputs);
     let key = common::run_key(&s.model_id);
     if !force {
-        if let Some(m) = store.manifest(&key).await? {
-            if m.fingerprint == fp {
-                return up_to_date(&m);
-            }
+        if let Some(m) = store.current(&key, &fp).await? {
+            return up_to_date(&m);
         }
     }
     let world = world_tables(store).await?;

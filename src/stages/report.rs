@@ -65,21 +65,19 @@ pub async fn run(store: &ArtifactStore, s: &ReportSettings, force: bool) -> Resu
     let fp = fingerprint("report", s, &inputs);
     let dir = format!("report/{}", &fp[..16]);
     if !force {
-        if let Some(m) = store.manifest(KEY).await? {
-            if m.fingerprint == fp {
-                let files: Vec<String> = m.outputs.iter().map(|f| f.path.clone()).collect();
-                return Ok(ReportOutput {
-                    page: format!("{dir}/index.html"),
-                    figures: files
-                        .iter()
-                        .filter_map(|f| f.strip_suffix(".png"))
-                        .filter_map(|f| f.rsplit('/').next())
-                        .map(str::to_string)
-                        .collect(),
-                    files,
-                    up_to_date: true,
-                });
-            }
+        if let Some(m) = store.current(KEY, &fp).await? {
+            let files: Vec<String> = m.outputs.iter().map(|f| f.path.clone()).collect();
+            return Ok(ReportOutput {
+                page: format!("{dir}/index.html"),
+                figures: files
+                    .iter()
+                    .filter_map(|f| f.strip_suffix(".png"))
+                    .filter_map(|f| f.rsplit('/').next())
+                    .map(str::to_string)
+                    .collect(),
+                files,
+                up_to_date: true,
+            });
         }
     }
 

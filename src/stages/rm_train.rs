@@ -34,6 +34,11 @@ pub struct RmTrainSettings {
     pub base_model: String,
     /// Run id of the teacher whose `labels` on the w2s split are the targets (w2s-train).
     pub teacher: Option<String>,
+    /// The split the teacher labelled and the student trains on (default `w2s`; `gt` for the
+    /// second stage of bootstrapping, reference-spec §3.9). Absent from the fingerprint when
+    /// it is the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_split: Option<String>,
     pub objective: Objective,
     /// Weight of the explicit conflict term.
     pub alpha: f64,
@@ -56,6 +61,13 @@ pub struct RmTrainSettings {
     pub save_every: usize,
 }
 
+impl RmTrainSettings {
+    /// The split a student trains on.
+    pub fn label_split(&self) -> &str {
+        self.label_split.as_deref().unwrap_or("w2s")
+    }
+}
+
 /// What a training run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainReport {
@@ -72,11 +84,12 @@ pub struct TrainReport {
 async fn teacher_labels(
     store: &ArtifactStore,
     teacher: &str,
+    split: &str,
 ) -> Result<(HashMap<String, (bool, f64)>, InputFile)> {
-    let key = format!("weak-label/{teacher}/w2s");
+    let key = crate::stages::weak_label::key(teacher, split);
     let m = store.manifest(&key).await?.ok_or_else(|| {
         Error::Config(format!(
-            "{}: no labels of `{teacher}` on the w2s split (run `w2s weak-label --run {teacher}` first)",
+            "{}: no labels of `{teacher}` on the {split} split (run `w2s weak-label --run {teacher} --split {split}` first)",
             store.root()
         ))
     })?;
@@ -182,7 +195,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     inputs.push(common::manifest_input(&pairs_manifest));
     let teacher = match &s.teacher {
         Some(t) => {
-            let (labels, input) = teacher_labels(store, t).await?;
+            let (labels, input) = teacher_labels(store, t, s.label_split()).await?;
             inputs.push(input);
             Some(labels)
         }
@@ -206,10 +219,8 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     let fp = fingerprint("rm-train", s, &inputs);
     let key = common::run_key(&s.run_id);
     if !force {
-        if let Some(m) = store.manifest(&key).await? {
-            if m.fingerprint == fp {
-                return up_to_date(store, &m).await;
-            }
+        if let Some(m) = store.current(&key, &fp).await? {
+            return up_to_date(store, &m).await;
         }
     }
 
@@ -220,7 +231,11 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     let max_ctx = s.max_ctx.min(model.config.max_positions());
 
     // Training samples (reference-spec §1.4, §2.3).
-    let train_split = if teacher.is_some() { "w2s" } else { "gt" };
+    let train_split = if teacher.is_some() {
+        s.label_split()
+    } else {
+        "gt"
+    };
     let pairs = common::load_split(store, train_split).await?;
     let mut data = match &teacher {
         None => samples(&tok, &pairs, s.slot_seed, max_ctx, |_, h| {
@@ -229,8 +244,9 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         Some(labels) => samples(&tok, &pairs, s.slot_seed, max_ctx, |p, h| {
             let &(teacher_bit, soft) = labels.get(&p.pair_id).ok_or_else(|| {
                 Error::Config(format!(
-                    "teacher `{}` has no label for w2s pair {} (row {}): relabel with `w2s weak-label`",
+                    "teacher `{}` has no label for {} pair {} (row {}): relabel with `w2s weak-label`",
                     s.teacher.as_deref().unwrap_or_default(),
+                    train_split,
                     p.pair_id,
                     p.split_index
                 ))

@@ -127,27 +127,25 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
     let fingerprint = fingerprint("score", &identity, &inputs);
     let key = format!("score/{}/{}", s.run_id, s.split);
     if !force {
-        if let Some(m) = store.manifest(&key).await? {
-            if m.fingerprint == fingerprint {
-                let part = store.read_table_part(&m.outputs[0]).await?;
-                let n: usize = part.iter().map(|b| b.num_rows()).sum();
-                let correct: usize = part
-                    .iter()
-                    .map(|b| {
-                        b.column_by_name("correct")
-                            .expect("scores schema")
-                            .as_boolean()
-                            .true_count()
-                    })
-                    .sum();
-                return Ok(ScoreReport {
-                    pairs: n,
-                    accuracy: correct as f64 / n.max(1) as f64,
-                    tokens: 0,
-                    truncated: 0,
-                    up_to_date: true,
-                });
-            }
+        if let Some(m) = store.current(&key, &fingerprint).await? {
+            let part = store.read_table_part(&m.outputs[0]).await?;
+            let n: usize = part.iter().map(|b| b.num_rows()).sum();
+            let correct: usize = part
+                .iter()
+                .map(|b| {
+                    b.column_by_name("correct")
+                        .expect("scores schema")
+                        .as_boolean()
+                        .true_count()
+                })
+                .sum();
+            return Ok(ScoreReport {
+                pairs: n,
+                accuracy: correct as f64 / n.max(1) as f64,
+                tokens: 0,
+                truncated: 0,
+                up_to_date: true,
+            });
         }
     }
 

@@ -22,7 +22,7 @@ use crate::data::{self, pair_id, Pair, PairRules, PromptMismatch, Record, Shape}
 use crate::error::{At, Error, Result};
 use crate::rng::numpy_permutation;
 use crate::schema;
-use crate::store::{fingerprint, ArtifactStore, InputFile, Manifest};
+use crate::store::{fingerprint, ArtifactStore, InputFile};
 
 /// Manifest key of the split stage's output.
 pub const KEY: &str = "split";
@@ -306,13 +306,9 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
         *report.counts.entry(r.split.to_string()).or_default() += 1;
     }
 
-    if !force {
-        if let Some(m) = store.manifest(KEY).await? {
-            if m.fingerprint == fingerprint && outputs_present(store, &m).await? {
-                report.up_to_date = true;
-                return Ok(report);
-            }
-        }
+    if !force && store.current(KEY, &fingerprint).await?.is_some() {
+        report.up_to_date = true;
+        return Ok(report);
     }
 
     let (batch, repeats) = to_batch(&rows)?;
@@ -381,16 +377,6 @@ fn corpus_batch(w: &World) -> Result<RecordBatch> {
         file: "corpus".into(),
         msg: e.to_string(),
     })
-}
-
-async fn outputs_present(store: &ArtifactStore, m: &Manifest) -> Result<bool> {
-    for f in &m.outputs {
-        let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        if !store.list(dir).await?.contains(&f.path) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 fn to_batch(rows: &[Row]) -> Result<(RecordBatch, usize)> {

@@ -89,26 +89,24 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
     let fp = fingerprint("weak-label", s, &inputs);
     let key = key(&s.run_id, &s.split);
     if !force {
-        if let Some(m) = store.manifest(&key).await? {
-            if m.fingerprint == fp {
-                let rows: u64 = m.outputs.iter().filter_map(|f| f.rows).sum();
-                let mut correct = 0usize;
-                for f in &m.outputs {
-                    for b in store.read_table_part(f).await? {
-                        use datafusion::arrow::array::AsArray;
-                        correct += b
-                            .column_by_name("correct")
-                            .expect("labels schema")
-                            .as_boolean()
-                            .true_count();
-                    }
+        if let Some(m) = store.current(&key, &fp).await? {
+            let rows: u64 = m.outputs.iter().filter_map(|f| f.rows).sum();
+            let mut correct = 0usize;
+            for f in &m.outputs {
+                for b in store.read_table_part(f).await? {
+                    use datafusion::arrow::array::AsArray;
+                    correct += b
+                        .column_by_name("correct")
+                        .expect("labels schema")
+                        .as_boolean()
+                        .true_count();
                 }
-                return Ok(LabelReport {
-                    pairs: rows as usize,
-                    accuracy: correct as f64 / rows.max(1) as f64,
-                    up_to_date: true,
-                });
             }
+            return Ok(LabelReport {
+                pairs: rows as usize,
+                accuracy: correct as f64 / rows.max(1) as f64,
+                up_to_date: true,
+            });
         }
     }
 

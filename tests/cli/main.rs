@@ -2,6 +2,7 @@
 
 mod analyze;
 mod common;
+mod pipeline;
 mod pretrain;
 mod remote;
 mod report;

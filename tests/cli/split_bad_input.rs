@@ -255,7 +255,17 @@ fn bad_arguments_are_clear() {
 
 #[test]
 fn pending_stages_say_so() {
-    let o = w2s(&["run", "--whatever"]);
+    let dir = tempfile::tempdir().unwrap();
+    let o = w2s(&[
+        "gt-train",
+        "--artifacts",
+        dir.path().to_str().unwrap(),
+        "--scenario",
+        "simpo",
+        "--model",
+        "x",
+    ]);
     assert_eq!(o.status.code(), Some(69));
     assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("issue 7"), "{}", stderr(&o));
 }

@@ -1,0 +1,391 @@
+//! `w2s run` and `w2s plan`: a small grid on the embedded world run end to end, skipped when up
+//! to date, partly redone after an output is deleted or the file changes, killed with SIGKILL
+//! during training and resumed to the same tables; the lock; every pipeline in pipelines/
+//! planned offline; bad files named by key.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{files_under, ok, s, stderr, stdout, w2s};
+
+/// A quickstart-shaped grid small enough for a test: 24 entities, two tiny pretrained rungs.
+fn mini(root: &Path, objectives: &str) -> String {
+    format!(
+        r#"
+name = "mini"
+artifacts = "{}"
+[data]
+source = "world"
+[data.world]
+entities = 24
+statements = 600
+[[model]]
+id = "a"
+pretrain = {{ layers = 1, embd = 16, heads = 2, ctx = 32, epochs = 1 }}
+[[model]]
+id = "b"
+pretrain = {{ layers = 1, embd = 32, heads = 2, ctx = 32, epochs = 2 }}
+[train]
+batch = 4
+micro_batch = 4
+lr = 3e-3
+schedule = "constant"
+epochs = 3
+max_ctx = 48
+save_every = 1
+[grid]
+weak = ["a"]
+strong = ["b"]
+objectives = {objectives}
+[analysis]
+bootstrap = 50
+"#,
+        s(root)
+    )
+}
+
+fn write_mini(dir: &Path, root: &Path, objectives: &str) -> PathBuf {
+    let file = dir.join("mini.toml");
+    std::fs::write(&file, mini(root, objectives)).unwrap();
+    file
+}
+
+/// Step ids the output says were started.
+fn started(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with('['))
+        .filter_map(|l| l.split_once("] ").map(|(_, r)| r))
+        .filter_map(|r| r.split_once(": w2s ").map(|(id, _)| id.to_string()))
+        .collect()
+}
+
+fn run(file: &Path) -> String {
+    ok(w2s(&["run", s(file)]))
+}
+
+fn query(root: &Path, q: &str) -> String {
+    ok(w2s(&["sql", "--artifacts", s(root), "--format", "csv", q]))
+}
+
+/// The tables two runs must agree on (timing columns aside).
+const SAME: &[&str] = &[
+    "select * from pairs order by pair_id",
+    "select * from knowledge order by model_id, entity",
+    "select * from labels order by run_id, split_index",
+    "select * from scores order by run_id, split_index",
+    "select run_id, step, loss, lr, accuracy, pairs, tokens from train_log order by run_id, step",
+    "select run_id, stage, objective, teacher, alpha, seed, settings, fingerprint, steps, tokens, final_loss from runs order by run_id",
+    "select * from analysis_summary order by 1, 2, 3, 4, 5",
+];
+
+#[test]
+fn a_grid_runs_then_skips_and_redoes_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = write_mini(dir.path(), &root, r#"["none", "explicit"]"#);
+
+    let out = run(&file);
+    let first = started(&out);
+    assert_eq!(first.len(), 13, "{out}");
+    assert!(out.contains("mini: 13 steps ran, 0 up to date"), "{out}");
+    assert_eq!(
+        query(&root, "select count(distinct run_id) from scores"),
+        "count(DISTINCT scores.run_id)\n4\n"
+    );
+    assert!(files_under(&root).iter().any(|f| f.ends_with("index.html")));
+
+    // Again: nothing runs.
+    let out = run(&file);
+    assert!(started(&out).is_empty(), "{out}");
+    assert!(out.contains("mini: all 13 steps up to date"), "{out}");
+    let dry = ok(w2s(&["run", s(&file), "--dry-run"]));
+    assert!(dry.contains("(13 up to date, 0 to run"), "{dry}");
+
+    // Delete one stage's output file: that stage runs again; what it feeds is unchanged
+    // (identical bytes), so nothing else does.
+    let scores: Vec<String> = files_under(&root)
+        .into_iter()
+        .filter(|f| f.starts_with("tables/scores/") && f.contains("w2s-a-b-none"))
+        .collect();
+    assert_eq!(scores.len(), 1, "{scores:?}");
+    std::fs::remove_file(root.join(&scores[0])).unwrap();
+    let dry = ok(w2s(&["run", s(&file), "--dry-run"]));
+    assert!(
+        dry.contains("(11 up to date, 1 to run, 1 to check after their inputs)"),
+        "{dry}"
+    );
+    let out = run(&file);
+    assert_eq!(started(&out), vec!["score:w2s-a-b-none"], "{out}");
+
+    // A checkpoint file of the teacher's ceiling: its training reruns, its labels read the
+    // same bytes, so the students stay.
+    let ckpt: Vec<String> = files_under(&root)
+        .into_iter()
+        .filter(|f| f.starts_with("models/gt-a/") && f.ends_with(".safetensors"))
+        .collect();
+    std::fs::remove_file(root.join(&ckpt[0])).unwrap();
+    let out = run(&file);
+    assert_eq!(started(&out), vec!["gt-train:gt-a"], "{out}");
+
+    // A manifest: the same.
+    std::fs::remove_file(root.join("manifests/weak-label/gt-a/w2s.json")).unwrap();
+    let out = run(&file);
+    assert_eq!(started(&out), vec!["weak-label:gt-a"], "{out}");
+
+    // A new objective in the file: its student, its score and the report.
+    let file = write_mini(dir.path(), &root, r#"["none", "explicit", "implicit"]"#);
+    let out = run(&file);
+    assert_eq!(
+        started(&out),
+        vec![
+            "w2s-train:w2s-a-b-implicit",
+            "score:w2s-a-b-implicit",
+            "report"
+        ],
+        "{out}"
+    );
+
+    // --target with --force: that step only (its inputs are up to date).
+    let out = ok(w2s(&["run", s(&file), "--target", "score:gt-b", "--force"]));
+    assert_eq!(
+        started(&out),
+        vec!["split", "pretrain:b", "gt-train:gt-b", "score:gt-b"],
+        "{out}"
+    );
+    let o = w2s(&["run", s(&file), "--target", "nope"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("--target nope"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_tables_and_holds_its_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let file_a = dir.path().join("a.toml");
+    let file_b = dir.path().join("b.toml");
+    let objectives = r#"["none", "explicit"]"#;
+    std::fs::write(&file_a, mini(&a, objectives)).unwrap();
+    std::fs::write(&file_b, mini(&b, objectives)).unwrap();
+    run(&file_a);
+
+    // Kill `w2s run` (SIGKILL) once the first student has saved a training step.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_w2s"))
+        .args(["run", s(&file_b)])
+        .env("W2S_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `latest.json` is written after a step's state: from then on a rerun resumes.
+    let state = b.join("state/train/w2s-a-b-none/latest.json");
+    let student_done = || {
+        files_under(&b.join("runner"))
+            .iter()
+            .any(|f| f.starts_with("steps/w2s-train_w2s-a-b-none"))
+    };
+    let t0 = Instant::now();
+    // A second run on the same root refuses while the first holds it.
+    while !b.join("runner/lock").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no lock appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let o = w2s(&["run", s(&file_b)]);
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another `w2s run`"), "{}", stderr(&o));
+    while !state.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no training state appeared"
+        );
+        assert!(
+            !student_done(),
+            "the student finished before a saved step was seen"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let record_made = student_done();
+
+    // The rerun (the stage the runner was running died with it: the root is free at once).
+    let out = run(&file_b);
+    eprintln!("killed during the student's training: {}", !record_made);
+    if !record_made {
+        assert!(out.contains("resumed at step"), "{out}");
+    }
+    for q in SAME {
+        assert_eq!(query(&a, q), query(&b, q), "{q}");
+    }
+}
+
+#[test]
+fn every_pipeline_plans_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&pipelines)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 7, "{names:?}");
+    for file in &names {
+        let name = file.file_stem().unwrap().to_str().unwrap();
+        let root = dir.path().join(name);
+        let set = format!("artifacts={}", s(&root));
+        let dry = ok(w2s(&["run", s(file), "--dry-run", "--set", &set]));
+        assert!(dry.contains("to run"), "{name}: {dry}");
+        let json = ok(w2s(&["plan", s(file), "--json", "--set", &set]));
+        let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let steps = plan["steps"].as_array().unwrap();
+        let level = |id: &str| {
+            steps.iter().find(|s| s["id"] == id).unwrap()["level"]
+                .as_u64()
+                .unwrap()
+        };
+        for step in steps {
+            assert_eq!(step["status"], "run", "{name}: {step}");
+            assert_eq!(step["command"][0], "w2s");
+            for need in step["needs"].as_array().unwrap() {
+                assert!(level(need.as_str().unwrap()) < step["level"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(steps.last().unwrap()["id"], "report", "{name}");
+        if name == "paper-rm" {
+            // 15 stronger pairs x 3 objectives, 6 ceilings, 5 teachers' labels, 51 scores.
+            let count = |stage: &str| steps.iter().filter(|s| s["stage"] == stage).count();
+            assert_eq!(
+                [
+                    count("w2s-train"),
+                    count("gt-train"),
+                    count("weak-label"),
+                    count("score")
+                ],
+                [45, 6, 5, 51]
+            );
+        }
+        if name == "paper-bootstrap" {
+            assert!(steps
+                .iter()
+                .any(|s| s["id"] == "weak-label:w2s-gpt2-large-opt-2.7b-none-simpo:gt"));
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s["id"]
+                        == "w2s-train:boot-gpt2-large-opt-6.7b-mistral-7b-implicit-simpo")
+            );
+        }
+    }
+    // Nothing was downloaded or trained: the roots hold no manifest.
+    assert!(files_under(dir.path())
+        .iter()
+        .all(|f| !f.contains("manifests/")));
+}
+
+#[test]
+fn bad_pipeline_files_are_named_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let good = mini(&root, r#"["none"]"#);
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "unknown key",
+            good.replace("[grid]", "[grid]\nobjectivs = []"),
+            "objectivs",
+        ),
+        (
+            "unknown model",
+            good.replace(r#"strong = ["b"]"#, r#"strong = ["c"]"#),
+            "grid.strong[0]",
+        ),
+        (
+            "not stronger",
+            good.replace(r#"weak = ["a"]"#, r#"weak = ["b"]"#).replace(
+                r#"strong = ["b"]"#,
+                "strong = [\"a\"]\ncheck_stronger = true",
+            ),
+            "not stronger",
+        ),
+        (
+            "no data source",
+            good.replace("[data]\nsource = \"world\"\n", "")
+                .replace("[data.world]\nentities = 24\nstatements = 600\n", ""),
+            "data source is missing",
+        ),
+        (
+            "files without gt",
+            good.replace("source = \"world\"", "source = \"files\"")
+                .replace("[data.world]\nentities = 24\nstatements = 600\n", ""),
+            "data.gt",
+        ),
+        (
+            "bad objective",
+            good.replace(r#"objectives = ["none"]"#, r#"objectives = ["nope"]"#),
+            "grid.objectives[0]",
+        ),
+        ("syntax", good.replace("[grid]", "[grid"), "line"),
+    ];
+    for (what, text, key) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let o = w2s(&["run", s(&file), "--dry-run"]);
+        assert_eq!(o.status.code(), Some(64), "{what}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("bad.toml") && e.contains(key), "{what}: {e}");
+        assert!(stdout(&o).is_empty(), "{what}");
+    }
+    let o = w2s(&["run", s(&dir.path().join("missing.toml"))]);
+    assert_eq!(o.status.code(), Some(74), "{}", stderr(&o));
+    assert!(!root.exists(), "nothing was created for a bad file");
+}
+
+/// The paper's reward-modeling pipeline on the real HH-RLHF stand-in with a tiny fixture
+/// checkpoint for every rung (skipped when ../shared/data is absent, as on a fresh clone).
+#[test]
+fn paper_rm_runs_on_the_hh_stand_in_with_fixture_checkpoints() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hh-single-turn");
+    if !data.join("harmless_test.jsonl").exists() {
+        eprintln!("skipped: {} is not here", data.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/paper-rm.toml");
+    let fixture = |name: &str| s(&crate::common::fixture_model(name)).to_string();
+    let sets = [
+        format!("artifacts={}", s(&root)),
+        format!("data.gt={}", s(&data.join("harmless_train_gt.jsonl"))),
+        format!("data.w2s={}", s(&data.join("harmless_train_w2s.jsonl"))),
+        format!("data.test={}", s(&data.join("harmless_test.jsonl"))),
+        "data.helpful=".into(),
+        // One checkpoint for every rung, then a different family for each rung used (the
+        // analyses tell ceilings apart by their base model).
+        format!("model.*.path={}", fixture("gpt2")),
+        format!("model.gpt2-medium.path={}", fixture("opt")),
+        format!("model.gpt2-large.path={}", fixture("llama")),
+        "data.n_gt=32".into(),
+        "data.n_w2s=32".into(),
+        "data.n_test=32".into(),
+        r#"grid.weak=["gpt2", "gpt2-medium"]"#.into(),
+        r#"grid.strong=["gpt2-large"]"#.into(),
+        r#"grid.objectives=["none", "explicit"]"#.into(),
+        "train.device=cpu".into(),
+        "score.device=cpu".into(),
+        "train.max_ctx=64".into(),
+        "analysis.bootstrap=50".into(),
+    ];
+    let mut args = vec!["run".to_string(), s(&file).to_string()];
+    for x in &sets {
+        args.extend(["--set".to_string(), x.clone()]);
+    }
+    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let out = ok(w2s(&argv));
+    // 3 ceilings, 2 labels, 4 students, 7 scores, split, report.
+    assert!(out.contains("paper-rm: 18 steps ran"), "{out}");
+    assert_eq!(
+        query(&root, "select count(*) from scores"),
+        "count(*)\n224\n"
+    );
+}
