@@ -251,13 +251,20 @@ pub struct TrainArgs {
     /// Pairs per forward/backward pass (gradients are accumulated over the step).
     #[arg(long, default_value_t = 1)]
     pub micro_batch: usize,
-    #[arg(long, default_value_t = 1e-5)]
-    pub lr: f64,
-    /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    pub schedule: ScheduleArg,
+    /// Learning rate (default: 1e-5 for reward models, 1e-6 for SFT + SimPO / DPO, as the
+    /// reference).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Learning-rate schedule (default: cosine for reward models, warmup-constant for SFT and
+    /// the preference phase).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Passes over the data (default 1; DPO's preference phase 3, as the reference).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Passes of the SFT phase before SimPO / DPO.
     #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
+    pub sft_epochs: usize,
     /// Longest sequence in tokens; longer ones keep their last tokens.
     #[arg(long, default_value_t = 512)]
     pub max_ctx: usize,
@@ -384,9 +391,6 @@ pub struct WeakLabelArgs {
     /// Use this reward-model folder instead of the stored run.
     #[arg(long)]
     pub model: Option<String>,
-    /// The teacher's scenario (how its preference is read).
-    #[arg(long, value_enum, default_value_t = Scenario::Rm)]
-    pub scenario: Scenario,
     #[arg(long, default_value = "w2s")]
     pub split: String,
     /// Seed of the slot swap (must match the student's).
@@ -680,8 +684,9 @@ fn model_name(location: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::Config(format!("{location}: give --run-id")))
 }
 
-/// Context for training errors: where the scenarios not built yet come from.
-const SCENARIO_LATER: &str = "it arrives with the preference scenario (issue 7)";
+/// Context for what the preference scenario does not do yet.
+const SCENARIO_LATER: &str =
+    "high-confidence filtering arrives with the rest of the preference scenario (issue 7)";
 
 fn rm_settings(
     t: &TrainArgs,
@@ -699,23 +704,65 @@ fn rm_settings(
         label_split: None,
         objective,
         alpha,
-        train: LoopSettings {
-            batch: t.batch,
-            micro_batch: t.micro_batch,
-            lr: t.lr,
-            schedule: match t.schedule {
-                ScheduleArg::Cosine => Schedule::Cosine,
-                ScheduleArg::WarmupConstant => Schedule::WarmupConstant,
-                ScheduleArg::Constant => Schedule::Constant,
-            },
-            epochs: t.epochs,
-            shuffle_seed: t.seed,
-        },
+        train: loop_settings(t, 1e-5, ScheduleArg::Cosine, t.epochs.unwrap_or(1)),
         max_ctx: t.max_ctx,
         readout: t.readout,
         slot_seed: t.slot_seed,
         head_seed: t.head_seed,
         init_head: t.init_head.clone(),
+        device: t.device.clone(),
+        save_every: t.save_every,
+    }
+}
+
+/// The optimizer loop of a training command, with the scenario's defaults.
+fn loop_settings(t: &TrainArgs, lr: f64, schedule: ScheduleArg, epochs: usize) -> LoopSettings {
+    LoopSettings {
+        batch: t.batch,
+        micro_batch: t.micro_batch,
+        lr: t.lr.unwrap_or(lr),
+        schedule: match t.schedule.unwrap_or(schedule) {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::WarmupConstant => Schedule::WarmupConstant,
+            ScheduleArg::Constant => Schedule::Constant,
+        },
+        epochs,
+        shuffle_seed: t.seed,
+    }
+}
+
+/// Settings of an SFT + SimPO / DPO run (reference-spec §3.10 defaults).
+fn po_settings(
+    t: &TrainArgs,
+    stage: &str,
+    run_id: String,
+    teacher: Option<String>,
+    objective: Objective,
+    alpha: f64,
+) -> w2s::stages::po_train::PoTrainSettings {
+    let loss = match t.scenario {
+        Scenario::Dpo => w2s::scenarios::po::Loss::Dpo,
+        _ => w2s::scenarios::po::Loss::Simpo,
+    };
+    let po_epochs = t
+        .epochs
+        .unwrap_or(if loss == w2s::scenarios::po::Loss::Dpo {
+            3
+        } else {
+            1
+        });
+    w2s::stages::po_train::PoTrainSettings {
+        run_id,
+        stage: stage.into(),
+        loss,
+        base_model: t.model.clone(),
+        teacher,
+        label_split: None,
+        objective,
+        alpha,
+        sft: loop_settings(t, 1e-6, ScheduleArg::WarmupConstant, t.sft_epochs),
+        po: loop_settings(t, 1e-6, ScheduleArg::WarmupConstant, po_epochs),
+        max_ctx: t.max_ctx,
         device: t.device.clone(),
         save_every: t.save_every,
     }
@@ -760,11 +807,15 @@ async fn gt_train_cmd(a: GtTrainArgs) -> Result<()> {
         Some(r) => r.clone(),
         None => format!("gt-{}", model_name(&t.model)?),
     };
-    let s = rm_settings(t, "gt-train", run_id.clone(), None, Objective::None, 0.0);
     let store = ArtifactStore::open(&t.root.artifacts)?;
-    t.scenario.require_rm("gt-train").context(SCENARIO_LATER)?;
     require_full(t, "gt-train")?;
-    let r = w2s::stages::gt_train::run(&store, t.scenario, &s, t.force).await?;
+    let r = if t.scenario == Scenario::Rm {
+        let s = rm_settings(t, "gt-train", run_id.clone(), None, Objective::None, 0.0);
+        w2s::stages::gt_train::run(&store, t.scenario, &s, t.force).await?
+    } else {
+        let s = po_settings(t, "gt-train", run_id.clone(), None, Objective::None, 0.0);
+        w2s::stages::po_train::run(&store, &s, t.force).await?
+    };
     print_train(&run_id, store.root(), &r);
     Ok(())
 }
@@ -792,21 +843,30 @@ async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
         s.label_split = Some(a.label_split.clone());
     }
     let store = ArtifactStore::open(&t.root.artifacts)?;
-    t.scenario.require_rm("w2s-train").context(SCENARIO_LATER)?;
     require_full(t, "w2s-train")?;
     if a.high_confidence.is_some() {
         return Err(Error::NotImplemented("w2s-train --high-confidence".into()))
             .context(SCENARIO_LATER);
     }
-    let r = w2s::stages::w2s_train::run(&store, t.scenario, &s, t.force).await?;
+    let r = if t.scenario == Scenario::Rm {
+        w2s::stages::w2s_train::run(&store, t.scenario, &s, t.force).await?
+    } else {
+        let mut p = po_settings(
+            t,
+            "w2s-train",
+            run_id.clone(),
+            Some(a.teacher.clone()),
+            a.objective,
+            a.alpha,
+        );
+        p.label_split = s.label_split.clone();
+        w2s::stages::po_train::run(&store, &p, t.force).await?
+    };
     print_train(&run_id, store.root(), &r);
     Ok(())
 }
 
 async fn weak_label_cmd(a: WeakLabelArgs) -> Result<()> {
-    a.scenario
-        .require_rm("weak-label")
-        .context(SCENARIO_LATER)?;
     let s = WeakLabelSettings {
         run_id: a.run.clone(),
         model: a.model.clone(),
@@ -1116,17 +1176,23 @@ async fn run_cmd(a: RunArgs) -> Result<()> {
     let result = w2s::pipeline::exec::execute(&p.store, &p.steps, &p.selected, &opts).await;
     lock.release().await;
     let summary = result?;
-    let report = p
-        .steps
+    // Where the report is, when the plan makes one.
+    let mut report = String::new();
+    if p.steps
         .iter()
-        .find(|s| s.stage == "report" && p.selected.contains(&s.id))
-        .map(|_| {
-            format!(
-                "; report: w2s report --artifacts {} (or open report/ under it)",
-                p.store.root()
-            )
-        })
-        .unwrap_or_default();
+        .any(|s| s.stage == "report" && p.selected.contains(&s.id))
+    {
+        if let Some(m) = p.store.manifest(w2s::stages::report::KEY).await? {
+            if let Some(page) = m.outputs.iter().find(|f| f.path.ends_with("index.html")) {
+                let url = p.store.url_of(&page.path);
+                let shown = match url.to_file_path() {
+                    Ok(path) if url.scheme() == "file" => path.display().to_string(),
+                    _ => url.to_string(),
+                };
+                report = format!("; report: {shown}");
+            }
+        }
+    }
     if summary.ran.is_empty() {
         println!(
             "{}: all {} steps up to date ({:.2}s){report}",

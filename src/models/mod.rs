@@ -177,6 +177,19 @@ impl Model {
         &self.device
     }
 
+    /// A frozen copy of the current weights (own storage: later updates of `self` do not
+    /// reach it), e.g. DPO's reference model.
+    pub fn frozen_copy(&self) -> Result<Model> {
+        let mut tensors = std::collections::HashMap::new();
+        for (k, t) in &self.tensors {
+            tensors.insert(k.clone(), t.copy()?.detach());
+        }
+        let weights = Weights::from_tensors("frozen copy".into(), tensors).frozen();
+        let mut m = Model::from_weights(self.config.clone(), weights, &self.device)?;
+        m.raw_config = self.raw_config.clone();
+        Ok(m)
+    }
+
     /// Every weight by Hugging Face name (tied weights appear once).
     pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.tensors

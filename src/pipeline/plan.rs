@@ -276,7 +276,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
             steps.push(s);
             scored.push(run.clone());
             if teachers.contains(&id) {
-                steps.push(label_step(sc, &run, "w2s", &t, &eval));
+                steps.push(label_step(&run, "w2s", &t, &eval));
             }
         }
         // Students.
@@ -317,7 +317,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                         sc, &stage1, mid, &teacher, "w2s", "none", 0.5, 0, &tm, &location,
                     ));
                     scored.push(stage1.clone());
-                    steps.push(label_step(sc, &stage1, "gt", &tm, &eval));
+                    steps.push(label_step(&stage1, "gt", &tm, &eval));
                 }
                 for objective in &g.objectives {
                     for &seed in &g.seeds {
@@ -404,22 +404,13 @@ fn steps_train_for(p: &Pipeline, location: &str) -> Train {
     }
 }
 
-fn label_step(
-    sc: &str,
-    run: &str,
-    split: &str,
-    t: &Train,
-    eval: &dyn Fn(&Train) -> Vec<String>,
-) -> Step {
+fn label_step(run: &str, split: &str, t: &Train, eval: &dyn Fn(&Train) -> Vec<String>) -> Step {
     let mut a = vec![
         "--run".to_string(),
         run.to_string(),
         "--split".into(),
         split.into(),
     ];
-    if sc != "rm" {
-        a.extend(["--scenario".into(), sc.into()]);
-    }
     a.extend(eval(t));
     push_opt(&mut a, "--slot-seed", &t.slot_seed);
     let id = if split == "w2s" {

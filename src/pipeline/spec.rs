@@ -574,19 +574,29 @@ fn apply_override(doc: &mut toml::Table, spec: &str) -> std::result::Result<(), 
         }
         // `model.<id>`: the rung of the ladder with that id.
         if let Some(toml::Value::Array(items)) = table.get_mut(*part) {
-            let Some(id) = parts.get(i + 1) else {
-                return Err(format!("--set `{spec}`: `{part}` is a list"));
-            };
-            if i + 2 == parts.len() {
-                return Err(format!("--set `{spec}`: name a field of `{part}.{id}`"));
+            if i + 2 >= parts.len() {
+                return Err(format!(
+                    "--set `{spec}`: `{part}` is a list: write `{part}.<id>.<field>`"
+                ));
             }
+            // The id may itself contain dots (`model.opt-2.7b.path`): the longest run of
+            // segments that names an entry, leaving at least one for the field.
+            let ids: Vec<String> = items
+                .iter()
+                .filter_map(|v| v.get("id").and_then(|x| x.as_str()).map(str::to_string))
+                .collect();
+            let (id, used) = (1..parts.len() - i - 1)
+                .rev()
+                .map(|k| (parts[i + 1..i + 1 + k].join("."), k))
+                .find(|(cand, _)| cand == "*" || ids.contains(cand))
+                .unwrap_or_else(|| (parts[i + 1].to_string(), 1));
             // `*` sets the field on every entry (e.g. one fixture checkpoint for the ladder).
             let mut found = 0;
             for v in items.iter_mut() {
                 if let toml::Value::Table(t) = v {
-                    if *id == "*" || t.get("id").and_then(|x| x.as_str()) == Some(*id) {
-                        // Continue below the matched entry, skipping the id segment.
-                        set_path(t, &parts[i + 2..], value.clone(), spec)?;
+                    if id == "*" || t.get("id").and_then(|x| x.as_str()) == Some(id.as_str()) {
+                        // Continue below the matched entry, skipping the id segments.
+                        set_path(t, &parts[i + 1 + used..], value.clone(), spec)?;
                         found += 1;
                     }
                 }
@@ -736,6 +746,11 @@ strong = ["b", "c"]
         let all = parse(BASE, &["model.*.path=/fixture", "model.a.pretrain={}"]);
         let m = message(all);
         assert!(m.contains("model.a") && m.contains("not both"), "{m}");
+        let dotted = BASE
+            .replace("id = \"c\"", "id = \"c.7b\"")
+            .replace("\"c\"]", "\"c.7b\"]");
+        let p = parse(&dotted, &["model.c.7b.path=/tmp/c"]).unwrap();
+        assert_eq!(p.model("c.7b").path.as_deref(), Some("/tmp/c"));
         let m = message(parse(BASE, &["model.zz.path=/x"]));
         assert!(m.contains("no `model` with id `zz`"), "{m}");
         let m = message(parse(BASE, &["model.c.paht=/x"]));

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod common;
 pub mod gt_train;
+pub mod po_train;
 pub mod pretrain;
 pub mod report;
 pub mod rm_train;

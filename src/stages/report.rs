@@ -175,8 +175,9 @@ fn rank(objective: &str) -> usize {
         .unwrap_or(4)
 }
 
-/// The short name of a model (the last part of a path or hub id).
+/// The short name of a model (the last part of a path or hub id; `run:<id>` is `<id>`).
 pub fn short(model: &str) -> String {
+    let model = model.strip_prefix("run:").unwrap_or(model);
     model
         .trim_end_matches('/')
         .rsplit('/')

@@ -415,7 +415,11 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     Ok(report)
 }
 
-async fn up_to_date(store: &ArtifactStore, m: &crate::store::Manifest) -> Result<TrainReport> {
+/// The report of a run found up to date (from its published `runs` part).
+pub(crate) async fn up_to_date(
+    store: &ArtifactStore,
+    m: &crate::store::Manifest,
+) -> Result<TrainReport> {
     let mut report = TrainReport {
         steps: 0,
         pairs: 0,

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::models::readout::response_logprobs;
 use crate::models::{ops, Model};
 use crate::progress;
+use crate::scenarios::po::{self, Loss};
 use crate::scenarios::rm::{Readout, RewardModel};
 use crate::schema;
 use crate::stages::common::{load_split, sanitize, PairText};
@@ -64,7 +65,10 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 /// Right-pads rows with id 0 and returns (ids, attention mask, response mask).
-fn pad(rows: &[(Vec<u32>, Vec<u32>)], device: &Device) -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
+pub(crate) fn pad(
+    rows: &[(Vec<u32>, Vec<u32>)],
+    device: &Device,
+) -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
     let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(rows.len());
     let mut attn = Vec::with_capacity(rows.len());
@@ -102,6 +106,88 @@ fn score_batch(model: &Model, rows: &[(Vec<u32>, Vec<u32>)]) -> Result<SideScore
     Ok((0..rows.len())
         .map(|i| (sum[i] as f64, mean[i] as f64, count[i] as i64))
         .collect())
+}
+
+/// A policy's response statistics for one pair (file orientation: `c` is the ground-truth
+/// chosen answer).
+pub(crate) struct SideStats {
+    pub sum_c: f64,
+    pub sum_r: f64,
+    pub mean_c: f64,
+    pub mean_r: f64,
+    pub tokens_c: i64,
+    pub tokens_r: i64,
+}
+
+pub(crate) struct PolicyScores {
+    pub sides: Vec<SideStats>,
+    pub tokens: usize,
+    pub truncated: usize,
+}
+
+/// Scores every pair with a policy: each side's transcript encoded once, its prompt masked.
+pub(crate) fn policy_scores(
+    model: &Model,
+    tok: &Tokenizer,
+    pairs: &[PairText],
+    max_ctx: usize,
+    batch_pairs: usize,
+    what: &'static str,
+) -> Result<PolicyScores> {
+    let bar = progress::items(pairs.len() as u64, what);
+    let (mut tokens, mut truncated) = (0usize, 0usize);
+    let mut sides = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_pairs) {
+        let mut rows = Vec::with_capacity(chunk.len() * 2);
+        for p in chunk {
+            let c = tok.encode_side(&p.prompt, &p.chosen, max_ctx)?;
+            truncated += usize::from(c.truncated > 0);
+            tokens += c.ids.len();
+            rows.push((c.ids, c.response_mask));
+        }
+        for p in chunk {
+            let r = tok.encode_side(&p.rejected_prompt, &p.rejected, max_ctx)?;
+            truncated += usize::from(r.truncated > 0);
+            tokens += r.ids.len();
+            rows.push((r.ids, r.response_mask));
+        }
+        let scored = score_batch(model, &rows)?;
+        let n = chunk.len();
+        for i in 0..n {
+            let (sc, mc, nc) = scored[i];
+            let (sr, mr, nr) = scored[n + i];
+            sides.push(SideStats {
+                sum_c: sc,
+                sum_r: sr,
+                mean_c: mc,
+                mean_r: mr,
+                tokens_c: nc,
+                tokens_r: nr,
+            });
+        }
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(PolicyScores {
+        sides,
+        tokens,
+        truncated,
+    })
+}
+
+/// The preference loss a policy checkpoint was trained with (`w2s.json`); SimPO for a
+/// checkpoint w2s did not train (its confidence is the paper's default).
+pub fn policy_kind(dir: &Path) -> Loss {
+    std::fs::read(dir.join("w2s.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.pointer("/provenance/scenario")
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+        })
+        .map(|s| if s == "dpo" { Loss::Dpo } else { Loss::Simpo })
+        .unwrap_or(Loss::Simpo)
 }
 
 /// Runs the score stage.
@@ -158,43 +244,27 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
     let model = Model::load_frozen_as(&model_dir, &device, crate::models::parse_dtype(&s.dtype)?)?;
     let tok = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
-
+    let kind = policy_kind(&model_dir);
+    let scored = policy_scores(&model, &tok, &pairs, max_ctx, s.batch_pairs, "scoring")?;
     let mut b = ScoreBuilders::default();
-    let bar = progress::items(pairs.len() as u64, "scoring");
-    let (mut tokens, mut truncated, mut correct) = (0usize, 0usize, 0usize);
-    for chunk in pairs.chunks(s.batch_pairs) {
-        let mut rows = Vec::with_capacity(chunk.len() * 2);
-        for p in chunk {
-            let c = tok.encode_side(&p.prompt, &p.chosen, max_ctx)?;
-            truncated += usize::from(c.truncated > 0);
-            tokens += c.ids.len();
-            rows.push((c.ids, c.response_mask));
-        }
-        for p in chunk {
-            let r = tok.encode_side(&p.rejected_prompt, &p.rejected, max_ctx)?;
-            truncated += usize::from(r.truncated > 0);
-            tokens += r.ids.len();
-            rows.push((r.ids, r.response_mask));
-        }
-        let scored = score_batch(&model, &rows)?;
-        let n = chunk.len();
-        for (i, p) in chunk.iter().enumerate() {
-            let (sc, mc, nc) = scored[i];
-            let (sr, mr, nr) = scored[n + i];
-            let margin = mc - mr;
-            correct += usize::from(margin >= 0.0);
-            b.push(
-                s,
-                p,
-                "simpo",
-                margin,
-                [Some(sc), Some(sr), Some(mc), Some(mr)],
-                [nc, nr],
-            );
-        }
-        bar.inc(n as u64);
+    let mut correct = 0usize;
+    for (p, x) in pairs.iter().zip(&scored.sides) {
+        let (margin, method) = match kind {
+            Loss::Simpo => (x.mean_c - x.mean_r, "simpo"),
+            Loss::Dpo => (x.sum_c - x.sum_r, "dpo"),
+        };
+        let confidence = po::confidence(kind, x.mean_c, x.mean_r, x.sum_c, x.sum_r);
+        correct += usize::from(margin >= 0.0);
+        b.push(
+            s,
+            p,
+            method,
+            (margin, confidence),
+            [Some(x.sum_c), Some(x.sum_r), Some(x.mean_c), Some(x.mean_r)],
+            [x.tokens_c, x.tokens_r],
+        );
     }
-    bar.finish_and_clear();
+    let (tokens, truncated) = (scored.tokens, scored.truncated);
 
     let report = ScoreReport {
         pairs: pairs.len(),
@@ -271,7 +341,7 @@ fn score_rm(
                 s,
                 p,
                 "rm",
-                margin,
+                (margin, sigmoid(margin)),
                 [None; 4],
                 [c[i].len() as i64, r[i].len() as i64],
             );
@@ -309,11 +379,10 @@ impl ScoreBuilders {
         s: &ScoreSettings,
         p: &PairText,
         method: &str,
-        margin: f64,
+        (margin, confidence): (f64, f64),
         logp: [Option<f64>; 4],
         tokens: [i64; 2],
     ) {
-        let confidence = sigmoid(margin);
         self.run_id.append_value(&s.run_id);
         self.pair_id.append_value(&p.pair_id);
         self.split.append_value(&s.split);

@@ -14,6 +14,7 @@ use super::common;
 use super::split;
 use crate::error::{Error, Result};
 use crate::progress;
+use crate::scenarios::po::{self, Loss};
 use crate::scenarios::rm::{self, Readout, RewardModel};
 use crate::schema;
 use crate::store::{fingerprint, ArtifactStore};
@@ -111,6 +112,9 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
     }
 
     let device = crate::models::parse_device(&s.device)?;
+    if !dir.join("reward_head.safetensors").exists() {
+        return label_policy(store, s, &dir, &device, &fp, &key, inputs).await;
+    }
     let rmodel = RewardModel::load_frozen(&dir, &device, s.readout)?;
     let tok = Tokenizer::load(&dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(rmodel.model.config.max_positions());
@@ -163,6 +167,77 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
         Arc::new(Int64Array::from(hard)),
         Arc::new(BooleanArray::from(correct)),
     ];
+    publish(store, s, &fp, &key, inputs, cols, n, accuracy).await
+}
+
+/// Labels of a policy (SimPO or DPO, reference-spec §1.8, §3.11): per pair in file
+/// orientation, the margin (A(c) − A(r), or S(c) − S(r) for DPO, without the reference model),
+/// the confidence toward the ground-truth chosen answer, and the preferred side.
+async fn label_policy(
+    store: &ArtifactStore,
+    s: &WeakLabelSettings,
+    dir: &std::path::Path,
+    device: &candle_core::Device,
+    fp: &str,
+    key: &str,
+    inputs: Vec<crate::store::InputFile>,
+) -> Result<LabelReport> {
+    let model = crate::models::Model::load_frozen(dir, device)?;
+    let tok = Tokenizer::load(&dir.join("tokenizer.json"))?;
+    let max_ctx = s.max_ctx.min(model.config.max_positions());
+    let pairs = common::load_split(store, &s.split).await?;
+    let kind = super::score::policy_kind(dir);
+    let scored =
+        super::score::policy_scores(&model, &tok, &pairs, max_ctx, s.batch_pairs, "labelling")?;
+    let n = pairs.len();
+    let (method, margin): (&str, Vec<f64>) = match kind {
+        Loss::Simpo => (
+            "simpo",
+            scored.sides.iter().map(|x| x.mean_c - x.mean_r).collect(),
+        ),
+        Loss::Dpo => (
+            "dpo",
+            scored.sides.iter().map(|x| x.sum_c - x.sum_r).collect(),
+        ),
+    };
+    let soft: Vec<f64> = scored
+        .sides
+        .iter()
+        .map(|x| po::confidence(kind, x.mean_c, x.mean_r, x.sum_c, x.sum_r))
+        .collect();
+    let hard: Vec<i64> = margin.iter().map(|&m| i64::from(m >= 0.0)).collect();
+    let correct: Vec<bool> = hard.iter().map(|&h| h == 1).collect();
+    let accuracy = correct.iter().filter(|&&c| c).count() as f64 / n.max(1) as f64;
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![s.run_id.as_str(); n])),
+        Arc::new(StringArray::from_iter_values(
+            pairs.iter().map(|p| p.pair_id.as_str()),
+        )),
+        Arc::new(StringArray::from(vec![s.split.as_str(); n])),
+        Arc::new(Int64Array::from_iter_values(
+            pairs.iter().map(|p| p.split_index),
+        )),
+        Arc::new(StringArray::from(vec![method; n])),
+        Arc::new(Int64Array::from(vec![1i64; n])),
+        Arc::new(Float64Array::from(margin)),
+        Arc::new(Float64Array::from(soft)),
+        Arc::new(Int64Array::from(hard)),
+        Arc::new(BooleanArray::from(correct)),
+    ];
+    publish(store, s, fp, key, inputs, cols, n, accuracy).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    store: &ArtifactStore,
+    s: &WeakLabelSettings,
+    fp: &str,
+    key: &str,
+    inputs: Vec<crate::store::InputFile>,
+    cols: Vec<ArrayRef>,
+    n: usize,
+    accuracy: f64,
+) -> Result<LabelReport> {
     let batch = RecordBatch::try_new(schema::labels(), cols).map_err(|e| Error::Format {
         file: "labels".into(),
         msg: e.to_string(),
@@ -175,7 +250,7 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
         )
         .await?;
     store
-        .publish("weak-label", &key, &fp, s, inputs, vec![part])
+        .publish("weak-label", key, fp, s, inputs, vec![part])
         .await?;
     Ok(LabelReport {
         pairs: n,

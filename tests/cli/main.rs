@@ -3,6 +3,7 @@
 mod analyze;
 mod common;
 mod pipeline;
+mod po;
 mod pretrain;
 mod remote;
 mod report;

@@ -1,7 +1,7 @@
 //! `w2s run` and `w2s plan`: a small grid on the embedded world run end to end, skipped when up
 //! to date, partly redone after an output is deleted or the file changes, killed with SIGKILL
-//! during training and resumed to the same tables; the lock; every pipeline in pipelines/
-//! planned offline; bad files named by key.
+//! during training and resumed to the same tables as an uninterrupted `-j 2` run; the lock;
+//! every pipeline in pipelines/ planned offline; bad files named by key; the quickstart itself.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -167,7 +167,9 @@ fn a_killed_run_resumes_to_the_same_tables_and_holds_its_root() {
     let objectives = r#"["none", "explicit"]"#;
     std::fs::write(&file_a, mini(&a, objectives)).unwrap();
     std::fs::write(&file_b, mini(&b, objectives)).unwrap();
-    run(&file_a);
+    // Root a: uninterrupted, two steps at a time (the tables must not depend on it).
+    let out = ok(w2s(&["run", s(&file_a), "-j", "2"]));
+    assert!(out.contains("mini: 13 steps ran"), "{out}");
 
     // Kill `w2s run` (SIGKILL) once the first student has saved a training step.
     let mut child = Command::new(env!("CARGO_BIN_EXE_w2s"))
@@ -341,51 +343,105 @@ fn bad_pipeline_files_are_named_by_key() {
     assert!(!root.exists(), "nothing was created for a bad file");
 }
 
-/// The paper's reward-modeling pipeline on the real HH-RLHF stand-in with a tiny fixture
-/// checkpoint for every rung (skipped when ../shared/data is absent, as on a fresh clone).
+/// The paper's reward-modeling, SimPO and DPO pipelines on the real HH-RLHF stand-in with tiny
+/// fixture checkpoints for the rungs (skipped when ../shared/data is absent, as on a fresh
+/// clone): 32 pairs per split, two teachers, one student, no conflict and the explicit one
+/// (the stand-in has no helpful pairs).
 #[test]
-fn paper_rm_runs_on_the_hh_stand_in_with_fixture_checkpoints() {
+fn paper_pipelines_run_on_the_hh_stand_in_with_fixture_checkpoints() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hh-single-turn");
     if !data.join("harmless_test.jsonl").exists() {
         eprintln!("skipped: {} is not here", data.display());
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/paper-rm.toml");
     let fixture = |name: &str| s(&crate::common::fixture_model(name)).to_string();
-    let sets = [
-        format!("artifacts={}", s(&root)),
-        format!("data.gt={}", s(&data.join("harmless_train_gt.jsonl"))),
-        format!("data.w2s={}", s(&data.join("harmless_train_w2s.jsonl"))),
-        format!("data.test={}", s(&data.join("harmless_test.jsonl"))),
-        "data.helpful=".into(),
-        // One checkpoint for every rung, then a different family for each rung used (the
-        // analyses tell ceilings apart by their base model).
-        format!("model.*.path={}", fixture("gpt2")),
-        format!("model.gpt2-medium.path={}", fixture("opt")),
-        format!("model.gpt2-large.path={}", fixture("llama")),
-        "data.n_gt=32".into(),
-        "data.n_w2s=32".into(),
-        "data.n_test=32".into(),
-        r#"grid.weak=["gpt2", "gpt2-medium"]"#.into(),
-        r#"grid.strong=["gpt2-large"]"#.into(),
-        r#"grid.objectives=["none", "explicit"]"#.into(),
-        "train.device=cpu".into(),
-        "score.device=cpu".into(),
-        "train.max_ctx=64".into(),
-        "analysis.bootstrap=50".into(),
-    ];
-    let mut args = vec!["run".to_string(), s(&file).to_string()];
-    for x in &sets {
-        args.extend(["--set".to_string(), x.clone()]);
+    for name in ["paper-rm", "paper-simpo", "paper-dpo"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("pipelines/{name}.toml"));
+        let sets = [
+            format!("artifacts={}", s(&root)),
+            format!("data.gt={}", s(&data.join("harmless_train_gt.jsonl"))),
+            format!("data.w2s={}", s(&data.join("harmless_train_w2s.jsonl"))),
+            format!("data.test={}", s(&data.join("harmless_test.jsonl"))),
+            "data.helpful=".into(),
+            // One checkpoint for every rung, then a different family for each rung used (the
+            // analyses tell ceilings apart by their base model).
+            format!("model.*.path={}", fixture("gpt2")),
+            format!("model.gpt2-medium.path={}", fixture("opt")),
+            format!("model.gpt2-large.path={}", fixture("llama")),
+            "data.n_gt=32".into(),
+            "data.n_w2s=32".into(),
+            "data.n_test=32".into(),
+            r#"grid.weak=["gpt2", "gpt2-medium"]"#.into(),
+            r#"grid.strong=["gpt2-large"]"#.into(),
+            r#"grid.objectives=["none", "explicit"]"#.into(),
+            "grid.alphas=[0.5]".into(),
+            "train.device=cpu".into(),
+            "score.device=cpu".into(),
+            "train.max_ctx=64".into(),
+            "train.lr=1e-4".into(),
+            "analysis.bootstrap=50".into(),
+        ];
+        let mut args = vec!["run".to_string(), s(&file).to_string()];
+        for x in &sets {
+            args.extend(["--set".to_string(), x.clone()]);
+        }
+        let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        let out = ok(w2s(&argv));
+        // 3 ceilings, 2 labels, 4 students, 7 scores, split, report.
+        assert!(out.contains(&format!("{name}: 18 steps ran")), "{out}");
+        assert_eq!(
+            query(&root, "select count(*) from scores"),
+            "count(*)\n224\n"
+        );
+        assert!(
+            files_under(&root).iter().any(|f| f.ends_with("index.html")),
+            "{name}"
+        );
     }
-    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
-    let out = ok(w2s(&argv));
-    // 3 ceilings, 2 labels, 4 students, 7 scores, split, report.
-    assert!(out.contains("paper-rm: 18 steps ran"), "{out}");
-    assert_eq!(
-        query(&root, "select count(*) from scores"),
-        "count(*)\n224\n"
+}
+
+/// README's main command, on a temporary root: the whole quickstart grid, then a rerun that
+/// does nothing. Checks what the quickstart is meant to show: stronger pretrained rungs know
+/// more of the world's entities, and the strongest ceiling beats the weakest.
+#[test]
+fn the_quickstart_runs_end_to_end_and_then_does_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("quickstart");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.toml");
+    let set = format!("artifacts={}", s(&root));
+    let out = ok(w2s(&["run", s(&file), "--set", &set]));
+    assert!(
+        out.contains("quickstart: 31 steps ran, 0 up to date"),
+        "{out}"
     );
+
+    let known = query(
+        &root,
+        "select model_id, sum(case when knows then 1 else 0 end) as known from knowledge group by model_id order by model_id",
+    );
+    let known: Vec<u64> = known
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(known.len(), 3);
+    assert!(
+        known[0] < known[1] && known[1] < known[2],
+        "entities known: {known:?}"
+    );
+    let acc = |run: &str| -> f64 {
+        let q = format!(
+            "select avg(case when correct then 1.0 else 0.0 end) from scores where run_id = '{run}'"
+        );
+        query(&root, &q).lines().nth(1).unwrap().parse().unwrap()
+    };
+    let (weak, strong) = (acc("gt-tiny-1"), acc("gt-tiny-3"));
+    assert!(strong > weak, "ceilings: weak {weak}, strong {strong}");
+    eprintln!("quickstart: entities known {known:?}; ceilings weak {weak}, strong {strong}");
+    crate::common::check_in_chromium(&crate::common::report_page(&root));
+
+    let out = ok(w2s(&["run", s(&file), "--set", &set]));
+    assert!(out.contains("quickstart: all 31 steps up to date"), "{out}");
 }

@@ -257,13 +257,17 @@ fn bad_arguments_are_clear() {
 fn pending_stages_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let o = w2s(&[
-        "gt-train",
+        "w2s-train",
         "--artifacts",
         dir.path().to_str().unwrap(),
         "--scenario",
         "simpo",
         "--model",
         "x",
+        "--teacher",
+        "t",
+        "--high-confidence",
+        "0.75",
     ]);
     assert_eq!(o.status.code(), Some(69));
     assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));

@@ -1,0 +1,455 @@
+//! `w2s gt-train` / `w2s w2s-train` with `--scenario simpo|dpo` (paper §5, reference-spec
+//! §3.1-3.7): SFT on the chosen side of every training pair, then SimPO or DPO on the same
+//! pairs and order, each phase with its own Adam and schedule. A weak-to-strong student's
+//! chosen side is its teacher's preferred answer (`labels` of the teacher); the explicit
+//! conflict adds the reversed-preference term while the student prefers the ground-truth
+//! rejected answer; the implicit conflict mixes in the helpful pairs (SFT too).
+//!
+//! Tokenization is the documented default (docs/scenarios.md): each side's transcript is
+//! encoded once and its prompt masked; position 0 is never scored and the SFT loss divides by
+//! the scored tokens. Both phases resume after a kill (`state/train/<run>/{sft,po}`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{Tensor, Var};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use serde::Serialize;
+
+use super::common::{self, PairText};
+use super::rm_train::{train_log_batch, TrainReport};
+use crate::error::{Error, Result};
+use crate::models::readout::response_logprobs;
+use crate::models::save::SaveExtras;
+use crate::models::Model;
+use crate::optim::{Adam, AdamConfig};
+use crate::scenarios::po::{self, Loss, PairStats};
+use crate::scenarios::rm::Objective;
+use crate::schema;
+use crate::store::{fingerprint, ArtifactStore, InputFile, OutputFile};
+use crate::tokenize::Tokenizer;
+use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
+
+/// Everything that determines a trained policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoTrainSettings {
+    pub run_id: String,
+    /// `gt-train` or `w2s-train`.
+    pub stage: String,
+    pub loss: Loss,
+    pub base_model: String,
+    /// Run id of the teacher whose preferences on `label_split` are the targets.
+    pub teacher: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_split: Option<String>,
+    pub objective: Objective,
+    pub alpha: f64,
+    /// The SFT phase (reference: one epoch).
+    pub sft: LoopSettings,
+    /// The preference phase (reference: SimPO one epoch, DPO three).
+    pub po: LoopSettings,
+    pub max_ctx: usize,
+    pub device: String,
+    #[serde(skip)]
+    pub save_every: usize,
+}
+
+impl PoTrainSettings {
+    pub fn label_split(&self) -> &str {
+        self.label_split.as_deref().unwrap_or("w2s")
+    }
+}
+
+/// One training pair, encoded: the chosen side (the teacher's preference) and the other.
+struct Item {
+    c: (Vec<u32>, Vec<u32>),
+    r: (Vec<u32>, Vec<u32>),
+    /// The chosen side is the ground-truth chosen answer.
+    acc: bool,
+}
+
+fn encode(
+    tok: &Tokenizer,
+    prompt: &str,
+    response: &str,
+    max_ctx: usize,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let e = tok.encode_side(prompt, response, max_ctx)?;
+    Ok((e.ids, e.response_mask))
+}
+
+fn items(
+    tok: &Tokenizer,
+    pairs: &[PairText],
+    max_ctx: usize,
+    prefer: impl Fn(&PairText) -> Result<bool>,
+) -> Result<Vec<Item>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let c = encode(tok, &p.prompt, &p.chosen, max_ctx)?;
+            let r = encode(tok, &p.rejected_prompt, &p.rejected, max_ctx)?;
+            Ok(if prefer(p)? {
+                Item { c, r, acc: true }
+            } else {
+                Item {
+                    c: r,
+                    r: c,
+                    acc: false,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The teacher's preference per pair id: `true` when it prefers the ground-truth chosen side.
+async fn teacher_preferences(
+    store: &ArtifactStore,
+    teacher: &str,
+    split: &str,
+) -> Result<(HashMap<String, bool>, InputFile)> {
+    let key = super::weak_label::key(teacher, split);
+    let m = store.manifest(&key).await?.ok_or_else(|| {
+        Error::Config(format!(
+            "{}: no labels of `{teacher}` on the {split} split (run `w2s weak-label --run {teacher} --split {split}` first)",
+            store.root()
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for f in m
+        .outputs
+        .iter()
+        .filter(|f| f.table.as_deref() == Some("labels"))
+    {
+        for b in store.read_table_part(f).await? {
+            let ids = b
+                .column_by_name("pair_id")
+                .expect("labels schema")
+                .as_string::<i32>();
+            let method = b
+                .column_by_name("method")
+                .expect("labels schema")
+                .as_string::<i32>();
+            let correct = b
+                .column_by_name("correct")
+                .expect("labels schema")
+                .as_boolean();
+            for i in 0..b.num_rows() {
+                if method.value(i) == "rm" {
+                    return Err(Error::Config(format!(
+                        "`{teacher}` is a reward model: a preference student needs a policy teacher (gt-train --scenario simpo|dpo)"
+                    )));
+                }
+                out.insert(ids.value(i).to_string(), correct.value(i));
+            }
+        }
+    }
+    Ok((out, common::manifest_input(&m)))
+}
+
+/// Pads rows to one batch: ids, attention rows, response mask.
+fn batch(model: &Model, rows: &[&(Vec<u32>, Vec<u32>)]) -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
+    let owned: Vec<(Vec<u32>, Vec<u32>)> = rows.iter().map(|r| (*r).clone()).collect();
+    super::score::pad(&owned, model.device())
+}
+
+/// Response log-prob statistics of rows: (sum, mean, count) tensors.
+fn logps(model: &Model, rows: &[&(Vec<u32>, Vec<u32>)]) -> Result<(Tensor, Tensor, Tensor)> {
+    let (ids, attn, resp) = batch(model, rows)?;
+    let hidden = model.hidden(&ids, &attn)?;
+    let logits = model.logits(&hidden)?;
+    let lp = response_logprobs(&logits, &ids, &resp)?;
+    Ok((lp.sum, lp.mean, lp.count))
+}
+
+/// Trains the policy.
+pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Result<TrainReport> {
+    if s.objective == Objective::Adaptive {
+        return Err(Error::Config(
+            "--objective adaptive is a reward-modeling objective (paper App. P); preference runs take none, explicit or implicit".into(),
+        ));
+    }
+    let pairs_manifest = store.manifest(super::split::KEY).await?.ok_or_else(|| {
+        Error::Config(format!(
+            "{}: no `pairs` table (run `w2s split` first)",
+            store.root()
+        ))
+    })?;
+    let base_dir = match s.base_model.strip_prefix("run:") {
+        Some(id) => common::open_run(store, id).await?.0,
+        None => crate::models::source::materialize(&s.base_model).await?,
+    };
+    let mut inputs = common::model_inputs(&base_dir)?;
+    inputs.push(common::manifest_input(&pairs_manifest));
+    let teacher = match &s.teacher {
+        Some(t) => {
+            let (prefs, input) = teacher_preferences(store, t, s.label_split()).await?;
+            inputs.push(input);
+            Some(prefs)
+        }
+        None => None,
+    };
+    let fp = fingerprint("po-train", s, &inputs);
+    let key = common::run_key(&s.run_id);
+    if !force {
+        if let Some(m) = store.current(&key, &fp).await? {
+            return super::rm_train::up_to_date(store, &m).await;
+        }
+    }
+
+    let device = crate::models::parse_device(&s.device)?;
+    let model = Model::load(&base_dir, &device)?;
+    let tok_path = base_dir.join("tokenizer.json");
+    let tok = Tokenizer::load(&tok_path)?;
+    let max_ctx = s.max_ctx.min(model.config.max_positions());
+
+    let train_split = if teacher.is_some() {
+        s.label_split()
+    } else {
+        "gt"
+    };
+    let pairs = common::load_split(store, train_split).await?;
+    let mut data = match &teacher {
+        None => items(&tok, &pairs, max_ctx, |_| Ok(true))?,
+        Some(prefs) => items(&tok, &pairs, max_ctx, |p| {
+            prefs.get(&p.pair_id).copied().ok_or_else(|| {
+                Error::Config(format!(
+                    "teacher `{}` has no label for {train_split} pair {} (row {}): relabel with `w2s weak-label`",
+                    s.teacher.as_deref().unwrap_or_default(),
+                    p.pair_id,
+                    p.split_index
+                ))
+            })
+        })?,
+    };
+    if s.objective == Objective::Implicit {
+        let helpful = common::load_split(store, "helpful").await.map_err(|_| {
+            Error::Config(
+                "--objective implicit needs helpful pairs (give `w2s split` a --helpful file)"
+                    .into(),
+            )
+        })?;
+        data.extend(items(&tok, &helpful, max_ctx, |_| Ok(true))?);
+    }
+
+    // Every weight of the causal LM is trained (its LM head produces the log-probs).
+    let vars: Vec<(String, Var)> = model
+        .params()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut log: Vec<StepLog> = Vec::new();
+
+    // Phase 1: SFT on the chosen side, loss −S(y)/n(y) averaged over the step.
+    let sft_resume = Resume {
+        store,
+        prefix: format!("state/{key}/sft"),
+        fingerprint: fp.clone(),
+        every: s.save_every,
+    };
+    let mut adam = Adam::named(
+        vars.clone(),
+        AdamConfig {
+            lr: s.sft.lr,
+            ..AdamConfig::default()
+        },
+    );
+    let batch_n = s.sft.batch as f64;
+    let (sft_start, sft_log) =
+        train::optimize(&mut adam, &vars, &s.sft, data.len(), &sft_resume, |mb| {
+            let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
+            let (sum, _, count) = logps(&model, &rows)?;
+            let per = (sum.neg()? / count)?;
+            let loss = (per.sum_all()? / batch_n)?;
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            Ok(MicroOut {
+                loss: value,
+                correct: 0,
+                tokens: rows.iter().map(|r| r.0.len()).sum(),
+                grads: loss.backward()?,
+            })
+        })
+        .await?;
+    // Keep the finished SFT phase, so a kill during the preference phase never redoes it.
+    if sft_start < sft_log.len() {
+        sft_resume
+            .save(sft_log.len(), &adam, &vars, &sft_log)
+            .await?;
+    }
+    log.extend(sft_log.iter().cloned());
+
+    // DPO's reference: the SFT model, frozen (detached copies of its weights).
+    let reference = if s.loss == Loss::Dpo {
+        Some(model.frozen_copy()?)
+    } else {
+        None
+    };
+
+    // Phase 2: SimPO or DPO, a fresh Adam over the same order.
+    let po_resume = Resume {
+        store,
+        prefix: format!("state/{key}/po"),
+        fingerprint: fp.clone(),
+        every: s.save_every,
+    };
+    let mut adam = Adam::named(
+        vars.clone(),
+        AdamConfig {
+            lr: s.po.lr,
+            ..AdamConfig::default()
+        },
+    );
+    let batch_n = s.po.batch as f64;
+    let explicit = (s.objective == Objective::Explicit).then_some(s.alpha);
+    let (po_start, po_log) =
+        train::optimize(&mut adam, &vars, &s.po, data.len(), &po_resume, |mb| {
+            let mut rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
+            rows.extend(mb.iter().map(|&i| &data[i].r));
+            let n = mb.len();
+            let (sum, mean, _) = logps(&model, &rows)?;
+            let sums: Vec<f32> = sum.to_vec1()?;
+            let means: Vec<f32> = mean.to_vec1()?;
+            let refs: Vec<f32> = match &reference {
+                Some(r) => logps(r, &rows)?.0.to_vec1()?,
+                None => vec![0.0; rows.len()],
+            };
+            let (mut loss, mut correct) = (0.0f64, 0usize);
+            let mut w = vec![0f32; 2 * n];
+            for (j, &i) in mb.iter().enumerate() {
+                let p = PairStats {
+                    mean_c: f64::from(means[j]),
+                    mean_r: f64::from(means[n + j]),
+                    sum_c: f64::from(sums[j]),
+                    sum_r: f64::from(sums[n + j]),
+                    ref_c: f64::from(refs[j]),
+                    ref_r: f64::from(refs[n + j]),
+                    acc: data[i].acc,
+                };
+                let g = po::pair_loss(s.loss, &p, explicit);
+                loss += g.loss / batch_n;
+                correct += usize::from(g.prefers_chosen);
+                w[j] = (g.d_c / batch_n) as f32;
+                w[n + j] = (g.d_r / batch_n) as f32;
+            }
+            let x = match s.loss {
+                Loss::Simpo => mean,
+                Loss::Dpo => sum,
+            };
+            let weights = Tensor::new(w, x.device())?;
+            let surrogate = (x * weights)?.sum_all()?;
+            Ok(MicroOut {
+                loss,
+                correct,
+                tokens: rows.iter().map(|r| r.0.len()).sum(),
+                grads: surrogate.backward()?,
+            })
+        })
+        .await?;
+    let offset = log.len() as u64;
+    log.extend(po_log.iter().cloned().map(|mut l| {
+        l.step += offset;
+        l
+    }));
+
+    // Publish: checkpoint, train_log (SFT steps, then the preference steps), runs row.
+    let tag = &fp[..16];
+    let tmp = std::env::temp_dir().join(format!(
+        "w2s-{}-{}-{tag}",
+        common::sanitize(&s.run_id),
+        std::process::id()
+    ));
+    let provenance = serde_json::json!({
+        "run_id": s.run_id,
+        "stage": s.stage,
+        "scenario": s.loss,
+        "fingerprint": fp,
+        "settings": s,
+        "sft_steps": sft_log.len(),
+    });
+    model.save(
+        &tmp,
+        &SaveExtras {
+            tokenizer: Some(&tok_path),
+            reward_head: None,
+            provenance,
+        },
+    )?;
+    let uploaded = common::upload_checkpoint(store, &s.run_id, tag, &tmp).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut outputs = uploaded?;
+    let report = TrainReport {
+        steps: log.len(),
+        pairs: log.iter().map(|l| l.pairs as usize).sum(),
+        tokens: log.iter().map(|l| l.tokens).sum(),
+        final_loss: log.last().map(|l| l.loss).unwrap_or(f64::NAN),
+        seconds: log.iter().map(|l| l.seconds).sum(),
+        resumed_at: if po_start > 0 {
+            sft_log.len() + po_start
+        } else {
+            sft_start
+        },
+        up_to_date: false,
+    };
+    let part = format!("{}-{}", common::sanitize(&s.run_id), tag);
+    let tables = async {
+        Ok::<Vec<OutputFile>, Error>(vec![
+            store
+                .write_table_part("train_log", &part, &train_log_batch(&s.run_id, &log)?)
+                .await?,
+            store
+                .write_table_part("runs", &part, &runs_batch(s, &fp, &report)?)
+                .await?,
+        ])
+    }
+    .await;
+    match tables {
+        Ok(t) => outputs.extend(t),
+        Err(e) => {
+            store.discard(&outputs).await;
+            return Err(e);
+        }
+    }
+    store
+        .publish(&s.stage, &key, &fp, s, inputs, outputs)
+        .await?;
+    sft_resume.clear().await?;
+    po_resume.clear().await?;
+    Ok(report)
+}
+
+fn runs_batch(s: &PoTrainSettings, fp: &str, r: &TrainReport) -> Result<RecordBatch> {
+    let settings = serde_json::to_string(s).expect("settings serialize");
+    let scenario = match s.loss {
+        Loss::Simpo => "simpo",
+        Loss::Dpo => "dpo",
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![s.run_id.as_str()])),
+        Arc::new(StringArray::from(vec![s.stage.as_str()])),
+        Arc::new(StringArray::from(vec![scenario])),
+        Arc::new(StringArray::from(vec![s.objective.name()])),
+        Arc::new(StringArray::from(vec![s.base_model.as_str()])),
+        Arc::new(StringArray::from(vec![s.teacher.as_deref()])),
+        Arc::new(Float64Array::from(vec![(s.objective
+            == Objective::Explicit)
+            .then_some(s.alpha)])),
+        Arc::new(Int64Array::from(vec![s.po.shuffle_seed as i64])),
+        Arc::new(StringArray::from(vec![settings.as_str()])),
+        Arc::new(StringArray::from(vec![fp])),
+        Arc::new(Int64Array::from(vec![r.steps as i64])),
+        Arc::new(Int64Array::from(vec![r.pairs as i64])),
+        Arc::new(Int64Array::from(vec![r.tokens as i64])),
+        Arc::new(Float64Array::from(vec![r.final_loss])),
+        Arc::new(Int64Array::from(vec![r.resumed_at as i64])),
+        Arc::new(Float64Array::from(vec![r.seconds])),
+        Arc::new(Float64Array::from(vec![
+            r.tokens as f64 / r.seconds.max(1e-9),
+        ])),
+    ];
+    RecordBatch::try_new(schema::runs(), columns).map_err(|e| Error::Format {
+        file: "runs".into(),
+        msg: e.to_string(),
+    })
+}
