@@ -684,10 +684,6 @@ fn model_name(location: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::Config(format!("{location}: give --run-id")))
 }
 
-/// Context for what the preference scenario does not do yet.
-const SCENARIO_LATER: &str =
-    "high-confidence filtering arrives with the rest of the preference scenario (issue 7)";
-
 fn rm_settings(
     t: &TrainArgs,
     stage: &str,
@@ -760,6 +756,7 @@ fn po_settings(
         label_split: None,
         objective,
         alpha,
+        high_confidence: None,
         sft: loop_settings(t, 1e-6, ScheduleArg::WarmupConstant, t.sft_epochs),
         po: loop_settings(t, 1e-6, ScheduleArg::WarmupConstant, po_epochs),
         max_ctx: t.max_ctx,
@@ -844,9 +841,19 @@ async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
     }
     let store = ArtifactStore::open(&t.root.artifacts)?;
     require_full(t, "w2s-train")?;
-    if a.high_confidence.is_some() {
-        return Err(Error::NotImplemented("w2s-train --high-confidence".into()))
-            .context(SCENARIO_LATER);
+    if let Some(t) = a.high_confidence {
+        if t.is_nan() || !(0.5..1.0).contains(&t) {
+            return Err(Error::Config(format!(
+                "--high-confidence {t}: give a threshold in [0.5, 1)"
+            ))
+            .into());
+        }
+        if a.train.scenario == Scenario::Rm {
+            return Err(Error::Config(
+                "--high-confidence filters a preference teacher's labels (paper §6.1): use it with --scenario simpo or dpo".into(),
+            )
+            .into());
+        }
     }
     let r = if t.scenario == Scenario::Rm {
         w2s::stages::w2s_train::run(&store, t.scenario, &s, t.force).await?
@@ -860,6 +867,7 @@ async fn w2s_train_cmd(a: W2sTrainArgs) -> Result<()> {
             a.alpha,
         );
         p.label_split = s.label_split.clone();
+        p.high_confidence = a.high_confidence;
         w2s::stages::po_train::run(&store, &p, t.force).await?
     };
     print_train(&run_id, store.root(), &r);

@@ -118,6 +118,19 @@ pub fn pair_loss(kind: Loss, p: &PairStats, explicit: Option<f64>) -> PairGrad {
     g
 }
 
+/// Rows kept by high-confidence filtering (reference-spec §3.8), ascending: the teacher got the
+/// row right and its confidence toward the ground-truth chosen answer, σ(s) with s its margin
+/// (SimPO) or margin / 50 (DPO), is at least `threshold`. `labels` holds (right, confidence)
+/// per row in file order.
+pub fn high_confidence_keep(labels: &[(bool, f64)], threshold: f64) -> Vec<usize> {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &(right, conf))| right && conf >= threshold)
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// The confidence toward the ground-truth chosen answer from its response statistics
 /// (§4): SimPO σ(A(c) − A(r)); DPO σ((S(c) − S(r)) / 50), without the reference model.
 pub fn confidence(kind: Loss, mean_c: f64, mean_r: f64, sum_c: f64, sum_r: f64) -> f64 {
@@ -208,6 +221,36 @@ mod tests {
         let main = -(1.0 / (1.0 + (-0.1f64 * rho).exp())).ln();
         let rev = -(1.0 / (1.0 + (0.1f64 * rho).exp())).ln();
         assert!((d.loss - (main + 0.5 * rev)).abs() < 1e-12, "{}", d.loss);
+    }
+
+    /// The kept rows against the Python oracle's (tests/fixtures/po_run, reference-spec §3.8),
+    /// on scores around the ln 3 boundary, negative and large ones.
+    #[test]
+    fn high_confidence_rows_match_the_oracle() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/po_run/expected.json");
+        let e: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        let hc = &e["high_confidence"];
+        let scores: Vec<f64> = hc["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let t = hc["threshold"].as_f64().unwrap();
+        for (kind, name) in [(Loss::Simpo, "simpo"), (Loss::Dpo, "dpo")] {
+            let labels: Vec<(bool, f64)> = scores
+                .iter()
+                .map(|&m| (m >= 0.0, confidence(kind, m, 0.0, m, 0.0)))
+                .collect();
+            let want: Vec<usize> = hc[name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(high_confidence_keep(&labels, t), want, "{name}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn run_key(run_id: &str) -> String {
 }
 
 /// One pair of the split, as text.
+#[derive(Debug, Clone)]
 pub struct PairText {
     pub pair_id: String,
     pub split_index: i64,

@@ -46,6 +46,9 @@ pub struct PoTrainSettings {
     pub label_split: Option<String>,
     pub objective: Objective,
     pub alpha: f64,
+    /// Keep only teacher labels that are right with at least this confidence (§3.8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_confidence: Option<f64>,
     /// The SFT phase (reference: one epoch).
     pub sft: LoopSettings,
     /// The preference phase (reference: SimPO one epoch, DPO three).
@@ -104,12 +107,13 @@ fn items(
         .collect()
 }
 
-/// The teacher's preference per pair id: `true` when it prefers the ground-truth chosen side.
+/// The teacher's label per pair id: whether it prefers the ground-truth chosen side, and its
+/// confidence toward that side (σ of its margin, §3.8).
 async fn teacher_preferences(
     store: &ArtifactStore,
     teacher: &str,
     split: &str,
-) -> Result<(HashMap<String, bool>, InputFile)> {
+) -> Result<(HashMap<String, (bool, f64)>, InputFile)> {
     let key = super::weak_label::key(teacher, split);
     let m = store.manifest(&key).await?.ok_or_else(|| {
         Error::Config(format!(
@@ -136,13 +140,17 @@ async fn teacher_preferences(
                 .column_by_name("correct")
                 .expect("labels schema")
                 .as_boolean();
+            let soft = b
+                .column_by_name("soft_label")
+                .expect("labels schema")
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
             for i in 0..b.num_rows() {
                 if method.value(i) == "rm" {
                     return Err(Error::Config(format!(
                         "`{teacher}` is a reward model: a preference student needs a policy teacher (gt-train --scenario simpo|dpo)"
                     )));
                 }
-                out.insert(ids.value(i).to_string(), correct.value(i));
+                out.insert(ids.value(i).to_string(), (correct.value(i), soft.value(i)));
             }
         }
     }
@@ -210,28 +218,61 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     } else {
         "gt"
     };
-    let pairs = common::load_split(store, train_split).await?;
+    let mut pairs = common::load_split(store, train_split).await?;
+    let label = |p: &PairText| -> Result<(bool, f64)> {
+        let prefs = teacher.as_ref().expect("students only");
+        prefs.get(&p.pair_id).copied().ok_or_else(|| {
+            Error::Config(format!(
+                "teacher `{}` has no label for {train_split} pair {} (row {}): relabel with `w2s weak-label`",
+                s.teacher.as_deref().unwrap_or_default(),
+                p.pair_id,
+                p.split_index
+            ))
+        })
+    };
+    // High-confidence filtering (§3.8): keep the rows the teacher got right with confidence
+    // >= T, in file order; the helpful set is cut to the same row indices.
+    let mut kept: Option<Vec<usize>> = None;
+    if let Some(t) = s.high_confidence {
+        let labels: Vec<(bool, f64)> = pairs.iter().map(&label).collect::<Result<_>>()?;
+        let k = po::high_confidence_keep(&labels, t);
+        pairs = k.iter().map(|&i| pairs[i].clone()).collect();
+        tracing::info!(
+            "high-confidence filter {t}: {} of {} rows kept",
+            k.len(),
+            labels.len()
+        );
+        kept = Some(k);
+    }
     let mut data = match &teacher {
         None => items(&tok, &pairs, max_ctx, |_| Ok(true))?,
-        Some(prefs) => items(&tok, &pairs, max_ctx, |p| {
-            prefs.get(&p.pair_id).copied().ok_or_else(|| {
-                Error::Config(format!(
-                    "teacher `{}` has no label for {train_split} pair {} (row {}): relabel with `w2s weak-label`",
-                    s.teacher.as_deref().unwrap_or_default(),
-                    p.pair_id,
-                    p.split_index
-                ))
-            })
-        })?,
+        Some(_) => items(&tok, &pairs, max_ctx, |p| Ok(label(p)?.0))?,
     };
     if s.objective == Objective::Implicit {
-        let helpful = common::load_split(store, "helpful").await.map_err(|_| {
+        let mut helpful = common::load_split(store, "helpful").await.map_err(|_| {
             Error::Config(
                 "--objective implicit needs helpful pairs (give `w2s split` a --helpful file)"
                     .into(),
             )
         })?;
+        if let Some(k) = &kept {
+            if let Some(&last) = k.last() {
+                if last >= helpful.len() {
+                    return Err(Error::Config(format!(
+                        "high-confidence filtering keeps row {last} but there are only {} helpful pairs to match it",
+                        helpful.len()
+                    )));
+                }
+            }
+            helpful = k.iter().map(|&i| helpful[i].clone()).collect();
+        }
         data.extend(items(&tok, &helpful, max_ctx, |_| Ok(true))?);
+    }
+    if data.is_empty() {
+        return Err(Error::Config(format!(
+            "run `{}` has no training pairs left (high-confidence filter {:?})",
+            s.run_id, s.high_confidence
+        )));
     }
 
     // Every weight of the causal LM is trained (its LM head produces the log-probs).

@@ -151,6 +151,30 @@ fn scenario(kind: &str) {
             tol,
         );
     }
+    if kind == "simpo" {
+        // A high-confidence student (implicit conflict): the rows the teacher got right with
+        // confidence >= T and the helpful pairs at the same indices.
+        let want = &exp[kind]["high_confidence"];
+        let t = want["threshold"].as_f64().unwrap().to_string();
+        train(&[
+            "w2s-train",
+            "--teacher",
+            "weak",
+            "--objective",
+            "implicit",
+            "--run-id",
+            "hc",
+            "--high-confidence",
+            &t,
+        ]);
+        check_log(root, "hc", want);
+        close(
+            "hc test margins",
+            &test_margins(root, "hc"),
+            &floats(&want["test_metrics"]),
+            tol,
+        );
+    }
     // Every student records its scenario; the scores carry the scenario's method.
     let methods = ok(w2s(&[
         "sql",

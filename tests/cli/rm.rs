@@ -515,18 +515,46 @@ fn misuse_gets_clear_errors() {
         "--model",
         &model,
     ]);
-    assert!(stderr(&o).contains("not a reward model"), "{}", stderr(&o));
-    // Scenarios that come later, a batch larger than the data, a bad head file.
+    // A checkpoint without a reward head labels as a policy (SimPO margins).
+    assert!(o.status.success(), "{}", stderr(&o));
+    let methods = ok(w2s(&[
+        "sql",
+        "--artifacts",
+        r,
+        "--format",
+        "csv",
+        "select distinct method from labels where run_id = 'x'",
+    ]));
+    assert_eq!(methods, "method\nsimpo\n");
+    // What is not built, high-confidence filtering of a reward model's labels, a batch larger
+    // than the data, a bad head file.
     let o = w2s(&[
         "gt-train",
         "--artifacts",
         r,
         "--model",
         &model,
-        "--scenario",
-        "simpo",
+        "--lora-rank",
+        "8",
     ]);
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    let o = w2s(&[
+        "w2s-train",
+        "--artifacts",
+        r,
+        "--model",
+        &model,
+        "--teacher",
+        "x",
+        "--high-confidence",
+        "0.75",
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--scenario simpo or dpo"),
+        "{}",
+        stderr(&o)
+    );
     let o = w2s(&[
         "gt-train",
         "--artifacts",

@@ -257,19 +257,15 @@ fn bad_arguments_are_clear() {
 fn pending_stages_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let o = w2s(&[
-        "w2s-train",
+        "gt-train",
         "--artifacts",
         dir.path().to_str().unwrap(),
-        "--scenario",
-        "simpo",
         "--model",
         "x",
-        "--teacher",
-        "t",
-        "--high-confidence",
-        "0.75",
+        "--lora-rank",
+        "8",
     ]);
     assert_eq!(o.status.code(), Some(69));
     assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("issue 7"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("LoRA training"), "{}", stderr(&o));
 }
