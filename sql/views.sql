@@ -3,7 +3,8 @@
 -- statements split at semicolons, so keep semicolons out of the SQL text itself).
 --
 -- Roles (paper §3, reference-spec §4):
---   ceiling     a model trained on ground truth (stage gt-train), one per base model and seed
+--   ceiling     a model trained on ground truth (stage gt-train), one per base model, seed and
+--               scenario
 --   experiment  a weak-to-strong run (stage w2s-train) with
 --                 weak_run       its teacher (the weak ceiling),
 --                 strong_run     the ceiling of its own base model and seed,
@@ -18,23 +19,33 @@ select run_id, pair_id, split_index, confidence
 from scores
 where split = 'test';
 
+-- Several scenarios can share a root: ceilings and references are matched within a scenario,
+-- and a model of another scenario than reward modeling is named `<model> · <scenario>`, so
+-- every measure keeps them apart. A bootstrapped student (its teacher is itself a student,
+-- reference-spec §3.9) is measured against the original weak ceiling, and its weak model is
+-- named `<weak> via <intermediate>`.
 create view experiments as
 select
     w.run_id,
     w.objective,
     w.alpha,
     w.seed,
-    w.teacher as weak_run,
-    t.base_model as weak_model,
-    w.base_model as strong_model,
+    case when t.stage = 'w2s-train' then t.teacher else w.teacher end as weak_run,
+    case when t.stage = 'w2s-train' then tt.base_model || ' via ' || t.base_model
+         else t.base_model end
+      || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as weak_model,
+    w.base_model
+      || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as strong_model,
     sc.run_id as strong_run,
     nc.run_id as reference_run
 from runs w
 join runs t on t.run_id = w.teacher
+left join runs tt on tt.run_id = t.teacher
 left join runs sc
     on sc.stage = 'gt-train' and sc.base_model = w.base_model and sc.seed = w.seed
+    and sc.scenario = w.scenario
 left join runs nc
-    on nc.stage = 'w2s-train' and nc.objective = 'none'
+    on nc.stage = 'w2s-train' and nc.objective = 'none' and nc.scenario = w.scenario
     and nc.teacher = w.teacher and nc.base_model = w.base_model and nc.seed = w.seed
 where w.stage = 'w2s-train';
 

@@ -109,15 +109,20 @@ fn push_opt<T: ToString>(args: &mut Vec<String>, flag: &str, v: &Option<T>) {
     }
 }
 
-fn train_args(t: &Train) -> Vec<String> {
+fn train_args(t: &Train, scenario: &str) -> Vec<String> {
     let mut a = Vec::new();
     push_opt(&mut a, "--batch", &t.batch);
     push_opt(&mut a, "--micro-batch", &t.micro_batch);
     push_opt(&mut a, "--lr", &t.lr);
     push_opt(&mut a, "--schedule", &t.schedule);
     push_opt(&mut a, "--epochs", &t.epochs);
+    if scenario != "rm" {
+        push_opt(&mut a, "--sft-epochs", &t.sft_epochs);
+    }
     push_opt(&mut a, "--max-ctx", &t.max_ctx);
-    push_opt(&mut a, "--readout", &t.readout);
+    if scenario == "rm" {
+        push_opt(&mut a, "--readout", &t.readout);
+    }
     push_opt(&mut a, "--slot-seed", &t.slot_seed);
     push_opt(&mut a, "--head-seed", &t.head_seed);
     push_opt(&mut a, "--save-every", &t.save_every);
@@ -270,7 +275,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                 "--run-id".into(),
                 run.clone(),
             ];
-            s.args.extend(train_args(&t));
+            s.args.extend(train_args(&t, sc));
             s.needs.push("split".into());
             s.outputs.push(format!("train/{run}"));
             steps.push(s);
@@ -466,7 +471,7 @@ fn student_step(
         s.args.extend(["--label-split".into(), label_split.into()]);
     }
     s.args.extend(["--seed".into(), seed.to_string()]);
-    s.args.extend(train_args(t));
+    s.args.extend(train_args(t, sc));
     s.needs.push("split".into());
     s.needs.push(if label_split == "w2s" {
         format!("weak-label:{teacher}")

@@ -114,6 +114,8 @@ pub struct Train {
     pub lr: Option<f64>,
     pub schedule: Option<String>,
     pub epochs: Option<usize>,
+    /// Passes of the SFT phase (preference scenarios).
+    pub sft_epochs: Option<usize>,
     pub max_ctx: Option<usize>,
     pub readout: Option<String>,
     pub slot_seed: Option<u64>,
@@ -140,6 +142,7 @@ impl Train {
             lr: over.lr.or(self.lr),
             schedule: over.schedule.clone().or_else(|| self.schedule.clone()),
             epochs: over.epochs.or(self.epochs),
+            sft_epochs: over.sft_epochs.or(self.sft_epochs),
             max_ctx: over.max_ctx.or(self.max_ctx),
             readout: over.readout.clone().or_else(|| self.readout.clone()),
             slot_seed: over.slot_seed.or(self.slot_seed),
@@ -539,6 +542,7 @@ fn check_train(file: &str, key: &str, t: &Train) -> Result<()> {
         ("batch", t.batch),
         ("micro_batch", t.micro_batch),
         ("epochs", t.epochs),
+        ("sft_epochs", t.sft_epochs),
         ("max_ctx", t.max_ctx),
     ] {
         if v == Some(0) {

@@ -396,7 +396,7 @@ async fn check_roles(ctx: &SessionContext) -> Result<()> {
     }
     if !dup.is_empty() {
         return Err(Error::Config(format!(
-            "runs {} have several strong ceilings (gt-train runs of the same base model and seed) or several no-conflict runs (same teacher, base model and seed); keep one of each per cell",
+            "runs {} have several strong ceilings (gt-train runs of the same base model, seed and scenario) or several no-conflict runs (same teacher, base model, seed and scenario); keep one of each per cell",
             dup.join(", ")
         )));
     }

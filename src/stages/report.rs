@@ -175,8 +175,16 @@ fn rank(objective: &str) -> usize {
         .unwrap_or(4)
 }
 
-/// The short name of a model (the last part of a path or hub id; `run:<id>` is `<id>`).
+/// The short name of a model (the last part of a path or hub id; `run:<id>` is `<id>`). The
+/// analyses' composite names keep their shape: `<weak> via <intermediate>` (bootstrapping)
+/// and a ` · <scenario>` suffix (preference runs).
 pub fn short(model: &str) -> String {
+    if let Some((m, scenario)) = model.rsplit_once(" · ") {
+        return format!("{} · {scenario}", short(m));
+    }
+    if let Some((a, b)) = model.split_once(" via ") {
+        return format!("{} via {}", short(a), short(b));
+    }
     let model = model.strip_prefix("run:").unwrap_or(model);
     model
         .trim_end_matches('/')
@@ -904,4 +912,20 @@ fn html(
     }
     out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn short_names_keep_the_scenario_and_the_chain() {
+        assert_eq!(short("hf://openai-community/gpt2"), "gpt2");
+        assert_eq!(short("run:tiny-3"), "tiny-3");
+        assert_eq!(short("models/x/ · simpo"), "x · simpo");
+        assert_eq!(
+            short("a/gpt2-large via b/opt-2.7b · simpo"),
+            "gpt2-large via opt-2.7b · simpo"
+        );
+    }
 }

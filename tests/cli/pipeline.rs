@@ -11,6 +11,10 @@ use crate::common::{files_under, ok, s, stderr, stdout, w2s};
 
 /// A quickstart-shaped grid small enough for a test: 24 entities, two tiny pretrained rungs.
 fn mini(root: &Path, objectives: &str) -> String {
+    mini_with(root, objectives, r#"["rm"]"#)
+}
+
+fn mini_with(root: &Path, objectives: &str, scenarios: &str) -> String {
     format!(
         r#"
 name = "mini"
@@ -35,6 +39,7 @@ epochs = 3
 max_ctx = 48
 save_every = 1
 [grid]
+scenarios = {scenarios}
 weak = ["a"]
 strong = ["b"]
 objectives = {objectives}
@@ -219,6 +224,43 @@ fn a_killed_run_resumes_to_the_same_tables_and_holds_its_root() {
     for q in SAME {
         assert_eq!(query(&a, q), query(&b, q), "{q}");
     }
+}
+
+/// Reward modeling, SimPO and DPO in one root: ceilings and references are matched within a
+/// scenario, and the analyses keep the scenarios apart (`<model> · <scenario>`).
+#[test]
+fn three_scenarios_share_a_root_and_stay_apart_in_the_analyses() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = dir.path().join("mini.toml");
+    std::fs::write(
+        &file,
+        mini_with(
+            &root,
+            r#"["none", "explicit"]"#,
+            r#"["rm", "simpo", "dpo"]"#,
+        ),
+    )
+    .unwrap();
+    let out = run(&file);
+    // split, 2 pretrain, then per scenario 2 ceilings, 1 label, 2 students, 4 scores; report.
+    assert!(out.contains("mini: 31 steps ran"), "{out}");
+    let cells = query(
+        &root,
+        "select distinct weak_model, strong_model from analysis_summary order by 2",
+    );
+    assert_eq!(
+        cells,
+        "weak_model,strong_model\nrun:a,run:b\nrun:a · dpo,run:b · dpo\nrun:a · simpo,run:b · simpo\n"
+    );
+    let methods = query(&root, "select distinct method from scores order by 1");
+    assert_eq!(methods, "method\ndpo\nrm\nsimpo\n");
+    let page = crate::common::report_page(&root);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("a · simpo") && html.contains("b · dpo"),
+        "scenario names in the report"
+    );
 }
 
 #[test]
