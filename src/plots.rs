@@ -404,11 +404,13 @@ fn bars<DB: DrawingBackend>(
 /// A heat map: white (0) to dark blue (1), grey where undefined, blank where no run.
 fn grid<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &Grid) -> DrawResult<DB> {
     let (nr, nc) = (g.rows.len().max(1), g.cols.len().max(1));
+    // Room for the longest row name (`tiny-1 via tiny-2 · simpo`) and the axis title.
+    let longest = g.rows.iter().map(|r| r.chars().count()).max().unwrap_or(8) as u32;
     let mut chart = ChartBuilder::on(area)
         .caption(&g.title, (FONT, 15))
         .margin(10)
         .x_label_area_size(36)
-        .y_label_area_size(80)
+        .y_label_area_size((longest * 7 + 30).clamp(80, 260))
         .build_cartesian_2d(0f64..nc as f64, 0f64..nr as f64)?;
     // Row 0 at the top: the y axis counts rows from the bottom.
     let rows: Vec<String> = g.rows.iter().rev().cloned().collect();
