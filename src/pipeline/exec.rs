@@ -442,16 +442,7 @@ async fn record(
 }
 
 fn log_path(dir: &std::path::Path, id: &str) -> PathBuf {
-    let safe: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = crate::stages::common::sanitize(id);
     dir.join(format!("{safe}.log"))
 }
 

@@ -565,16 +565,7 @@ pub struct Record {
 
 /// Where a step's record lives.
 pub fn record_path(id: &str) -> String {
-    let safe: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = crate::stages::common::sanitize(id);
     format!(
         "runner/steps/{safe}-{}.json",
         &sha256_hex(id.as_bytes())[..8]
