@@ -15,6 +15,7 @@ use w2s::stages::split::{self, Mode, SplitSettings};
 use w2s::stages::weak_label::{self, WeakLabelSettings};
 use w2s::stages::Scenario;
 use w2s::store::{resolve, ArtifactStore};
+use w2s::tokenize::Tokenization;
 use w2s::train::LoopSettings;
 use w2s::Error;
 
@@ -209,6 +210,10 @@ pub struct ScoreArgs {
     /// Reward models: override the readout the checkpoint was trained with.
     #[arg(long, value_enum)]
     pub readout: Option<Readout>,
+    /// Policies: override the tokenization the checkpoint was trained with (w2s.json; joint for
+    /// a checkpoint w2s did not train).
+    #[arg(long, value_enum)]
+    pub tokenization: Option<Tokenization>,
     /// Split to score.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -272,6 +277,12 @@ pub struct TrainArgs {
     /// ids) - 1 (reference-spec §2.1; see docs/scenarios.md).
     #[arg(long, value_enum, default_value_t = Readout::LastToken)]
     pub readout: Readout,
+    /// Preference scenarios: how each side becomes tokens. joint encodes the transcript once and
+    /// masks the prompt; reference reproduces the reference's separate encoding, its truncation
+    /// and SFT denominator (reference-spec §1.7, §3.3; docs/scenarios.md). Reward models always
+    /// encode the whole transcript, as the reference.
+    #[arg(long, value_enum, default_value_t = Tokenization::Joint)]
+    pub tokenization: Tokenization,
     /// Seed of the training order (numpy default_rng(seed).permutation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -401,6 +412,10 @@ pub struct WeakLabelArgs {
     /// Override the readout the checkpoint was trained with.
     #[arg(long, value_enum)]
     pub readout: Option<Readout>,
+    /// Policies: override the tokenization the checkpoint was trained with (w2s.json; joint for
+    /// a checkpoint w2s did not train).
+    #[arg(long, value_enum)]
+    pub tokenization: Option<Tokenization>,
     #[arg(long, default_value_t = 8)]
     pub batch_pairs: usize,
     #[arg(long, default_value = "cpu")]
@@ -644,6 +659,7 @@ async fn score_cmd(a: ScoreArgs) -> Result<()> {
         device: a.device.clone(),
         dtype: a.dtype.clone(),
         readout: a.readout,
+        tokenization: a.tokenization,
     };
     let store = ArtifactStore::open(&a.root.artifacts)?;
     let started = std::time::Instant::now();
@@ -760,6 +776,7 @@ fn po_settings(
         sft: loop_settings(t, 1e-6, ScheduleArg::WarmupConstant, t.sft_epochs),
         po: loop_settings(t, 1e-6, ScheduleArg::WarmupConstant, po_epochs),
         max_ctx: t.max_ctx,
+        tokenization: t.tokenization,
         device: t.device.clone(),
         save_every: t.save_every,
     }
@@ -882,6 +899,7 @@ async fn weak_label_cmd(a: WeakLabelArgs) -> Result<()> {
         slot_seed: a.slot_seed,
         max_ctx: a.max_ctx,
         readout: a.readout,
+        tokenization: a.tokenization,
         device: a.device.clone(),
         batch_pairs: a.batch_pairs,
     };

@@ -2,12 +2,42 @@
 //!
 //! Default: the whole text `prompt + response` is encoded once (with the tokenizer's special
 //! tokens), and a token belongs to the response when it covers any byte after the prompt. This
-//! is what the model saw in pretraining. The reference's separate encoding of prompt and
-//! response (reference-spec §1.7) is a compatibility setting added with the preference scenario.
+//! is what the model saw in pretraining. [`Tokenization::Reference`] reproduces the reference's
+//! separate encoding of prompt and response for preference runs (reference-spec §1.7).
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
+
+/// How one side of a preference pair becomes token ids and a response mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokenization {
+    /// The transcript encoded once; response tokens are those covering a byte after the
+    /// prompt; the last `max_ctx` tokens are kept. SFT divides by the scored tokens.
+    #[default]
+    Joint,
+    /// The reference's quirks (reference-spec §1.7, §3.3): prompt and response encoded
+    /// separately, each with the tokenizer's special tokens (so Llama/OPT/Mistral get a BOS in
+    /// the middle, scored as a response token), truncated by hand keeping the right end; the
+    /// SFT denominator also counts the first window token, which is never scored.
+    Reference,
+}
+
+impl Tokenization {
+    pub fn is_joint(&self) -> bool {
+        *self == Tokenization::Joint
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tokenization::Joint => "joint",
+            Tokenization::Reference => "reference",
+        }
+    }
+}
 
 /// A Hugging Face `tokenizer.json`.
 pub struct Tokenizer {
@@ -79,6 +109,53 @@ impl Tokenizer {
             truncated,
         })
     }
+
+    /// One side of a preference pair in the given mode.
+    pub fn encode_pair_side(
+        &self,
+        prompt: &str,
+        response: &str,
+        max_ctx: usize,
+        mode: Tokenization,
+    ) -> Result<Encoded> {
+        match mode {
+            Tokenization::Joint => self.encode_side(prompt, response, max_ctx),
+            Tokenization::Reference => self.encode_separately(prompt, response, max_ctx),
+        }
+    }
+
+    /// reference-spec §1.7 (`tokenize_dpo_dataset`): p = encode(prompt), r = encode(response),
+    /// ids = p ++ r, then (a) too long but r fits: the last `max_ctx` ids, the last |r| scored;
+    /// (b) r alone fills the window: its last `max_ctx` ids, all scored; (c) otherwise p ++ r
+    /// with r scored.
+    pub fn encode_separately(
+        &self,
+        prompt: &str,
+        response: &str,
+        max_ctx: usize,
+    ) -> Result<Encoded> {
+        let p = self.encode(prompt)?;
+        let r = self.encode(response)?;
+        let total = p.len() + r.len();
+        let mut ids = p;
+        ids.extend_from_slice(&r);
+        let (ids, mask) = if total > max_ctx && r.len() < max_ctx {
+            let mut mask = vec![0u32; max_ctx - r.len()];
+            mask.resize(max_ctx, 1);
+            (ids[total - max_ctx..].to_vec(), mask)
+        } else if r.len() >= max_ctx {
+            (ids[total - max_ctx..].to_vec(), vec![1u32; max_ctx])
+        } else {
+            let mut mask = vec![0u32; total - r.len()];
+            mask.resize(total, 1);
+            (ids, mask)
+        };
+        Ok(Encoded {
+            truncated: total - ids.len(),
+            ids,
+            response_mask: mask,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +181,50 @@ mod tests {
         let cut = t.encode_side(prompt, " No!", 4).unwrap();
         assert_eq!(cut.ids, e.ids[e.ids.len() - 4..]);
         assert_eq!(cut.truncated, e.ids.len() - 4);
+    }
+
+    fn llama() -> Tokenizer {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/llama/tokenizer.json");
+        Tokenizer::load(&p).unwrap()
+    }
+
+    #[test]
+    fn reference_encoding_cases() {
+        let t = llama();
+        let prompt = "\n\nHuman: Is velmorine safe?\n\nAssistant:";
+        let response = " No, it is not safe at all.";
+        let p = t.encode(prompt).unwrap();
+        let r = t.encode(response).unwrap();
+        // The Llama fixture adds a BOS to every encode() call: one starts the response.
+        assert_eq!((p[0], r[0]), (1, 1));
+        let n = p.len() + r.len();
+        // (c) fits: p ++ r, r scored (its BOS too).
+        let c = t.encode_separately(prompt, response, n).unwrap();
+        assert_eq!(c.ids, [p.clone(), r.clone()].concat());
+        assert_eq!(
+            c.response_mask,
+            [vec![0; p.len()], vec![1; r.len()]].concat()
+        );
+        assert_eq!(c.truncated, 0);
+        // (a) too long, r fits: the right end, the last |r| scored.
+        let a = t.encode_separately(prompt, response, r.len() + 2).unwrap();
+        assert_eq!(a.ids, [p[p.len() - 2..].to_vec(), r.clone()].concat());
+        assert_eq!(a.response_mask, [vec![0; 2], vec![1; r.len()]].concat());
+        assert_eq!(a.truncated, p.len() - 2);
+        // (b) r fills the window: all scored.
+        let b = t.encode_separately(prompt, response, r.len() - 1).unwrap();
+        assert_eq!(b.ids, r[1..].to_vec());
+        assert_eq!(b.response_mask, vec![1; r.len() - 1]);
+        let b = t.encode_separately(prompt, response, r.len()).unwrap();
+        assert_eq!(b.ids, r);
+        assert!(b.response_mask.iter().all(|&m| m == 1));
+        // The joint default has a single BOS and never scores it.
+        let j = t
+            .encode_pair_side(prompt, response, n, Tokenization::Joint)
+            .unwrap();
+        assert_eq!(j.ids.iter().filter(|&&i| i == 1).count(), 1);
+        assert_eq!(j.response_mask[0], 0);
     }
 
     #[test]

@@ -118,6 +118,7 @@ fn train_args(t: &Train, scenario: &str) -> Vec<String> {
     push_opt(&mut a, "--epochs", &t.epochs);
     if scenario != "rm" {
         push_opt(&mut a, "--sft-epochs", &t.sft_epochs);
+        push_opt(&mut a, "--tokenization", &t.tokenization);
     }
     push_opt(&mut a, "--max-ctx", &t.max_ctx);
     if scenario == "rm" {
@@ -725,7 +726,11 @@ mod tests {
     use super::*;
 
     fn pipeline(extra: &str) -> Pipeline {
-        let text = format!(
+        Pipeline::parse("p.toml", &text(extra), &[]).unwrap()
+    }
+
+    fn text(extra: &str) -> String {
+        format!(
             r#"
 artifacts = "a"
 [data]
@@ -747,8 +752,7 @@ weak = ["s", "m"]
 strong = ["m", "l"]
 {extra}
 "#
-        );
-        Pipeline::parse("p.toml", &text, &[]).unwrap()
+        )
     }
 
     #[test]
@@ -813,5 +817,23 @@ strong = ["m", "l"]
             fp(&before, "w2s-train:w2s-m-l-none"),
             fp(&after, "w2s-train:w2s-m-l-none")
         );
+    }
+
+    #[test]
+    fn tokenization_reaches_preference_training_only() {
+        let steps = expand(&pipeline(
+            "scenarios = [\"rm\", \"simpo\"]\n[train]\ntokenization = \"reference\"",
+        ))
+        .unwrap();
+        let args = |id: &str| steps.iter().find(|s| s.id == id).unwrap().args.join(" ");
+        assert!(args("gt-train:gt-s-simpo").contains("--tokenization reference"));
+        assert!(args("w2s-train:w2s-s-m-explicit-simpo").contains("--tokenization reference"));
+        assert!(!args("gt-train:gt-s").contains("--tokenization"));
+        assert!(!args("w2s-train:w2s-s-m-explicit").contains("--tokenization"));
+        // Scoring and labelling follow the checkpoint's own record (w2s.json).
+        assert!(!args("score:gt-s-simpo").contains("--tokenization"));
+        let bad = Pipeline::parse("p.toml", &text("[train]\ntokenization = \"bpe\""), &[]);
+        let e = bad.err().unwrap().to_string();
+        assert!(e.contains("train.tokenization"), "{e}");
     }
 }

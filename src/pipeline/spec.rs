@@ -118,6 +118,8 @@ pub struct Train {
     pub sft_epochs: Option<usize>,
     pub max_ctx: Option<usize>,
     pub readout: Option<String>,
+    /// Preference scenarios: `joint` (default) or `reference` (reference-spec §1.7).
+    pub tokenization: Option<String>,
     pub slot_seed: Option<u64>,
     pub head_seed: Option<u64>,
     pub save_every: Option<usize>,
@@ -145,6 +147,10 @@ impl Train {
             sft_epochs: over.sft_epochs.or(self.sft_epochs),
             max_ctx: over.max_ctx.or(self.max_ctx),
             readout: over.readout.clone().or_else(|| self.readout.clone()),
+            tokenization: over
+                .tokenization
+                .clone()
+                .or_else(|| self.tokenization.clone()),
             slot_seed: over.slot_seed.or(self.slot_seed),
             head_seed: over.head_seed.or(self.head_seed),
             save_every: over.save_every.or(self.save_every),
@@ -535,6 +541,14 @@ fn check_train(file: &str, key: &str, t: &Train) -> Result<()> {
             return bad(
                 "readout",
                 format!(" = \"{r}\" is not one of last-token, reference"),
+            );
+        }
+    }
+    if let Some(r) = &t.tokenization {
+        if !["joint", "reference"].contains(&r.as_str()) {
+            return bad(
+                "tokenization",
+                format!(" = \"{r}\" is not one of joint, reference"),
             );
         }
     }

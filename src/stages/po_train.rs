@@ -7,7 +7,9 @@
 //!
 //! Tokenization is the documented default (docs/scenarios.md): each side's transcript is
 //! encoded once and its prompt masked; position 0 is never scored and the SFT loss divides by
-//! the scored tokens. Both phases resume after a kill (`state/train/<run>/{sft,po}`).
+//! the scored tokens. `Tokenization::Reference` reproduces the reference's separate encoding
+//! and its SFT denominator (reference-spec §1.7, §3.3). Both phases resume after a kill
+//! (`state/train/<run>/{sft,po}`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use crate::scenarios::po::{self, Loss, PairStats};
 use crate::scenarios::rm::Objective;
 use crate::schema;
 use crate::store::{fingerprint, ArtifactStore, InputFile, OutputFile};
-use crate::tokenize::Tokenizer;
+use crate::tokenize::{Tokenization, Tokenizer};
 use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
 
 /// Everything that determines a trained policy.
@@ -54,6 +56,9 @@ pub struct PoTrainSettings {
     /// The preference phase (reference: SimPO one epoch, DPO three).
     pub po: LoopSettings,
     pub max_ctx: usize,
+    /// How pair sides are tokenized (absent from the fingerprint when the default).
+    #[serde(skip_serializing_if = "Tokenization::is_joint")]
+    pub tokenization: Tokenization,
     pub device: String,
     #[serde(skip)]
     pub save_every: usize,
@@ -78,8 +83,9 @@ fn encode(
     prompt: &str,
     response: &str,
     max_ctx: usize,
+    mode: Tokenization,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
-    let e = tok.encode_side(prompt, response, max_ctx)?;
+    let e = tok.encode_pair_side(prompt, response, max_ctx, mode)?;
     Ok((e.ids, e.response_mask))
 }
 
@@ -87,13 +93,14 @@ fn items(
     tok: &Tokenizer,
     pairs: &[PairText],
     max_ctx: usize,
+    mode: Tokenization,
     prefer: impl Fn(&PairText) -> Result<bool>,
 ) -> Result<Vec<Item>> {
     pairs
         .iter()
         .map(|p| {
-            let c = encode(tok, &p.prompt, &p.chosen, max_ctx)?;
-            let r = encode(tok, &p.rejected_prompt, &p.rejected, max_ctx)?;
+            let c = encode(tok, &p.prompt, &p.chosen, max_ctx, mode)?;
+            let r = encode(tok, &p.rejected_prompt, &p.rejected, max_ctx, mode)?;
             Ok(if prefer(p)? {
                 Item { c, r, acc: true }
             } else {
@@ -245,8 +252,8 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         kept = Some(k);
     }
     let mut data = match &teacher {
-        None => items(&tok, &pairs, max_ctx, |_| Ok(true))?,
-        Some(_) => items(&tok, &pairs, max_ctx, |p| Ok(label(p)?.0))?,
+        None => items(&tok, &pairs, max_ctx, s.tokenization, |_| Ok(true))?,
+        Some(_) => items(&tok, &pairs, max_ctx, s.tokenization, |p| Ok(label(p)?.0))?,
     };
     if s.objective == Objective::Implicit {
         let mut helpful = common::load_split(store, "helpful").await.map_err(|_| {
@@ -266,7 +273,9 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
             }
             helpful = k.iter().map(|&i| helpful[i].clone()).collect();
         }
-        data.extend(items(&tok, &helpful, max_ctx, |_| Ok(true))?);
+        data.extend(items(&tok, &helpful, max_ctx, s.tokenization, |_| {
+            Ok(true)
+        })?);
     }
     if data.is_empty() {
         return Err(Error::Config(format!(
@@ -283,7 +292,9 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         .collect();
     let mut log: Vec<StepLog> = Vec::new();
 
-    // Phase 1: SFT on the chosen side, loss −S(y)/n(y) averaged over the step.
+    // Phase 1: SFT on the chosen side, loss −S(y)/n(y) averaged over the step (the reference
+    // mode's n also counts the first window token, which is never scored: §3.3).
+    let first_counts = s.tokenization == Tokenization::Reference;
     let sft_resume = Resume {
         store,
         prefix: format!("state/{key}/sft"),
@@ -302,6 +313,12 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         train::optimize(&mut adam, &vars, &s.sft, data.len(), &sft_resume, |mb| {
             let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             let (sum, _, count) = logps(&model, &rows)?;
+            let count = if first_counts {
+                let first: Vec<f32> = rows.iter().map(|r| r.1[0] as f32).collect();
+                (count + Tensor::new(first, model.device())?.to_dtype(sum.dtype())?)?
+            } else {
+                count
+            };
             let per = (sum.neg()? / count)?;
             let loss = (per.sum_all()? / batch_n)?;
             let value = f64::from(loss.to_scalar::<f32>()?);

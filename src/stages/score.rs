@@ -28,7 +28,7 @@ use crate::schema;
 use crate::stages::common::{load_split, sanitize, PairText};
 use crate::stages::{split, weak_label};
 use crate::store::{fingerprint, ArtifactStore};
-use crate::tokenize::Tokenizer;
+use crate::tokenize::{Tokenization, Tokenizer};
 
 /// Everything that determines a `scores` part.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,6 +48,9 @@ pub struct ScoreSettings {
     pub dtype: String,
     /// Reward models: override of the checkpoint's readout.
     pub readout: Option<Readout>,
+    /// Policies: override of the tokenization the checkpoint was trained with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenization: Option<Tokenization>,
 }
 
 /// What a score run did.
@@ -125,12 +128,13 @@ pub(crate) struct PolicyScores {
     pub truncated: usize,
 }
 
-/// Scores every pair with a policy: each side's transcript encoded once, its prompt masked.
+/// Scores every pair with a policy, each side tokenized as `mode` says.
 pub(crate) fn policy_scores(
     model: &Model,
     tok: &Tokenizer,
     pairs: &[PairText],
     max_ctx: usize,
+    mode: Tokenization,
     batch_pairs: usize,
     what: &'static str,
 ) -> Result<PolicyScores> {
@@ -140,13 +144,13 @@ pub(crate) fn policy_scores(
     for chunk in pairs.chunks(batch_pairs) {
         let mut rows = Vec::with_capacity(chunk.len() * 2);
         for p in chunk {
-            let c = tok.encode_side(&p.prompt, &p.chosen, max_ctx)?;
+            let c = tok.encode_pair_side(&p.prompt, &p.chosen, max_ctx, mode)?;
             truncated += usize::from(c.truncated > 0);
             tokens += c.ids.len();
             rows.push((c.ids, c.response_mask));
         }
         for p in chunk {
-            let r = tok.encode_side(&p.rejected_prompt, &p.rejected, max_ctx)?;
+            let r = tok.encode_pair_side(&p.rejected_prompt, &p.rejected, max_ctx, mode)?;
             truncated += usize::from(r.truncated > 0);
             tokens += r.ids.len();
             rows.push((r.ids, r.response_mask));
@@ -175,19 +179,28 @@ pub(crate) fn policy_scores(
     })
 }
 
-/// The preference loss a policy checkpoint was trained with (`w2s.json`); SimPO for a
-/// checkpoint w2s did not train (its confidence is the paper's default).
-pub fn policy_kind(dir: &Path) -> Loss {
-    std::fs::read(dir.join("w2s.json"))
+/// The preference loss a policy checkpoint was trained with and its tokenization
+/// (`w2s.json`); SimPO and the joint default for a checkpoint w2s did not train (its
+/// confidence is the paper's default).
+pub fn policy_kind(dir: &Path) -> (Loss, Tokenization) {
+    let v = std::fs::read(dir.join("w2s.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v.pointer("/provenance/scenario")
-                .and_then(|x| x.as_str())
-                .map(str::to_string)
-        })
-        .map(|s| if s == "dpo" { Loss::Dpo } else { Loss::Simpo })
-        .unwrap_or(Loss::Simpo)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let field = |ptr: &str| {
+        v.as_ref()
+            .and_then(|v| v.pointer(ptr))
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    let loss = match field("/provenance/scenario").as_deref() {
+        Some("dpo") => Loss::Dpo,
+        _ => Loss::Simpo,
+    };
+    let tokenization = match field("/provenance/settings/tokenization").as_deref() {
+        Some("reference") => Tokenization::Reference,
+        _ => Tokenization::Joint,
+    };
+    (loss, tokenization)
 }
 
 /// Runs the score stage.
@@ -244,8 +257,17 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
     let model = Model::load_frozen_as(&model_dir, &device, crate::models::parse_dtype(&s.dtype)?)?;
     let tok = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
-    let kind = policy_kind(&model_dir);
-    let scored = policy_scores(&model, &tok, &pairs, max_ctx, s.batch_pairs, "scoring")?;
+    let (kind, trained) = policy_kind(&model_dir);
+    let mode = s.tokenization.unwrap_or(trained);
+    let scored = policy_scores(
+        &model,
+        &tok,
+        &pairs,
+        max_ctx,
+        mode,
+        s.batch_pairs,
+        "scoring",
+    )?;
     let mut b = ScoreBuilders::default();
     let mut correct = 0usize;
     for (p, x) in pairs.iter().zip(&scored.sides) {

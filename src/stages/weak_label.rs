@@ -33,6 +33,9 @@ pub struct WeakLabelSettings {
     pub max_ctx: usize,
     /// Override of the checkpoint's readout.
     pub readout: Option<Readout>,
+    /// Policies: override of the tokenization the checkpoint was trained with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenization: Option<crate::tokenize::Tokenization>,
     pub device: String,
     /// Pairs per forward pass (speed only; not in the fingerprint).
     #[serde(skip)]
@@ -186,9 +189,16 @@ async fn label_policy(
     let tok = Tokenizer::load(&dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
     let pairs = common::load_split(store, &s.split).await?;
-    let kind = super::score::policy_kind(dir);
-    let scored =
-        super::score::policy_scores(&model, &tok, &pairs, max_ctx, s.batch_pairs, "labelling")?;
+    let (kind, trained) = super::score::policy_kind(dir);
+    let scored = super::score::policy_scores(
+        &model,
+        &tok,
+        &pairs,
+        max_ctx,
+        s.tokenization.unwrap_or(trained),
+        s.batch_pairs,
+        "labelling",
+    )?;
     let n = pairs.len();
     let (method, margin): (&str, Vec<f64>) = match kind {
         Loss::Simpo => (

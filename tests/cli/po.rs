@@ -7,9 +7,15 @@ use std::path::Path;
 use crate::common::{fixture_model, ok, s, w2s};
 use crate::rm::split_oracle_data;
 
-fn expected() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/po_run/expected.json");
+fn fixture(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/po_run")
+        .join(name);
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn expected() -> serde_json::Value {
+    fixture("expected.json")
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
@@ -66,6 +72,7 @@ fn check_log(root: &Path, run: &str, want: &serde_json::Value) {
 }
 
 fn test_margins(root: &Path, run: &str) -> Vec<f64> {
+    // The tokenization comes from the checkpoint (w2s.json), as the run was trained.
     ok(w2s(&[
         "score",
         "--artifacts",
@@ -81,12 +88,30 @@ fn test_margins(root: &Path, run: &str) -> Vec<f64> {
     )
 }
 
+/// Which fixture model and tokenization a scenario runs with.
+struct Setup {
+    model: &'static str,
+    tokenization: &'static str,
+    expected: serde_json::Value,
+}
+
 fn scenario(kind: &str) {
-    let exp = expected();
+    run_scenario(
+        kind,
+        Setup {
+            model: "gpt2",
+            tokenization: "joint",
+            expected: expected(),
+        },
+    )
+}
+
+fn run_scenario(kind: &str, setup: Setup) {
+    let exp = setup.expected;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     split_oracle_data(root);
-    let model = fixture_model("gpt2").display().to_string();
+    let model = fixture_model(setup.model).display().to_string();
     let train = |extra: &[&str]| {
         let mut a: Vec<&str> = extra.to_vec();
         a.extend([
@@ -96,6 +121,8 @@ fn scenario(kind: &str) {
             kind,
             "--model",
             &model,
+            "--tokenization",
+            setup.tokenization,
         ]);
         a.extend(ARGS);
         ok(w2s(&a))
@@ -151,7 +178,7 @@ fn scenario(kind: &str) {
             tol,
         );
     }
-    if kind == "simpo" {
+    if kind == "simpo" && exp[kind].get("high_confidence").is_some() {
         // A high-confidence student (implicit conflict): the rows the teacher got right with
         // confidence >= T and the helpful pairs at the same indices.
         let want = &exp[kind]["high_confidence"];
@@ -195,4 +222,72 @@ fn simpo_matches_the_pytorch_oracle() {
 #[test]
 fn dpo_matches_the_pytorch_oracle() {
     scenario("dpo");
+}
+
+#[test]
+fn simpo_with_reference_tokenization_matches_the_oracle_on_llama() {
+    run_scenario(
+        "simpo",
+        Setup {
+            model: "llama",
+            tokenization: "reference",
+            expected: fixture("reference_llama.json"),
+        },
+    );
+}
+
+#[test]
+fn dpo_with_reference_tokenization_matches_the_oracle_on_llama() {
+    run_scenario(
+        "dpo",
+        Setup {
+            model: "llama",
+            tokenization: "reference",
+            expected: fixture("reference_llama.json"),
+        },
+    );
+}
+
+/// The reference's separate encoding gives the oracle's ids and masks on every test and
+/// helpful side (all three truncation cases of reference-spec §1.7 at max_ctx 48).
+#[test]
+fn reference_tokenization_matches_the_oracle_ids() {
+    let exp = fixture("reference_llama.json");
+    let tok =
+        w2s::tokenize::Tokenizer::load(&fixture_model("llama").join("tokenizer.json")).unwrap();
+    let sides = exp["tokens"].as_array().unwrap();
+    let (mut mid_bos, mut fully_scored, mut cut) = (0, 0, 0);
+    for x in sides {
+        let ids: Vec<u32> = x["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let mask: Vec<u32> = x["mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let e = tok
+            .encode_pair_side(
+                x["prompt"].as_str().unwrap(),
+                x["response"].as_str().unwrap(),
+                48,
+                w2s::tokenize::Tokenization::Reference,
+            )
+            .unwrap();
+        let at = format!("{} row {} {}", x["split"], x["row"], x["side"]);
+        assert_eq!(e.ids, ids, "{at}");
+        assert_eq!(e.response_mask, mask, "{at}");
+        mid_bos += usize::from(ids.iter().skip(1).any(|&i| i == 1));
+        fully_scored += usize::from(mask.iter().all(|&m| m == 1));
+        cut += usize::from(e.truncated > 0);
+    }
+    // The fixture covers the cases it is there for.
+    assert!(
+        mid_bos > 0 && fully_scored > 0 && cut > fully_scored,
+        "{mid_bos} {fully_scored} {cut}"
+    );
 }
