@@ -102,9 +102,10 @@ impl Figure {
         match &self.chart {
             Chart::Bars { groups, series, .. } => {
                 let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
-                let w = 120
-                    + legend_width(&names)
-                    + groups.len() as u32 * (30 + 24 * series.len() as u32);
+                // Each group is wide enough for its bars and for the longest group label.
+                let longest = groups.iter().map(|g| g.chars().count()).max().unwrap_or(0) as u32;
+                let per = (30 + 24 * series.len() as u32).max(longest * 7 + 12);
+                let w = 120 + legend_width(&names) + groups.len() as u32 * per;
                 (w.clamp(720, 1800), 420)
             }
             Chart::Grids { grids } => {

@@ -555,6 +555,30 @@ fn figures(d: &ReportData) -> Vec<Figure> {
         });
     }
 
+    // Fig. 9b/9c: bootstrapped students beside the direct ones of the same weak and strong model.
+    for (id, title, name, conflict_only) in [
+        (
+            "bootstrap_deception",
+            "Deception score: bootstrapped through an intermediate model vs direct (Fig. 9b/9c)",
+            "deception_score",
+            true,
+        ),
+        (
+            "bootstrap_accuracy",
+            "Test accuracy: bootstrapped through an intermediate model vs direct (Fig. 9)",
+            "accuracy",
+            false,
+        ),
+    ] {
+        if let Some(chart) = bootstrap_chart(&d.cells, &settings, name, conflict_only) {
+            out.push(Figure {
+                id: id.into(),
+                title: title.into(),
+                chart,
+            });
+        }
+    }
+
     // Fig. 8: deception score against the Strong-Known & Weak-Unknown share, per run.
     let area_settings = settings_of(d.area.iter().map(|p| &p.setting));
     let scatter: Vec<Series> = area_settings
@@ -712,6 +736,91 @@ fn figures(d: &ReportData) -> Vec<Figure> {
     out
 }
 
+/// A bootstrapped weak model `<weak> via <intermediate>[ · <scenario>]` as its direct weak
+/// model `<weak>[ · <scenario>]` and the intermediate.
+fn unchain(weak: &str) -> Option<(String, String)> {
+    let (w, rest) = weak.split_once(" via ")?;
+    Some(match rest.rsplit_once(" · ") {
+        Some((mid, scenario)) => (format!("{w} · {scenario}"), mid.to_string()),
+        None => (w.to_string(), rest.to_string()),
+    })
+}
+
+/// Bars of one measure per (weak, strong, setting) that has a bootstrapped cell: the direct
+/// run and one series per intermediate model.
+fn bootstrap_chart(
+    cells: &[CellSummary],
+    settings: &[Setting],
+    name: &str,
+    conflict_only: bool,
+) -> Option<Chart> {
+    let setting = |c: &CellSummary| -> Setting { (c.objective.clone(), c.alpha.map(f64::to_bits)) };
+    // (direct weak, strong, setting) -> cells by route ("direct" or the intermediate).
+    let mut groups: BTreeMap<(String, String, usize), BTreeMap<String, &CellSummary>> =
+        BTreeMap::new();
+    let mut mids = BTreeSet::new();
+    for c in cells {
+        let st = setting(c);
+        if conflict_only && st.0 == "none" {
+            continue;
+        }
+        let Some(pos) = settings.iter().position(|x| *x == st) else {
+            continue;
+        };
+        if let Some((direct, mid)) = unchain(&c.weak_model) {
+            mids.insert(mid.clone());
+            groups
+                .entry((direct, c.strong_model.clone(), pos))
+                .or_default()
+                .insert(mid, c);
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    for c in cells {
+        if let Some(pos) = settings.iter().position(|x| *x == setting(c)) {
+            if let Some(g) = groups.get_mut(&(c.weak_model.clone(), c.strong_model.clone(), pos)) {
+                g.insert(String::new(), c);
+            }
+        }
+    }
+    let routes: Vec<String> = std::iter::once(String::new()).chain(mids).collect();
+    let series = routes
+        .iter()
+        .map(|r| BarSeries {
+            name: if r.is_empty() {
+                "direct".into()
+            } else {
+                format!("via {}", short(r))
+            },
+            values: groups
+                .values()
+                .map(|g| point(g.get(r).and_then(|c| measure(c, name))))
+                .collect(),
+        })
+        .collect();
+    Some(Chart::Bars {
+        groups: groups
+            .keys()
+            .map(|(w, s, pos)| {
+                format!(
+                    "{} → {}, {}",
+                    short(w),
+                    short(s),
+                    setting_name(&settings[*pos])
+                )
+            })
+            .collect(),
+        series,
+        y_label: if name == "accuracy" {
+            "test accuracy".into()
+        } else {
+            "deception score".into()
+        },
+    })
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -813,6 +922,14 @@ fn caption(id: &str, t: f64) -> String {
         "deception_grid" => (
             "Of the pairs the no-conflict student gets right and the conflict student gets wrong (the flips), the share in the Strong-Known & Weak-Unknown area (Eq. 8). Grey: no flips (the score is undefined, not 0); blank: no run. Counts under each value.",
             format!("w2s sql sql/deception.sql --artifacts ROOT --param threshold={t}"),
+        ),
+        "bootstrap_deception" => (
+            "Students trained on an intermediate model's labels (weak → intermediate → strong, conflict in the last stage only, reference-spec §3.9) beside the direct weak → strong student of the same setting. Both are measured against the same weak and strong ceilings. A missing bar: no flips (the score is undefined) or no run; the deception grid has the counts.",
+            format!("w2s sql sql/deception.sql --artifacts ROOT --param threshold={t}"),
+        ),
+        "bootstrap_accuracy" => (
+            "Test accuracy of the bootstrapped students and of the direct ones of the same weak model, strong model and setting (mean over seeds, 95% intervals).",
+            "w2s sql --artifacts ROOT \"select weak_model, strong_model, objective, value from analysis_summary where measure = 'accuracy' order by strong_model, objective, weak_model\"".to_string(),
         ),
         "deception_vs_area" => (
             "One point per conflict run: the share of test pairs only the strong ceiling knows, against the run's deception score (runs without flips are left out).",
@@ -916,7 +1033,73 @@ fn html(
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::*;
+
+    fn cell(weak: &str, objective: &str, deception: Option<f64>, accuracy: f64) -> CellSummary {
+        let m = |measure: &'static str, value: Option<f64>| uncertainty::Summary {
+            measure,
+            seeds: 1,
+            value,
+            low: None,
+            high: None,
+            interval: "none",
+            numerator: 0,
+            denominator: 0,
+        };
+        CellSummary {
+            weak_model: weak.into(),
+            strong_model: "run:tiny-3 · simpo".into(),
+            objective: objective.into(),
+            alpha: None,
+            runs: vec![],
+            measures: vec![
+                m("deception_score", deception),
+                m("accuracy", Some(accuracy)),
+            ],
+        }
+    }
+
+    #[test]
+    fn bootstrapped_cells_sit_beside_their_direct_runs() {
+        assert_eq!(
+            unchain("run:tiny-1 via run:tiny-2 · simpo"),
+            Some(("run:tiny-1 · simpo".into(), "run:tiny-2".into()))
+        );
+        assert_eq!(unchain("a via b"), Some(("a".into(), "b".into())));
+        assert_eq!(unchain("run:tiny-1 · simpo"), None);
+        let cells = vec![
+            cell("run:tiny-1 · simpo", "none", None, 0.57),
+            cell("run:tiny-1 · simpo", "implicit", Some(0.5), 0.775),
+            cell("run:tiny-2 · simpo", "implicit", Some(0.2), 0.8),
+            cell("run:tiny-1 via run:tiny-2 · simpo", "none", None, 0.81),
+            cell(
+                "run:tiny-1 via run:tiny-2 · simpo",
+                "implicit",
+                Some(0.571),
+                0.828,
+            ),
+        ];
+        let settings = vec![("none".to_string(), None), ("implicit".to_string(), None)];
+        let Some(Chart::Bars { groups, series, .. }) =
+            bootstrap_chart(&cells, &settings, "deception_score", true)
+        else {
+            panic!("a chart");
+        };
+        // Only the conflict setting, only the weak model that has a bootstrapped run.
+        assert_eq!(groups, vec!["tiny-1 · simpo → tiny-3 · simpo, implicit"]);
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["direct", "via tiny-2"]);
+        assert_eq!(series[0].values[0].as_ref().unwrap().value, 0.5);
+        assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.571);
+        let Some(Chart::Bars { groups, series, .. }) =
+            bootstrap_chart(&cells, &settings, "accuracy", false)
+        else {
+            panic!("a chart");
+        };
+        assert_eq!(groups.len(), 2);
+        assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.81);
+        assert!(bootstrap_chart(&cells[..3], &settings, "accuracy", false).is_none());
+    }
 
     #[test]
     fn short_names_keep_the_scenario_and_the_chain() {
