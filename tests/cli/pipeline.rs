@@ -263,6 +263,41 @@ fn three_scenarios_share_a_root_and_stay_apart_in_the_analyses() {
     );
 }
 
+/// Bootstrapping on the embedded world (weak -> intermediate -> strong, SimPO, the conflict in
+/// the last stage only): the bootstrapped cells sit beside the direct ones in the analyses and
+/// the report has the Fig. 9 comparison.
+#[test]
+fn bootstrapping_runs_on_the_world_and_the_report_compares_it_with_direct_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = dir.path().join("boot.toml");
+    let text = mini_with(&root, r#"["none", "implicit"]"#, r#"["simpo"]"#)
+        .replace(
+            "weak = [\"a\"]\nstrong = [\"b\"]",
+            "pairs = [[\"a\", \"c\"]]\nintermediates = [\"b\"]",
+        )
+        .replace(
+            "[train]",
+            "[[model]]\nid = \"c\"\npretrain = { layers = 1, embd = 32, heads = 2, ctx = 32, epochs = 3 }\n[train]",
+        );
+    std::fs::write(&file, text).unwrap();
+    let out = run(&file);
+    assert!(out.contains("mini: "), "{out}");
+    let cells = query(
+        &root,
+        "select distinct weak_model, objective from analysis_summary order by 1, 2",
+    );
+    assert_eq!(
+        cells,
+        "weak_model,objective\nrun:a via run:b · simpo,implicit\nrun:a via run:b · simpo,none\nrun:a · simpo,implicit\nrun:a · simpo,none\n"
+    );
+    let html = std::fs::read_to_string(crate::common::report_page(&root)).unwrap();
+    for id in ["bootstrap_accuracy", "bootstrap_deception"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} in the report");
+    }
+    assert!(html.contains("via b"), "the intermediate names its series");
+}
+
 #[test]
 fn every_pipeline_plans_offline() {
     let dir = tempfile::tempdir().unwrap();
