@@ -63,6 +63,52 @@ pub enum Command {
     Run(RunArgs),
     /// Print a pipeline's steps (as a table, or as JSON for external schedulers).
     Plan(PlanArgs),
+    /// Measure the engine against PyTorch on this machine (docs/performance.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Reward-model and policy training and scoring, GPT-2-small and tiny shapes, each in its
+    /// own process, beside PyTorch on the same random checkpoint; medians and ratios.
+    Engine(BenchEngineArgs),
+    /// One measurement in this process, printed as JSON (what `bench engine` runs).
+    #[command(hide = true)]
+    One(BenchOneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchEngineArgs {
+    /// Shapes to measure (default: both).
+    #[arg(long, value_enum)]
+    pub arch: Vec<w2s::bench::Arch>,
+    /// Tasks to measure (default: all four).
+    #[arg(long, value_enum)]
+    pub task: Vec<w2s::bench::Task>,
+    /// Runs of each measurement per engine (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Python with torch and transformers for the baseline ("none": w2s only).
+    #[arg(long, default_value = ".venv-ref/bin/python")]
+    pub python: String,
+    /// Where the random checkpoints are written (reused across runs).
+    #[arg(long, default_value = "target/bench-models")]
+    pub models: String,
+    /// Also write every measurement and the summary as JSON here.
+    #[arg(long)]
+    pub out: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchOneArgs {
+    #[arg(long, value_enum)]
+    pub arch: w2s::bench::Arch,
+    #[arg(long, value_enum)]
+    pub task: w2s::bench::Task,
+    /// The checkpoint folder (`bench engine` writes it).
+    #[arg(long)]
+    pub model: String,
 }
 
 #[derive(Args, Debug)]
@@ -488,6 +534,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report_cmd(a).await,
         Command::Run(a) => run_cmd(a).await,
         Command::Plan(a) => plan_cmd(a).await,
+        Command::Bench(BenchCommand::Engine(a)) => bench_engine_cmd(a),
+        Command::Bench(BenchCommand::One(a)) => {
+            let m = w2s::bench::run_one(a.arch, a.task, std::path::Path::new(&a.model))?;
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
     }
 }
 
@@ -1234,6 +1286,99 @@ async fn run_cmd(a: RunArgs) -> Result<()> {
             summary.skipped,
             started.elapsed().as_secs_f64()
         );
+    }
+    Ok(())
+}
+
+/// The PyTorch baseline script, beside the sources.
+const TORCH_BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/torch_engine.py");
+
+fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
+    use w2s::bench::{self, Arch, Measurement, Task};
+    let arches = if a.arch.is_empty() {
+        vec![Arch::Tiny, Arch::Gpt2Small]
+    } else {
+        a.arch.clone()
+    };
+    let tasks = if a.task.is_empty() {
+        Task::ALL.to_vec()
+    } else {
+        a.task.clone()
+    };
+    let python =
+        (a.python != "none" && std::path::Path::new(&a.python).exists()).then(|| a.python.clone());
+    if python.is_none() {
+        eprintln!(
+            "no PyTorch baseline: {} not found (python3 -m venv .venv-ref && .venv-ref/bin/pip install torch transformers safetensors tokenizers)",
+            a.python
+        );
+    }
+    let exe = std::env::current_exe().context("locating the w2s executable")?;
+    let one = |cmd: &mut std::process::Command, what: &str| -> Result<Measurement> {
+        let out = cmd
+            .output()
+            .with_context(|| format!("starting the {what} measurement"))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{what} measurement failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("{what} printed `{line}`"))
+    };
+    let mut all = Vec::new();
+    for arch in arches {
+        let dir = bench::checkpoint(arch, std::path::Path::new(&a.models))?;
+        for &task in &tasks {
+            for rep in 0..a.repeats {
+                let m = one(
+                    std::process::Command::new(&exe)
+                        .args(["--log", "warn", "bench", "one", "--arch", arch.name()])
+                        .args(["--task", task.name(), "--model"])
+                        .arg(&dir),
+                    "w2s",
+                )?;
+                eprintln!(
+                    "{} {} w2s #{}: {:.0} tokens/s, peak {:.0} MiB",
+                    arch.name(),
+                    task.name(),
+                    rep + 1,
+                    m.tokens_per_s,
+                    m.peak_rss_mib
+                );
+                all.push(m);
+                if let Some(py) = &python {
+                    let m = one(
+                        std::process::Command::new(py)
+                            .arg(TORCH_BENCH)
+                            .args(["--arch", arch.name(), "--task", task.name(), "--model"])
+                            .arg(&dir),
+                        "PyTorch",
+                    )?;
+                    eprintln!(
+                        "{} {} torch #{}: {:.0} tokens/s, peak {:.0} MiB",
+                        arch.name(),
+                        task.name(),
+                        rep + 1,
+                        m.tokens_per_s,
+                        m.peak_rss_mib
+                    );
+                    all.push(m);
+                }
+            }
+        }
+    }
+    let rows = bench::rows(&all);
+    print!("{}", bench::table(&rows));
+    if let Some(out) = &a.out {
+        let v = serde_json::json!({"measurements": all, "rows": rows});
+        std::fs::write(out, serde_json::to_vec_pretty(&v)?).with_context(|| out.clone())?;
     }
     Ok(())
 }

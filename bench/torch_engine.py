@@ -1,0 +1,111 @@
+"""PyTorch baseline of `w2s bench engine` (docs/performance.md): the same shapes, tasks and
+random checkpoint as src/bench.rs, done the way the reference implementation does them
+(transformers models in fp32, torch.optim.Adam, reward-model micro-batch of one pair, no
+attention mask). Prints one JSON line, as `w2s bench one` does.
+
+    .venv-ref/bin/python bench/torch_engine.py --arch tiny --task rm-train --model DIR
+
+`w2s bench engine` runs it once per repeat in a fresh process (so peak RSS is its own).
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import torch
+import transformers
+
+SHAPES = {
+    # layers, width, heads, vocab, seq, pairs per step, timed steps
+    "gpt2-small": dict(seq=256, pairs=2, steps=2),
+    "tiny": dict(seq=64, pairs=16, steps=10),
+}
+
+
+def rows(n, seq, vocab):
+    # Fixed random ids in 1..vocab (no padding); the values do not matter for speed.
+    g = np.random.default_rng(1)
+    return torch.tensor(g.integers(1, vocab, size=(n, seq)), dtype=torch.long)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", required=True, choices=SHAPES)
+    ap.add_argument("--task", required=True, choices=["rm-train", "rm-score", "po-train", "po-score"])
+    ap.add_argument("--model", required=True)
+    a = ap.parse_args()
+    s = SHAPES[a.arch]
+    seq, n, steps = s["seq"], s["pairs"], s["steps"]
+    torch.manual_seed(0)
+    train = a.task.endswith("train")
+    if a.task.startswith("rm"):
+        body = transformers.GPT2Model.from_pretrained(a.model).float()
+        head = torch.nn.Linear(body.config.n_embd, 1, bias=False)
+        params = list(body.parameters()) + list(head.parameters())
+    else:
+        lm = transformers.GPT2LMHeadModel.from_pretrained(a.model).float()
+        params = list(lm.parameters())
+    vocab = (body if a.task.startswith("rm") else lm).config.vocab_size
+    ids = rows(2 * n, seq, vocab)
+    resp = torch.zeros(2 * n, seq)
+    resp[:, seq // 2 :] = 1.0
+    (body if a.task.startswith("rm") else lm).eval()  # no dropout, as the bench's w2s side
+    opt = torch.optim.Adam(params, lr=1e-3) if train else None
+    opt2 = torch.optim.Adam(params, lr=1e-3) if a.task == "po-train" else None
+
+    def logps(idx):
+        x = ids[idx]
+        logits = lm(input_ids=x).logits
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)
+        m = resp[idx][:, 1:]
+        ssum = (lp * m).sum(1)
+        return ssum, ssum / m.sum(1)
+
+    def step():
+        if a.task == "rm-train":
+            opt.zero_grad()
+            for p in range(n):
+                h = body(input_ids=ids[[p, n + p]]).last_hidden_state
+                r = head(h[:, -1]).squeeze(-1)
+                loss = torch.nn.functional.softplus(-(r[0] - r[1])) / n
+                loss.backward()
+            opt.step()
+        elif a.task == "rm-score":
+            with torch.no_grad():
+                h = body(input_ids=ids).last_hidden_state
+                head(h[:, -1]).squeeze(-1).tolist()
+        elif a.task == "po-train":
+            opt.zero_grad()
+            ssum, _ = logps(list(range(n)))
+            (-ssum.sum() / (n * seq // 2)).backward()
+            opt.step()
+            opt2.zero_grad()
+            _, mean = logps(list(range(2 * n)))
+            x = 2.0 * (mean[:n] - mean[n:]) - 1.0
+            (torch.nn.functional.softplus(-x).sum() / n).backward()
+            opt2.step()
+        else:
+            with torch.no_grad():
+                ssum, _ = logps(list(range(2 * n)))
+                ssum.tolist()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    secs = time.perf_counter() - t0
+    per_step = (3 if a.task == "po-train" else 2) * n * seq
+    print(json.dumps({
+        "engine": "torch",
+        "arch": a.arch,
+        "task": a.task,
+        "tokens_per_s": per_step * steps / secs,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "seconds": secs,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+//! `w2s bench engine`: the engine's speed and memory against PyTorch on the same machine, side
+//! by side in one invocation (issue 8, docs/performance.md).
+//!
+//! Each measurement runs in a fresh child process (`w2s bench one ...`), so its peak resident
+//! memory is its own; the PyTorch baseline (`bench/torch_engine.py`) runs the same shapes on
+//! the same random checkpoint when a Python with torch + transformers is there
+//! (`.venv-ref/bin/python` by default). Figures are medians over repeats and are printed as
+//! ratios against the baseline measured in the same run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::readout::{gather_positions, response_logprobs};
+use crate::models::{ops, Model};
+use crate::optim::{Adam, AdamConfig};
+use crate::rng::NumpyPcg64;
+
+/// A model shape to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// GPT-2 small: 12 layers, d 768, 12 heads, vocab 50257; sequences of 256, 2 pairs a step.
+    Gpt2Small,
+    /// The quickstart's largest rung: 2 layers, d 64, 4 heads, vocab 1000; sequences of 64,
+    /// 16 pairs a step.
+    Tiny,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2Small => "gpt2-small",
+            Arch::Tiny => "tiny",
+        }
+    }
+
+    /// (layers, width, heads, vocab, sequence length, pairs per step, timed steps).
+    pub fn shape(self) -> Shape {
+        match self {
+            Arch::Gpt2Small => Shape {
+                layers: 12,
+                width: 768,
+                heads: 12,
+                vocab: 50257,
+                seq: 256,
+                pairs: 2,
+                steps: 2,
+            },
+            Arch::Tiny => Shape {
+                layers: 2,
+                width: 64,
+                heads: 4,
+                vocab: 1000,
+                seq: 64,
+                pairs: 16,
+                steps: 10,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub layers: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub vocab: usize,
+    pub seq: usize,
+    /// Pairs per optimizer step (each pair is two sequences of `seq` tokens).
+    pub pairs: usize,
+    /// Timed steps (after one untimed warm-up step).
+    pub steps: usize,
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Reward model: forward both sides, pair loss −log σ(r_c − r_r), backward, Adam; micro-batch
+    /// one pair, as the reference.
+    RmTrain,
+    /// Reward model, no gradient: rewards of every side, all pairs of a step in one batch.
+    RmScore,
+    /// One SFT step on the chosen sides, then one SimPO step on both, each with its Adam.
+    PoTrain,
+    /// A policy, no gradient: response log-prob sums and means of every side.
+    PoScore,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::RmTrain => "rm-train",
+            Task::RmScore => "rm-score",
+            Task::PoTrain => "po-train",
+            Task::PoScore => "po-score",
+        }
+    }
+
+    pub const ALL: [Task; 4] = [Task::RmTrain, Task::RmScore, Task::PoTrain, Task::PoScore];
+}
+
+/// One measurement of one engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub engine: String,
+    pub arch: String,
+    pub task: String,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+    pub seconds: f64,
+}
+
+/// Writes a seeded random GPT-2 checkpoint of `arch` into `dir` (config.json,
+/// model.safetensors) unless it is there; both engines load it.
+pub fn checkpoint(arch: Arch, dir: &Path) -> Result<PathBuf> {
+    let s = arch.shape();
+    let out = dir.join(arch.name());
+    if out.join("model.safetensors").exists() && out.join("config.json").exists() {
+        return Ok(out);
+    }
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| Error::Io {
+            path: p.clone(),
+            source: e,
+        }
+    };
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let config = serde_json::json!({
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": s.vocab,
+        "n_positions": s.seq.max(64),
+        "n_ctx": s.seq.max(64),
+        "n_embd": s.width,
+        "n_layer": s.layers,
+        "n_head": s.heads,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": true,
+        "bos_token_id": 0,
+        "eos_token_id": 0
+    });
+    let mut rng = NumpyPcg64::new(0);
+    let mut normal = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect()
+    };
+    let d = s.width;
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut push = |name: String, shape: &[usize], v: Vec<f32>| -> Result<()> {
+        t.insert(name, Tensor::from_vec(v, shape, &dev)?);
+        Ok(())
+    };
+    let positions = s.seq.max(64);
+    push(
+        "transformer.wte.weight".into(),
+        &[s.vocab, d],
+        normal(s.vocab * d),
+    )?;
+    push(
+        "transformer.wpe.weight".into(),
+        &[positions, d],
+        normal(positions * d),
+    )?;
+    for i in 0..s.layers {
+        let p = format!("transformer.h.{i}");
+        for ln in ["ln_1", "ln_2"] {
+            push(format!("{p}.{ln}.weight"), &[d], vec![1.0; d])?;
+            push(format!("{p}.{ln}.bias"), &[d], vec![0.0; d])?;
+        }
+        for (m, inp, outp) in [
+            ("attn.c_attn", d, 3 * d),
+            ("attn.c_proj", d, d),
+            ("mlp.c_fc", d, 4 * d),
+            ("mlp.c_proj", 4 * d, d),
+        ] {
+            push(format!("{p}.{m}.weight"), &[inp, outp], normal(inp * outp))?;
+            push(format!("{p}.{m}.bias"), &[outp], vec![0.0; outp])?;
+        }
+    }
+    push("transformer.ln_f.weight".into(), &[d], vec![1.0; d])?;
+    push("transformer.ln_f.bias".into(), &[d], vec![0.0; d])?;
+    let cfg = out.join("config.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec_pretty(&config).expect("json value"),
+    )
+    .map_err(io(&cfg))?;
+    let tmp = out.join("model.safetensors.partial");
+    candle_core::safetensors::save(&t, &tmp)?;
+    let dst = out.join("model.safetensors");
+    std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    Ok(out)
+}
+
+/// Fixed random token ids (1..vocab: no padding) for `n` sequences of `seq` tokens.
+fn token_rows(n: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let mut rng = NumpyPcg64::new(1);
+    (0..n)
+        .map(|_| {
+            (0..seq)
+                .map(|_| 1 + (rng.next_u64() % (vocab as u64 - 1)) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs one measurement in this process: one warm-up step, then the shape's timed steps.
+pub fn run_one(arch: Arch, task: Task, model_dir: &Path) -> Result<Measurement> {
+    run_steps(arch, task, model_dir, arch.shape().steps)
+}
+
+/// [`run_one`] with `steps` timed steps.
+pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Result<Measurement> {
+    let s = Shape {
+        steps,
+        ..arch.shape()
+    };
+    let dev = Device::Cpu;
+    let rows = token_rows(2 * s.pairs, s.seq, s.vocab);
+    // Each row's response: its second half (a fixed prompt/response split for the PO tasks).
+    let resp: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| u32::from(i >= r.len() / 2)).collect())
+        .collect();
+    let full: Vec<Vec<u32>> = rows.iter().map(|r| vec![1u32; r.len()]).collect();
+    let last = vec![s.seq - 1; 2 * s.pairs];
+    let trainable = matches!(task, Task::RmTrain | Task::PoTrain);
+    let model = if trainable {
+        Model::load(model_dir, &dev)?
+    } else {
+        Model::load_frozen(model_dir, &dev)?
+    };
+    let head = Var::from_tensor(&crate::scenarios::rm::init_head(s.width, 0, &dev)?)?;
+    let mut vars: Vec<(String, Var)> = model
+        .params()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if task == Task::RmTrain {
+        vars.push(("score.weight".into(), head.clone()));
+    }
+    let mut adam = Adam::named(vars.clone(), AdamConfig::default());
+    let mut adam2 = Adam::named(vars, AdamConfig::default());
+    let batch = |idx: &[usize]| -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
+        let ids: Vec<Vec<u32>> = idx.iter().map(|&i| rows[i].clone()).collect();
+        let m: Vec<Vec<u32>> = idx.iter().map(|&i| full[i].clone()).collect();
+        let r: Vec<Vec<u32>> = idx.iter().map(|&i| resp[i].clone()).collect();
+        Ok((
+            ops::ids_tensor(&ids, &dev)?,
+            m,
+            ops::mask_tensor(&r, &dev)?.to_dtype(DType::F32)?,
+        ))
+    };
+    let logps = |idx: &[usize]| -> Result<(Tensor, Tensor)> {
+        let (ids, m, r) = batch(idx)?;
+        let h = model.hidden(&ids, &m)?;
+        let lp = response_logprobs(&model.logits(&h)?, &ids, &r)?;
+        Ok((lp.sum, lp.mean))
+    };
+    let n = s.pairs;
+    let step = |adam: &mut Adam, adam2: &mut Adam| -> Result<()> {
+        match task {
+            Task::RmTrain => {
+                for p in 0..n {
+                    let (ids, m, _) = batch(&[p, n + p])?;
+                    let h = model.hidden(&ids, &m)?;
+                    let r = crate::models::readout::reward(&h, &last[..2], head.as_tensor())?;
+                    let z = (r.narrow(0, 0, 1)? - r.narrow(0, 1, 1)?)?;
+                    // −log σ(z) = softplus(−z), composed (differentiable).
+                    let loss = ((z.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
+                    adam.accumulate(&loss.backward()?)?;
+                }
+                adam.step_accumulated()
+            }
+            Task::RmScore => {
+                let idx: Vec<usize> = (0..2 * n).collect();
+                let (ids, m, _) = batch(&idx)?;
+                let h = model.hidden(&ids, &m)?;
+                let r = gather_positions(&h, &last)?;
+                let _ = ops::linear(&r, head.as_tensor(), None)?.to_vec2::<f32>()?;
+                Ok(())
+            }
+            Task::PoTrain => {
+                let chosen: Vec<usize> = (0..n).collect();
+                let (sum, _) = logps(&chosen)?;
+                let loss = (sum.neg()?.sum_all()? / (n * s.seq / 2) as f64)?;
+                adam.step(&loss.backward()?)?;
+                let all: Vec<usize> = (0..2 * n).collect();
+                let (_, mean) = logps(&all)?;
+                let d = (mean.narrow(0, 0, n)? - mean.narrow(0, n, n)?)?;
+                let x = ((d * 2.0)? - 1.0)?;
+                let loss = ((x.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
+                adam2.step(&loss.backward()?)
+            }
+            Task::PoScore => {
+                let all: Vec<usize> = (0..2 * n).collect();
+                let (sum, _) = logps(&all)?;
+                let _ = sum.to_vec1::<f32>()?;
+                Ok(())
+            }
+        }
+    };
+    step(&mut adam, &mut adam2)?;
+    let t0 = Instant::now();
+    for _ in 0..s.steps {
+        step(&mut adam, &mut adam2)?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    // Tokens through the model per step: PO training reads the chosen sides twice.
+    let per_step = match task {
+        Task::PoTrain => 3 * n * s.seq,
+        _ => 2 * n * s.seq,
+    };
+    Ok(Measurement {
+        engine: "w2s".into(),
+        arch: arch.name().into(),
+        task: task.name().into(),
+        tokens_per_s: (per_step * s.steps) as f64 / seconds,
+        peak_rss_mib: peak_rss_mib(),
+        seconds,
+    })
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Medians of one (engine, arch, task) over its repeats.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub arch: String,
+    pub task: String,
+    pub w2s_tokens_per_s: f64,
+    pub torch_tokens_per_s: Option<f64>,
+    pub w2s_peak_rss_mib: f64,
+    pub torch_peak_rss_mib: Option<f64>,
+    pub repeats: usize,
+}
+
+impl Row {
+    pub fn speed_ratio(&self) -> Option<f64> {
+        self.torch_tokens_per_s.map(|t| self.w2s_tokens_per_s / t)
+    }
+
+    pub fn memory_ratio(&self) -> Option<f64> {
+        self.torch_peak_rss_mib.map(|t| self.w2s_peak_rss_mib / t)
+    }
+}
+
+/// Summarises repeated measurements into rows (medians), in the order first seen.
+pub fn rows(ms: &[Measurement]) -> Vec<Row> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for m in ms {
+        let k = (m.arch.clone(), m.task.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(arch, task)| {
+            let of = |engine: &str| -> Vec<&Measurement> {
+                ms.iter()
+                    .filter(|m| m.engine == engine && m.arch == arch && m.task == task)
+                    .collect()
+            };
+            let w = of("w2s");
+            let t = of("torch");
+            let med = |v: &[&Measurement], f: fn(&Measurement) -> f64| {
+                median(&v.iter().map(|m| f(m)).collect::<Vec<_>>())
+            };
+            Row {
+                repeats: w.len(),
+                w2s_tokens_per_s: med(&w, |m| m.tokens_per_s),
+                w2s_peak_rss_mib: med(&w, |m| m.peak_rss_mib),
+                torch_tokens_per_s: (!t.is_empty()).then(|| med(&t, |m| m.tokens_per_s)),
+                torch_peak_rss_mib: (!t.is_empty()).then(|| med(&t, |m| m.peak_rss_mib)),
+                arch,
+                task,
+            }
+        })
+        .collect()
+}
+
+/// The table printed at the end of a bench run (Markdown, as docs/performance.md shows it).
+pub fn table(rows: &[Row]) -> String {
+    let f = |x: Option<f64>, digits: usize| match x {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "-".into(),
+    };
+    let mut out = String::from(
+        "| arch | task | w2s tokens/s | PyTorch tokens/s | speed w2s/PyTorch | w2s peak RSS MiB | PyTorch peak RSS MiB | RSS w2s/PyTorch |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.arch,
+            r.task,
+            f(Some(r.w2s_tokens_per_s), 0),
+            f(r.torch_tokens_per_s, 0),
+            f(r.speed_ratio(), 2),
+            f(Some(r.w2s_peak_rss_mib), 0),
+            f(r.torch_peak_rss_mib, 0),
+            f(r.memory_ratio(), 2),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(engine: &str, task: &str, tps: f64, rss: f64) -> Measurement {
+        Measurement {
+            engine: engine.into(),
+            arch: "tiny".into(),
+            task: task.into(),
+            tokens_per_s: tps,
+            peak_rss_mib: rss,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let ms = vec![
+            m("w2s", "rm-train", 100.0, 50.0),
+            m("w2s", "rm-train", 300.0, 70.0),
+            m("w2s", "rm-train", 200.0, 60.0),
+            m("torch", "rm-train", 100.0, 120.0),
+            m("w2s", "rm-score", 10.0, 1.0),
+        ];
+        let r = rows(&ms);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].w2s_tokens_per_s, 200.0);
+        assert_eq!(r[0].speed_ratio(), Some(2.0));
+        assert_eq!(r[0].memory_ratio(), Some(0.5));
+        assert_eq!(r[1].speed_ratio(), None);
+        let t = table(&r);
+        assert!(
+            t.contains("| tiny | rm-train | 200 | 100 | 2.00 | 60 | 120 | 0.50 |"),
+            "{t}"
+        );
+        assert!(t.contains("| tiny | rm-score | 10 | - | - |"), "{t}");
+    }
+
+    /// Every task runs on a tiny checkpoint and the PO / RM steps change the weights.
+    #[test]
+    fn every_task_runs_on_the_tiny_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint(Arch::Tiny, dir.path()).unwrap();
+        assert!(ck.join("config.json").exists());
+        for task in Task::ALL {
+            let r = run_steps(Arch::Tiny, task, &ck, 1).unwrap();
+            assert!(r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite(), "{r:?}");
+            assert!(r.peak_rss_mib > 0.0, "{r:?}");
+        }
+    }
+}
