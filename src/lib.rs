@@ -4,6 +4,7 @@
 //! read and write Parquet tables and checkpoints through one [`store::ArtifactStore`], with
 //! analyses as DataFusion SQL ([`sql`]). See docs/architecture.md.
 
+pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod error;

@@ -3,6 +3,7 @@ use clap::Parser;
 mod cli;
 
 fn main() {
+    w2s::alloc::keep_freed_memory();
     let cli = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -8,7 +8,7 @@
 //! parameter per step (the brief measured ~6 s a step at 124M parameters).
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -51,6 +51,67 @@ pub struct SlotState {
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub steps: u64,
+}
+
+/// One Adam update's constants (PyTorch's single-tensor Adam).
+#[derive(Clone, Copy)]
+struct Update {
+    step_size: f32,
+    w1: f32,
+    b2: f32,
+    w2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl Update {
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let k = *self;
+        for i in 0..p.len() {
+            // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
+            m[i] += k.w1 * (g[i] - m[i]);
+            v[i] = v[i] * k.b2 + k.w2 * g[i] * g[i];
+            let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
+            p[i] -= k.step_size * m[i] / denom;
+        }
+    }
+}
+
+/// The update as an in-place op on a parameter's CPU storage.
+struct InPlace<'a> {
+    k: Update,
+    g: &'a [f32],
+    mv: std::cell::RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+}
+
+impl candle_core::InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("adam-update: f32 parameters only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("adam-update: contiguous parameters only");
+        };
+        let mut mv = self.mv.borrow_mut();
+        let (m, v) = &mut *mv;
+        if end - start != self.g.len() {
+            candle_core::bail!(
+                "adam-update: {} values, {} gradients",
+                end - start,
+                self.g.len()
+            );
+        }
+        self.k.apply(&mut data[start..end], self.g, m, v);
+        Ok(())
+    }
 }
 
 /// `torch.optim.Adam` (single-tensor implementation, as PyTorch uses on CPU), with gradient
@@ -133,34 +194,40 @@ impl Adam {
         self.step_accumulated()
     }
 
-    /// One update from the accumulated gradients, which are then cleared.
+    /// One update from the accumulated gradients, which are then cleared. On the CPU the
+    /// parameter's storage is updated in place (no copy of the weights out and back in).
     pub fn step_accumulated(&mut self) -> Result<()> {
         let c = self.cfg;
         for slot in &mut self.slots {
             let Some(g) = slot.grad.take() else {
                 continue;
             };
-            let t = slot.var.as_tensor();
-            let mut p: Vec<f32> = t.flatten_all()?.to_vec1()?;
             slot.steps += 1;
             let step = slot.steps as i32;
             let bc1 = 1.0 - c.beta1.powi(step);
             let bc2_sqrt = (1.0 - c.beta2.powi(step)).sqrt();
-            let step_size = (c.lr / bc1) as f32;
-            let (w1, b2, w2) = (
-                (1.0 - c.beta1) as f32,
-                c.beta2 as f32,
-                (1.0 - c.beta2) as f32,
-            );
-            let (bc2_sqrt, eps) = (bc2_sqrt as f32, c.eps as f32);
-            for i in 0..p.len() {
-                // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
-                slot.m[i] += w1 * (g[i] - slot.m[i]);
-                slot.v[i] = slot.v[i] * b2 + w2 * g[i] * g[i];
-                let denom = slot.v[i].sqrt() / bc2_sqrt + eps;
-                p[i] -= step_size * slot.m[i] / denom;
+            let k = Update {
+                step_size: (c.lr / bc1) as f32,
+                w1: (1.0 - c.beta1) as f32,
+                b2: c.beta2 as f32,
+                w2: (1.0 - c.beta2) as f32,
+                bc2_sqrt: bc2_sqrt as f32,
+                eps: c.eps as f32,
+            };
+            let t = slot.var.as_tensor();
+            if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+                let op = InPlace {
+                    k,
+                    g: &g,
+                    mv: std::cell::RefCell::new((&mut slot.m, &mut slot.v)),
+                };
+                t.inplace_op1(&op)?;
+            } else {
+                let mut p: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                k.apply(&mut p, &g, &mut slot.m, &mut slot.v);
+                let new = Tensor::from_vec(p, t.shape(), t.device())?.to_dtype(t.dtype())?;
+                slot.var.set(&new)?;
             }
-            slot.var.set(&Tensor::from_vec(p, t.shape(), t.device())?)?;
         }
         Ok(())
     }

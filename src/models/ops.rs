@@ -19,8 +19,16 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.broadcast_matmul(w)?.broadcast_add(b)
 }
 
-/// Layer norm over the last dimension (biased variance, as PyTorch).
+/// Layer norm over the last dimension (biased variance, as PyTorch). Fused on the CPU in f32.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if super::fused::applies(&[x, w, b]) {
+        return super::fused::layer_norm(x, w, b, eps);
+    }
+    layer_norm_composed(x, w, b, eps)
+}
+
+/// Layer norm from candle primitives (CUDA, half precision; the fused kernel's check).
+pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -37,6 +45,14 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// Softmax over the last dimension. The max is subtracted for stability and detached: the
 /// result does not depend on it, so neither does the gradient.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if super::fused::applies(&[x]) {
+        return super::fused::softmax_last(x);
+    }
+    softmax_composed(x)
+}
+
+/// Softmax from candle primitives (CUDA, half precision; the fused kernel's check).
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -55,8 +71,12 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     x.silu()
 }
 
-/// GPT-2's `gelu_new` (the tanh approximation; candle's `gelu`).
+/// GPT-2's `gelu_new` (the tanh approximation). Fused on the CPU in f32; candle's `gelu`
+/// (composed backward) elsewhere.
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
+    if super::fused::applies(&[x]) {
+        return super::fused::gelu_new(x);
+    }
     x.gelu()
 }
 

@@ -1,0 +1,21 @@
+//! Process-wide allocator settings for the engine.
+//!
+//! Training allocates and frees tensors of the same few sizes every step (activations,
+//! gradients, logits of hundreds of MiB). glibc serves blocks above its mmap threshold with
+//! fresh `mmap`s and gives freed heap back to the system, so every step pays for page faults
+//! and for the kernel zeroing the same memory again (about 12% of a GPT-2-small training step
+//! in `perf`). Keeping freed memory in the heap lets the next step reuse it: +35% training
+//! tokens/s at the same peak RSS within 3% (docs/performance.md).
+
+/// Serve every allocation from the heap, never trim it, and use one arena (the engine's
+/// threads allocate in bursts; more arenas only keep more freed memory around). A no-op
+/// outside glibc Linux. Call once, first thing in `main`.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}

@@ -1,0 +1,389 @@
+//! Fused CPU kernels with their own backward pass: GPT-2's `gelu_new`, the last-dimension
+//! softmax of attention and layer norm.
+//!
+//! Composed from candle primitives, each of these is a dozen elementwise ops forward and more
+//! backward, every one a fresh tensor (the tanh GELU alone was ~10% of a GPT-2-small training
+//! step). Here each is one pass forward and one pass backward over rows, in parallel. They are
+//! used for contiguous f32 tensors on the CPU; anything else (CUDA, half precision) takes the
+//! composed path in `ops`, which the same tests check. Unlike candle's own fused ops, these
+//! have a backward: `ops` tests compare both paths with finite differences and the parity
+//! tests compare every parameter's gradient with PyTorch.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Rows per parallel task: enough work to be worth a task.
+fn rows_per_task(width: usize) -> usize {
+    (16384 / width.max(1)).max(1)
+}
+
+/// Runs `f` on a contiguous f32 CPU tensor's values.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(v)) = &*s else {
+        candle_core::bail!("fused op: f32 CPU tensors only");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("fused op: contiguous tensors only");
+    };
+    f(&v[a..b])
+}
+
+fn input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only");
+    };
+    Ok(&v[a..b])
+}
+
+/// Whether the fused kernels apply to these tensors.
+pub fn applies(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+struct GeluNew;
+
+impl CustomOp1 for GeluNew {
+    fn name(&self) -> &'static str {
+        "gelu-new"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = input(s, l, "gelu-new")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(16384)
+            .zip(x.par_chunks(16384))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    let t = (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh();
+                    *y = 0.5 * x * (1.0 + t);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_f32(arg, |x| {
+            with_f32(grad, |g| {
+                let mut dx = vec![0f32; x.len()];
+                dx.par_chunks_mut(16384)
+                    .zip(x.par_chunks(16384).zip(g.par_chunks(16384)))
+                    .for_each(|(d, (x, g))| {
+                        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                            let t = (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh();
+                            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+                            *d = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+                        }
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// GPT-2's `gelu_new`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluNew)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = input(s, l, "softmax-last")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut y = vec![0f32; x.len()];
+        let per = rows_per_task(d) * d;
+        y.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = (x - max).exp();
+                        sum += *y;
+                    }
+                    let inv = 1.0 / sum;
+                    y.iter_mut().for_each(|y| *y *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let d = arg.dims().last().copied().unwrap_or(1).max(1);
+        let dx = with_f32(res, |y| {
+            with_f32(grad, |g| {
+                let mut dx = vec![0f32; y.len()];
+                let per = rows_per_task(d) * d;
+                dx.par_chunks_mut(per)
+                    .zip(y.par_chunks(per).zip(g.par_chunks(per)))
+                    .for_each(|(dx, (y, g))| {
+                        for ((dx, y), g) in dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
+                            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                                *dx = y * (g - dot);
+                            }
+                        }
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Per row: mean and 1/σ.
+    fn stats(x: &[f32], eps: f32) -> (f32, f32) {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + eps).sqrt())
+    }
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input(s1, l1, "layer-norm")?;
+        let w = input(s2, l2, "layer-norm")?;
+        let b = input(s3, l3, "layer-norm")?;
+        let d = w.len();
+        if d == 0 || x.len() % d != 0 || b.len() != d {
+            candle_core::bail!(
+                "layer-norm: shapes {:?} {:?} {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        let per = rows_per_task(d) * d;
+        let eps = self.eps;
+        y.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(y, x)| {
+                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = Self::stats(x, eps);
+                    for i in 0..d {
+                        y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let eps = self.eps;
+        let (dx, dw, db) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(grad, |g| {
+                    let mut dx = vec![0f32; x.len()];
+                    let per = rows_per_task(d) * d;
+                    // Each task returns its partial dw, db; summed after.
+                    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
+                        .par_chunks_mut(per)
+                        .zip(x.par_chunks(per).zip(g.par_chunks(per)))
+                        .map(|(dx, (x, g))| {
+                            let mut dw = vec![0f32; d];
+                            let mut db = vec![0f32; d];
+                            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                                let (mean, rstd) = Self::stats(x, eps);
+                                // xhat = (x − mean)·rstd; gx = g·w
+                                // dx = rstd · (gx − mean(gx) − xhat · mean(gx · xhat))
+                                let (mut s1, mut s2) = (0f32, 0f32);
+                                for i in 0..d {
+                                    let xh = (x[i] - mean) * rstd;
+                                    let gx = g[i] * w[i];
+                                    s1 += gx;
+                                    s2 += gx * xh;
+                                    dw[i] += g[i] * xh;
+                                    db[i] += g[i];
+                                }
+                                let (m1, m2) = (s1 / d as f32, s2 / d as f32);
+                                for i in 0..d {
+                                    let xh = (x[i] - mean) * rstd;
+                                    dx[i] = rstd * (g[i] * w[i] - m1 - xh * m2);
+                                }
+                            }
+                            (dw, db)
+                        })
+                        .collect();
+                    let mut dw = vec![0f32; d];
+                    let mut db = vec![0f32; d];
+                    for (pw, pb) in parts {
+                        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+                        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+                    }
+                    Ok((dx, dw, db))
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            Some(Tensor::from_vec(db, w.shape(), w.device())?),
+        ))
+    }
+}
+
+/// Layer norm over the last dimension (biased variance, as PyTorch).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ops;
+    use candle_core::{DType, Device, Var};
+
+    fn rand(shape: &[usize], seed: u64, scale: f64, shift: f64) -> Tensor {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (shift + scale * (((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0)) as f32
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Values and gradients (w.r.t. every input) of sum(f(inputs) · r).
+    fn run(
+        f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+        inputs: &[Tensor],
+        r: &Tensor,
+        dtype: DType,
+    ) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts).unwrap();
+        let grads = (&y * r.to_dtype(dtype).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let flat = |t: &Tensor| -> Vec<f64> {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        (
+            flat(&y),
+            ts.iter()
+                .map(|t| flat(grads.get(t).expect("every input gets a gradient")))
+                .collect(),
+        )
+    }
+
+    /// The fused f32 kernel against the composed f64 path (itself checked against finite
+    /// differences in `ops`): values and every input's gradient.
+    fn same(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], what: &str) {
+        let y = f(inputs).unwrap();
+        let r = rand(y.dims(), 99, 1.0, 0.0);
+        let (fv, fg) = run(f, inputs, &r, DType::F32);
+        let (cv, cg) = run(f, inputs, &r, DType::F64);
+        let close = |a: &[f64], b: &[f64], name: &str| {
+            assert_eq!(a.len(), b.len());
+            let scale = b.iter().map(|x| x.abs()).fold(1e-3, f64::max);
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 2e-5 * scale,
+                    "{what} {name}[{i}]: fused {x}, composed {y}"
+                );
+            }
+        };
+        close(&fv, &cv, "value");
+        for (k, (a, b)) in fg.iter().zip(&cg).enumerate() {
+            close(a, b, &format!("grad {k}"));
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_the_composed_ops() {
+        assert!(applies(&[&rand(&[2], 0, 1.0, 0.0)]));
+        same(
+            &|t| ops::gelu_new(&t[0]),
+            &[rand(&[3, 70, 33], 1, 4.0, 0.0)],
+            "gelu",
+        );
+        same(
+            &|t| ops::softmax(&t[0]),
+            &[rand(&[4, 9, 40], 2, 6.0, 0.0)],
+            "softmax",
+        );
+        same(
+            &|t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            &[
+                rand(&[3, 50, 48], 3, 2.0, 0.5),
+                rand(&[48], 4, 0.5, 1.0),
+                rand(&[48], 5, 0.3, 0.0),
+            ],
+            "layer norm",
+        );
+        // A transposed (non-contiguous) input goes through the same kernels.
+        same(
+            &|t| ops::softmax(&t[0].t()?),
+            &[rand(&[9, 12], 6, 3.0, 0.0)],
+            "softmax of a view",
+        );
+    }
+}
