@@ -279,6 +279,110 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     )
 }
 
+/// log softmax(logits)[target] per row, without the `[rows, vocab]` log-softmax tensor.
+struct TokenLogprob;
+
+impl TokenLogprob {
+    /// Per row: the max and log Σ exp(x − max).
+    fn lse(x: &[f32]) -> (f32, f32) {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = x.iter().map(|v| (v - max).exp()).sum();
+        (max, sum.ln())
+    }
+}
+
+fn targets(s: &CpuStorage, l: &Layout) -> Result<Vec<usize>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("token-logprob: contiguous targets only");
+    };
+    Ok(match s {
+        CpuStorage::U32(v) => v[a..b].iter().map(|&t| t as usize).collect(),
+        CpuStorage::I64(v) => v[a..b].iter().map(|&t| t.max(0) as usize).collect(),
+        _ => candle_core::bail!("token-logprob: u32 or i64 targets"),
+    })
+}
+
+impl candle_core::CustomOp2 for TokenLogprob {
+    fn name(&self) -> &'static str {
+        "token-logprob"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = input(s1, l1, "token-logprob")?;
+        let t = targets(s2, l2)?;
+        let v = l1.dims().last().copied().unwrap_or(1).max(1);
+        if x.len() != t.len() * v || t.iter().any(|&i| i >= v) {
+            candle_core::bail!(
+                "token-logprob: logits {:?}, targets {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut out = vec![0f32; t.len()];
+        out.par_iter_mut()
+            .zip(x.par_chunks(v).zip(t.par_iter()))
+            .for_each(|(o, (x, &t))| {
+                let (max, lse) = Self::lse(x);
+                *o = x[t] - max - lse;
+            });
+        Ok((CpuStorage::F32(out), l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let v = logits.dims().last().copied().unwrap_or(1).max(1);
+        let target = target.contiguous()?;
+        let t = {
+            let (s, l) = target.storage_and_layout();
+            let Storage::Cpu(s) = &*s else {
+                candle_core::bail!("token-logprob: CPU targets only");
+            };
+            targets(s, l)?
+        };
+        let dx = with_f32(logits, |x| {
+            with_f32(grad, |g| {
+                // d/dx_j of (x_t − lse) = 1[j = t] − softmax_j, times the row's gradient.
+                let mut dx = vec![0f32; x.len()];
+                dx.par_chunks_mut(v)
+                    .zip(x.par_chunks(v).zip(t.par_iter().zip(g.par_iter())))
+                    .for_each(|(d, (x, (&t, &g)))| {
+                        if g == 0.0 {
+                            return;
+                        }
+                        let (max, lse) = Self::lse(x);
+                        for (d, &x) in d.iter_mut().zip(x) {
+                            *d = -g * (x - max - lse).exp();
+                        }
+                        d[t] += g;
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, logits.shape(), logits.device())?),
+            None,
+        ))
+    }
+}
+
+/// `log_softmax(logits)` gathered at `targets` (`[.., V]` and `[..]`, u32 or i64).
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, TokenLogprob)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +482,21 @@ mod tests {
                 rand(&[48], 5, 0.3, 0.0),
             ],
             "layer norm",
+        );
+        // Token log-probs: the fused gather of log-softmax against the composed pair.
+        let tg = Tensor::new(&[[3u32, 0, 7], [5, 5, 1]], &Device::Cpu).unwrap();
+        same(
+            &|t| {
+                if t[0].dtype() == DType::F32 {
+                    token_logprobs(&t[0], &tg)
+                } else {
+                    ops::log_softmax(&t[0])?
+                        .gather(&tg.unsqueeze(2)?, 2)?
+                        .squeeze(2)
+                }
+            },
+            &[rand(&[2, 3, 8], 7, 5.0, 0.0)],
+            "token log-probs",
         );
         // A transposed (non-contiguous) input goes through the same kernels.
         same(

@@ -51,12 +51,16 @@ pub fn response_logprobs(
     let t = logits.dim(1)?;
     // Always in f32: half-precision log-probs over a large vocabulary lose too much.
     let logits = logits.to_dtype(candle_core::DType::F32)?;
-    let lp = ops::log_softmax(&logits.narrow(1, 0, t - 1)?)?;
-    let targets = ids
-        .narrow(1, 1, t - 1)?
-        .contiguous()?
-        .unsqueeze(D::Minus1)?;
-    let tok = lp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
+    let logits = logits.narrow(1, 0, t - 1)?;
+    let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
+    let tok = if super::fused::applies(&[&logits]) {
+        // One pass per row, forward and backward, no [B, T, V] log-softmax tensor.
+        super::fused::token_logprobs(&logits, &targets)?
+    } else {
+        ops::log_softmax(&logits)?
+            .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?
+    };
     let m = response_mask.narrow(1, 1, t - 1)?;
     let sum = (tok * &m)?.sum(1)?;
     let count = m.sum(1)?;
