@@ -132,70 +132,16 @@ pub fn checkpoint(arch: Arch, dir: &Path) -> Result<PathBuf> {
         }
     };
     std::fs::create_dir_all(&out).map_err(io(&out))?;
-    let config = serde_json::json!({
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": s.vocab,
-        "n_positions": s.seq.max(64),
-        "n_ctx": s.seq.max(64),
-        "n_embd": s.width,
-        "n_layer": s.layers,
-        "n_head": s.heads,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "tie_word_embeddings": true,
-        "bos_token_id": 0,
-        "eos_token_id": 0
-    });
-    let mut rng = NumpyPcg64::new(0);
-    let mut normal = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect()
+    let shape = crate::models::gpt2::InitShape {
+        layers: s.layers,
+        embd: s.width,
+        ctx: s.seq.max(64),
+        vocab: s.vocab,
     };
-    let d = s.width;
-    let dev = Device::Cpu;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    let mut push = |name: String, shape: &[usize], v: Vec<f32>| -> Result<()> {
-        t.insert(name, Tensor::from_vec(v, shape, &dev)?);
-        Ok(())
-    };
-    let positions = s.seq.max(64);
-    push(
-        "transformer.wte.weight".into(),
-        &[s.vocab, d],
-        normal(s.vocab * d),
-    )?;
-    push(
-        "transformer.wpe.weight".into(),
-        &[positions, d],
-        normal(positions * d),
-    )?;
-    for i in 0..s.layers {
-        let p = format!("transformer.h.{i}");
-        for ln in ["ln_1", "ln_2"] {
-            push(format!("{p}.{ln}.weight"), &[d], vec![1.0; d])?;
-            push(format!("{p}.{ln}.bias"), &[d], vec![0.0; d])?;
-        }
-        for (m, inp, outp) in [
-            ("attn.c_attn", d, 3 * d),
-            ("attn.c_proj", d, d),
-            ("mlp.c_fc", d, 4 * d),
-            ("mlp.c_proj", 4 * d, d),
-        ] {
-            push(format!("{p}.{m}.weight"), &[inp, outp], normal(inp * outp))?;
-            push(format!("{p}.{m}.bias"), &[outp], vec![0.0; outp])?;
-        }
-    }
-    push("transformer.ln_f.weight".into(), &[d], vec![1.0; d])?;
-    push("transformer.ln_f.bias".into(), &[d], vec![0.0; d])?;
+    let config = crate::models::gpt2::config_json(&shape, s.heads);
+    let t: HashMap<String, Tensor> = crate::models::gpt2::init_weights(&shape, 0)?
+        .into_iter()
+        .collect();
     let cfg = out.join("config.json");
     std::fs::write(
         &cfg,

@@ -1332,6 +1332,17 @@ fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
         let line = text.lines().last().unwrap_or_default();
         serde_json::from_str(line).with_context(|| format!("{what} printed `{line}`"))
     };
+    let show = |m: &Measurement, rep: usize| {
+        eprintln!(
+            "{} {} {} #{}: {:.0} tokens/s, peak {:.0} MiB",
+            m.arch,
+            m.task,
+            m.engine,
+            rep + 1,
+            m.tokens_per_s,
+            m.peak_rss_mib
+        );
+    };
     let mut all = Vec::new();
     for arch in arches {
         let dir = bench::checkpoint(arch, std::path::Path::new(&a.models))?;
@@ -1344,14 +1355,7 @@ fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
                         .arg(&dir),
                     "w2s",
                 )?;
-                eprintln!(
-                    "{} {} w2s #{}: {:.0} tokens/s, peak {:.0} MiB",
-                    arch.name(),
-                    task.name(),
-                    rep + 1,
-                    m.tokens_per_s,
-                    m.peak_rss_mib
-                );
+                show(&m, rep);
                 all.push(m);
                 if let Some(py) = &python {
                     let m = one(
@@ -1361,14 +1365,7 @@ fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
                             .arg(&dir),
                         "PyTorch",
                     )?;
-                    eprintln!(
-                        "{} {} torch #{}: {:.0} tokens/s, peak {:.0} MiB",
-                        arch.name(),
-                        task.name(),
-                        rep + 1,
-                        m.tokens_per_s,
-                        m.peak_rss_mib
-                    );
+                    show(&m, rep);
                     all.push(m);
                 }
             }

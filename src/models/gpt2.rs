@@ -92,3 +92,85 @@ impl Gpt2 {
         Ok(ops::linear(hidden, &self.lm_head, None)?)
     }
 }
+
+/// The shape of a freshly initialised GPT-2 (`w2s pretrain`, `w2s bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitShape {
+    pub layers: usize,
+    pub embd: usize,
+    /// Positions.
+    pub ctx: usize,
+    pub vocab: usize,
+}
+
+/// GPT-2 initial weights as transformers draws them (normal, std 0.02; biases 0; layer norms
+/// 1 and 0), from our own seeded generator so the same seed gives the same model everywhere.
+pub fn init_weights(s: &InitShape, seed: u64) -> Result<Vec<(String, Tensor)>> {
+    let vocab = s.vocab;
+    let mut rng = crate::rng::NumpyPcg64::new(seed);
+    let mut normal = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                // Box-Muller from two 53-bit uniforms.
+                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect()
+    };
+    let d = s.embd;
+    let dev = Device::Cpu;
+    let mut out = Vec::new();
+    let mut push = |name: String, shape: &[usize], v: Vec<f32>| -> Result<()> {
+        out.push((name, Tensor::from_vec(v, shape, &dev)?));
+        Ok(())
+    };
+    push(
+        "transformer.wte.weight".into(),
+        &[vocab, d],
+        normal(vocab * d),
+    )?;
+    push(
+        "transformer.wpe.weight".into(),
+        &[s.ctx, d],
+        normal(s.ctx * d),
+    )?;
+    for i in 0..s.layers {
+        let p = format!("transformer.h.{i}");
+        for ln in ["ln_1", "ln_2"] {
+            push(format!("{p}.{ln}.weight"), &[d], vec![1.0; d])?;
+            push(format!("{p}.{ln}.bias"), &[d], vec![0.0; d])?;
+        }
+        for (m, inp, outp) in [
+            ("attn.c_attn", d, 3 * d),
+            ("attn.c_proj", d, d),
+            ("mlp.c_fc", d, 4 * d),
+            ("mlp.c_proj", 4 * d, d),
+        ] {
+            push(format!("{p}.{m}.weight"), &[inp, outp], normal(inp * outp))?;
+            push(format!("{p}.{m}.bias"), &[outp], vec![0.0; outp])?;
+        }
+    }
+    push("transformer.ln_f.weight".into(), &[d], vec![1.0; d])?;
+    push("transformer.ln_f.bias".into(), &[d], vec![0.0; d])?;
+    Ok(out)
+}
+
+/// The `config.json` of a GPT-2 of this shape (tied head, `gelu_new`, transformers' names).
+pub fn config_json(s: &InitShape, heads: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": s.vocab,
+        "n_positions": s.ctx,
+        "n_ctx": s.ctx,
+        "n_embd": s.embd,
+        "n_layer": s.layers,
+        "n_head": heads,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": true,
+        "bos_token_id": 0,
+        "eos_token_id": 0
+    })
+}

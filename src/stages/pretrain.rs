@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
@@ -27,7 +27,6 @@ use crate::data::world::{probe_statements, words};
 use crate::error::{Error, Result};
 use crate::models::{readout, Model};
 use crate::optim::{Adam, AdamConfig};
-use crate::rng::NumpyPcg64;
 use crate::store::{fingerprint, ArtifactStore, OutputFile};
 use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
 
@@ -98,71 +97,20 @@ pub fn word_level_tokenizer(vocab: &[String]) -> serde_json::Value {
 /// GPT-2 initial weights as transformers draws them (normal, std 0.02; biases 0; layer norms
 /// 1 and 0), from our own seeded generator so the same seed gives the same model everywhere.
 fn init_weights(s: &PretrainSettings, vocab: usize) -> Result<Vec<(String, Tensor)>> {
-    let mut rng = NumpyPcg64::new(s.init_seed);
-    let mut normal = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                // Box-Muller from two 53-bit uniforms.
-                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect()
-    };
-    let d = s.embd;
-    let dev = Device::Cpu;
-    let mut out = Vec::new();
-    let mut push = |name: String, shape: &[usize], v: Vec<f32>| -> Result<()> {
-        out.push((name, Tensor::from_vec(v, shape, &dev)?));
-        Ok(())
-    };
-    push(
-        "transformer.wte.weight".into(),
-        &[vocab, d],
-        normal(vocab * d),
-    )?;
-    push(
-        "transformer.wpe.weight".into(),
-        &[s.ctx, d],
-        normal(s.ctx * d),
-    )?;
-    for i in 0..s.layers {
-        let p = format!("transformer.h.{i}");
-        for ln in ["ln_1", "ln_2"] {
-            push(format!("{p}.{ln}.weight"), &[d], vec![1.0; d])?;
-            push(format!("{p}.{ln}.bias"), &[d], vec![0.0; d])?;
-        }
-        for (m, inp, outp) in [
-            ("attn.c_attn", d, 3 * d),
-            ("attn.c_proj", d, d),
-            ("mlp.c_fc", d, 4 * d),
-            ("mlp.c_proj", 4 * d, d),
-        ] {
-            push(format!("{p}.{m}.weight"), &[inp, outp], normal(inp * outp))?;
-            push(format!("{p}.{m}.bias"), &[outp], vec![0.0; outp])?;
-        }
+    crate::models::gpt2::init_weights(&init_shape(s, vocab), s.init_seed)
+}
+
+fn init_shape(s: &PretrainSettings, vocab: usize) -> crate::models::gpt2::InitShape {
+    crate::models::gpt2::InitShape {
+        layers: s.layers,
+        embd: s.embd,
+        ctx: s.ctx,
+        vocab,
     }
-    push("transformer.ln_f.weight".into(), &[d], vec![1.0; d])?;
-    push("transformer.ln_f.bias".into(), &[d], vec![0.0; d])?;
-    Ok(out)
 }
 
 fn config_json(s: &PretrainSettings, vocab: usize) -> serde_json::Value {
-    serde_json::json!({
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": vocab,
-        "n_positions": s.ctx,
-        "n_ctx": s.ctx,
-        "n_embd": s.embd,
-        "n_layer": s.layers,
-        "n_head": s.heads,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
-        "tie_word_embeddings": true,
-        "bos_token_id": 0,
-        "eos_token_id": 0
-    })
+    crate::models::gpt2::config_json(&init_shape(s, vocab), s.heads)
 }
 
 /// The world's tables: entities (name, harmful, rank, mentions) and corpus statements.
