@@ -1305,11 +1305,13 @@ fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
     } else {
         a.task.clone()
     };
-    let python =
-        (a.python != "none" && std::path::Path::new(&a.python).exists()).then(|| a.python.clone());
-    if python.is_none() {
+    let python = (a.python != "none"
+        && std::path::Path::new(&a.python).exists()
+        && std::path::Path::new(TORCH_BENCH).exists())
+    .then(|| a.python.clone());
+    if python.is_none() && a.python != "none" {
         eprintln!(
-            "no PyTorch baseline: {} not found (python3 -m venv .venv-ref && .venv-ref/bin/pip install torch transformers safetensors tokenizers)",
+            "no PyTorch baseline: {} or {TORCH_BENCH} not found (python3 -m venv .venv-ref && .venv-ref/bin/pip install torch transformers safetensors tokenizers)",
             a.python
         );
     }

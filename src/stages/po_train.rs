@@ -314,7 +314,10 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
             let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             let (sum, _, count) = logps(&model, &rows)?;
             let count = if first_counts {
-                let first: Vec<f32> = rows.iter().map(|r| r.1[0] as f32).collect();
+                let first: Vec<f32> = rows
+                    .iter()
+                    .map(|r| r.1.first().copied().unwrap_or(0) as f32)
+                    .collect();
                 (count + Tensor::new(first, model.device())?.to_dtype(sum.dtype())?)?
             } else {
                 count
