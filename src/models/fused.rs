@@ -1,5 +1,6 @@
 //! Fused CPU kernels with their own backward pass: GPT-2's `gelu_new`, the last-dimension
-//! softmax of attention and layer norm.
+//! softmax of attention, layer norm, and the response log-probs (log-softmax gathered at the
+//! target tokens).
 //!
 //! Composed from candle primitives, each of these is a dozen elementwise ops forward and more
 //! backward, every one a fresh tensor (the tanh GELU alone was ~10% of a GPT-2-small training
@@ -21,13 +22,10 @@ fn rows_per_task(width: usize) -> usize {
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*s else {
-        candle_core::bail!("fused op: f32 CPU tensors only");
+    let Storage::Cpu(s) = &*s else {
+        candle_core::bail!("fused op: CPU tensors only");
     };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused op: contiguous tensors only");
-    };
-    f(&v[a..b])
+    f(input(s, l, "fused op")?)
 }
 
 fn input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {

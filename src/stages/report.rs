@@ -423,6 +423,11 @@ fn point(m: Option<&uncertainty::Summary>) -> Option<Point> {
     })
 }
 
+/// A cell's conflict setting.
+fn setting_of(c: &CellSummary) -> Setting {
+    (c.objective.clone(), c.alpha.map(f64::to_bits))
+}
+
 /// The settings present, in page order.
 fn settings_of<'a>(it: impl Iterator<Item = &'a Setting>) -> Vec<Setting> {
     let mut v: Vec<Setting> = it.cloned().collect::<BTreeSet<_>>().into_iter().collect();
@@ -437,8 +442,6 @@ fn settings_of<'a>(it: impl Iterator<Item = &'a Setting>) -> Vec<Setting> {
 /// The figures with data; a figure with nothing to show is left out.
 fn figures(d: &ReportData) -> Vec<Figure> {
     let mut out = Vec::new();
-    let cell_setting =
-        |c: &CellSummary| -> Setting { (c.objective.clone(), c.alpha.map(f64::to_bits)) };
     let pairs: Vec<(String, String)> = d
         .cells
         .iter()
@@ -446,11 +449,11 @@ fn figures(d: &ReportData) -> Vec<Figure> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let settings = settings_of(d.cells.iter().map(&cell_setting).collect::<Vec<_>>().iter());
+    let settings = settings_of(d.cells.iter().map(setting_of).collect::<Vec<_>>().iter());
     let find = |w: &str, s: &str, st: &Setting| {
         d.cells
             .iter()
-            .find(|c| c.weak_model == w && c.strong_model == s && cell_setting(c) == *st)
+            .find(|c| c.weak_model == w && c.strong_model == s && setting_of(c) == *st)
     };
     let any_cell = |w: &str, s: &str| {
         // Ceilings are the same in every cell of a pair; prefer the no-conflict one.
@@ -754,13 +757,12 @@ fn bootstrap_chart(
     name: &str,
     conflict_only: bool,
 ) -> Option<Chart> {
-    let setting = |c: &CellSummary| -> Setting { (c.objective.clone(), c.alpha.map(f64::to_bits)) };
     // (direct weak, strong, setting) -> cells by route ("direct" or the intermediate).
     let mut groups: BTreeMap<(String, String, usize), BTreeMap<String, &CellSummary>> =
         BTreeMap::new();
     let mut mids = BTreeSet::new();
     for c in cells {
-        let st = setting(c);
+        let st = setting_of(c);
         if conflict_only && st.0 == "none" {
             continue;
         }
@@ -779,7 +781,7 @@ fn bootstrap_chart(
         return None;
     }
     for c in cells {
-        if let Some(pos) = settings.iter().position(|x| *x == setting(c)) {
+        if let Some(pos) = settings.iter().position(|x| *x == setting_of(c)) {
             if let Some(g) = groups.get_mut(&(c.weak_model.clone(), c.strong_model.clone(), pos)) {
                 g.insert(String::new(), c);
             }
