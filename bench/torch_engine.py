@@ -49,8 +49,12 @@ def main():
         params = list(lm.parameters())
     vocab = (body if a.task.startswith("rm") else lm).config.vocab_size
     ids = rows(2 * n, seq, vocab)
+    # Both sides of pair p share a prompt of 3/8 of the tokens (src/bench.rs, Shape::prompt);
+    # the reference computes it twice, as it does.
+    prompt = seq * 3 // 8
+    ids[n:, :prompt] = ids[:n, :prompt]
     resp = torch.zeros(2 * n, seq)
-    resp[:, seq // 2 :] = 1.0
+    resp[:, prompt:] = 1.0
     (body if a.task.startswith("rm") else lm).eval()  # no dropout, as the bench's w2s side
     opt = torch.optim.Adam(params, lr=1e-3) if train else None
     opt2 = torch.optim.Adam(params, lr=1e-3) if a.task == "po-train" else None
@@ -79,7 +83,7 @@ def main():
         elif a.task == "po-train":
             opt.zero_grad()
             ssum, _ = logps(list(range(n)))
-            (-ssum.sum() / (n * seq // 2)).backward()
+            (-ssum.sum() / (n * (seq - prompt))).backward()
             opt.step()
             opt2.zero_grad()
             _, mean = logps(list(range(2 * n)))

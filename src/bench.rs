@@ -11,14 +11,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::readout::{gather_positions, response_logprobs};
-use crate::models::{ops, Model};
+use crate::models::readout::sequence_logprobs;
+use crate::models::Model;
 use crate::optim::{Adam, AdamConfig};
 use crate::rng::NumpyPcg64;
+use crate::scenarios::rm::{Head, Readout, RewardModel};
 
 /// A model shape to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -75,6 +76,13 @@ pub struct Shape {
     pub pairs: usize,
     /// Timed steps (after one untimed warm-up step).
     pub steps: usize,
+}
+
+impl Shape {
+    /// Tokens of the prompt the two sides of a pair share (3/8 of each side).
+    pub fn prompt(&self) -> usize {
+        self.seq * 3 / 8
+    }
 }
 
 /// What is measured.
@@ -193,14 +201,20 @@ pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Resu
         ..arch.shape()
     };
     let dev = Device::Cpu;
-    let rows = token_rows(2 * s.pairs, s.seq, s.vocab);
-    // Each row's response: its second half (a fixed prompt/response split for the PO tasks).
+    // Side p (chosen) and side n + p (rejected) of pair p share a prompt of `prompt` tokens,
+    // about the real harmless split's share (86 of 247 characters a side on the first 256
+    // pairs); the rest of each side is its response.
+    let n = s.pairs;
+    let prompt = s.prompt();
+    let mut rows = token_rows(2 * n, s.seq, s.vocab);
+    for p in 0..n {
+        let shared = rows[p][..prompt].to_vec();
+        rows[n + p][..prompt].copy_from_slice(&shared);
+    }
     let resp: Vec<Vec<u32>> = rows
         .iter()
-        .map(|r| (0..r.len()).map(|i| u32::from(i >= r.len() / 2)).collect())
+        .map(|r| (0..r.len()).map(|i| u32::from(i >= prompt)).collect())
         .collect();
-    let full: Vec<Vec<u32>> = rows.iter().map(|r| vec![1u32; r.len()]).collect();
-    let last = vec![s.seq - 1; 2 * s.pairs];
     let trainable = matches!(task, Task::RmTrain | Task::PoTrain);
     let model = if trainable {
         Model::load(model_dir, &dev)?
@@ -218,31 +232,23 @@ pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Resu
     }
     let mut adam = Adam::named(vars.clone(), AdamConfig::default());
     let mut adam2 = Adam::named(vars, AdamConfig::default());
-    let batch = |idx: &[usize]| -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
-        let ids: Vec<Vec<u32>> = idx.iter().map(|&i| rows[i].clone()).collect();
-        let m: Vec<Vec<u32>> = idx.iter().map(|&i| full[i].clone()).collect();
-        let r: Vec<Vec<u32>> = idx.iter().map(|&i| resp[i].clone()).collect();
-        Ok((
-            ops::ids_tensor(&ids, &dev)?,
-            m,
-            ops::mask_tensor(&r, &dev)?.to_dtype(DType::F32)?,
-        ))
+    // The production paths: the reward model's packed margins, the policy's packed log-probs.
+    let rm = RewardModel {
+        model,
+        head: Head::Trainable(head),
+        readout: Readout::LastToken,
     };
-    let logps = |idx: &[usize]| -> Result<(Tensor, Tensor)> {
-        let (ids, m, r) = batch(idx)?;
-        let h = model.hidden(&ids, &m)?;
-        let lp = response_logprobs(&model.logits(&h)?, &ids, &r)?;
+    let side = |i: usize| -> &[u32] { &rows[i] };
+    let logps = |idx: &[usize], paired: bool| -> Result<(Tensor, Tensor)> {
+        let seqs: Vec<(&[u32], &[u32])> = idx.iter().map(|&i| (side(i), &resp[i][..])).collect();
+        let lp = sequence_logprobs(&rm.model, &seqs, paired)?;
         Ok((lp.sum, lp.mean))
     };
-    let n = s.pairs;
     let step = |adam: &mut Adam, adam2: &mut Adam| -> Result<()> {
         match task {
             Task::RmTrain => {
                 for p in 0..n {
-                    let (ids, m, _) = batch(&[p, n + p])?;
-                    let h = model.hidden(&ids, &m)?;
-                    let r = crate::models::readout::reward(&h, &last[..2], head.as_tensor())?;
-                    let z = (r.narrow(0, 0, 1)? - r.narrow(0, 1, 1)?)?;
+                    let z = rm.margins(&[side(p)], &[side(n + p)])?;
                     // −log σ(z) = softplus(−z), composed (differentiable).
                     let loss = ((z.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
                     adam.accumulate(&loss.backward()?)?;
@@ -250,20 +256,18 @@ pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Resu
                 adam.step_accumulated()
             }
             Task::RmScore => {
-                let idx: Vec<usize> = (0..2 * n).collect();
-                let (ids, m, _) = batch(&idx)?;
-                let h = model.hidden(&ids, &m)?;
-                let r = gather_positions(&h, &last)?;
-                let _ = ops::linear(&r, head.as_tensor(), None)?.to_vec2::<f32>()?;
+                let a: Vec<&[u32]> = (0..n).map(side).collect();
+                let b: Vec<&[u32]> = (n..2 * n).map(side).collect();
+                let _ = rm.margins(&a, &b)?.to_vec1::<f32>()?;
                 Ok(())
             }
             Task::PoTrain => {
                 let chosen: Vec<usize> = (0..n).collect();
-                let (sum, _) = logps(&chosen)?;
-                let loss = (sum.neg()?.sum_all()? / (n * s.seq / 2) as f64)?;
+                let (sum, _) = logps(&chosen, false)?;
+                let loss = (sum.neg()?.sum_all()? / (n * (s.seq - prompt)) as f64)?;
                 adam.step(&loss.backward()?)?;
                 let all: Vec<usize> = (0..2 * n).collect();
-                let (_, mean) = logps(&all)?;
+                let (_, mean) = logps(&all, true)?;
                 let d = (mean.narrow(0, 0, n)? - mean.narrow(0, n, n)?)?;
                 let x = ((d * 2.0)? - 1.0)?;
                 let loss = ((x.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
@@ -271,7 +275,7 @@ pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Resu
             }
             Task::PoScore => {
                 let all: Vec<usize> = (0..2 * n).collect();
-                let (sum, _) = logps(&all)?;
+                let (sum, _) = logps(&all, true)?;
                 let _ = sum.to_vec1::<f32>()?;
                 Ok(())
             }

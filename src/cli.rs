@@ -76,6 +76,17 @@ pub enum BenchCommand {
     /// One measurement in this process, printed as JSON (what `bench engine` runs).
     #[command(hide = true)]
     One(BenchOneArgs),
+    /// Write the seeded random checkpoint of a shape into a folder (what bench/e2e.sh trains).
+    Checkpoint(BenchCheckpointArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCheckpointArgs {
+    #[arg(long, value_enum)]
+    pub arch: w2s::bench::Arch,
+    /// Parent folder: the checkpoint is written to OUT/<arch>.
+    #[arg(long)]
+    pub out: String,
 }
 
 #[derive(Args, Debug)]
@@ -143,9 +154,25 @@ pub struct RunArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-    /// Print the plan as JSON (steps, commands, dependencies, levels, status).
+    /// Print the plan as JSON (steps, commands, dependencies, levels, status); same as
+    /// `--format json`.
     #[arg(long)]
     pub json: bool,
+    /// Output: a table, JSON, or a Slurm submission script of the steps to run (one job array
+    /// per level, afterok dependencies between levels; docs/pipelines.md).
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// Record this step as finished (what `w2s run` does after a step; each task of the Slurm
+    /// script calls it once its stage succeeded, so later plans see the step up to date).
+    #[arg(long, value_name = "STEP")]
+    pub record: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Slurm,
 }
 
 #[derive(Args, Debug)]
@@ -538,6 +565,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::One(a)) => {
             let m = w2s::bench::run_one(a.arch, a.task, std::path::Path::new(&a.model))?;
             println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Checkpoint(a)) => {
+            let dir = w2s::bench::checkpoint(a.arch, std::path::Path::new(&a.out))?;
+            println!("{}", dir.display());
             Ok(())
         }
     }
@@ -1134,6 +1166,20 @@ async fn planned(a: &PipelineArgs, force: bool) -> Result<Planned> {
     let pipeline = w2s::pipeline::Pipeline::load(&a.pipeline, &a.sets)?;
     let steps = w2s::pipeline::plan::expand(&pipeline)?;
     let selected = w2s::pipeline::exec::select(&steps, a.target.as_deref())?;
+    // A local file or folder the plan reads must exist now, not fail hours into a grid.
+    for st in steps.iter().filter(|st| selected.contains(&st.id)) {
+        if let Some(missing) = st
+            .local_inputs
+            .iter()
+            .find(|p| !std::path::Path::new(p).exists())
+        {
+            return Err(w2s::Error::Config(format!(
+                "{}: `{missing}` (read by step `{}`) does not exist",
+                a.pipeline, st.id
+            ))
+            .into());
+        }
+    }
     let store = ArtifactStore::open(pipeline.root())?;
     let status = w2s::pipeline::exec::statuses(&store, &steps, &selected, force).await?;
     Ok(Planned {
@@ -1143,6 +1189,20 @@ async fn planned(a: &PipelineArgs, force: bool) -> Result<Planned> {
         selected,
         status,
     })
+}
+
+/// `plan <absolute file> [--set ...] --record` (completed with the step id by the Slurm script).
+fn record_command(a: &PipelineArgs) -> Result<Vec<String>> {
+    let file = std::path::absolute(&a.pipeline)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.pipeline))?
+        .display()
+        .to_string();
+    let mut argv = vec!["plan".to_string(), file];
+    for kv in &a.sets {
+        argv.extend(["--set".to_string(), kv.clone()]);
+    }
+    argv.push("--record".into());
+    Ok(argv)
 }
 
 fn print_plan(p: &Planned) {
@@ -1178,8 +1238,29 @@ fn print_plan(p: &Planned) {
 
 async fn plan_cmd(a: PlanArgs) -> Result<()> {
     let p = planned(&a.pipeline, false).await?;
-    if !a.json {
+    if let Some(id) = &a.record {
+        return Ok(w2s::pipeline::exec::record_finished(&p.store, &p.steps, id).await?);
+    }
+    let format = if a.json { PlanFormat::Json } else { a.format };
+    if format == PlanFormat::Text {
         print_plan(&p);
+        return Ok(());
+    }
+    if format == PlanFormat::Slurm {
+        use w2s::pipeline::Status;
+        let pending: Vec<&w2s::pipeline::Step> = (p.steps.iter().zip(&p.status))
+            .filter(|(_, st)| matches!(st, Status::Run | Status::Recheck))
+            .map(|(s, _)| s)
+            .collect();
+        print!(
+            "{}",
+            w2s::pipeline::slurm::script(
+                p.pipeline.name.as_deref().unwrap_or("pipeline"),
+                &record_command(&a.pipeline)?,
+                p.store.root(),
+                &pending,
+            )
+        );
         return Ok(());
     }
     let steps: Vec<serde_json::Value> = p

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod fault;
 pub mod models;
 pub mod optim;
 pub mod pipeline;

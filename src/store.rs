@@ -119,6 +119,7 @@ pub fn resolve_with_headers(location: &str, headers: object_store::HeaderMap) ->
                     .ok_or_else(|| bad("an s3:// URL needs a bucket: s3://bucket/prefix".into()))?;
                 let store = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(retry_config())
                     .build()
                     .map_err(|e| Error::Store {
                         uri: location.to_string(),
@@ -165,6 +166,25 @@ pub fn resolve_with_headers(location: &str, headers: object_store::HeaderMap) ->
     } else {
         resolve_local(std::path::Path::new(location), location)
     }
+}
+
+/// How long a failing object-store request is retried: object_store's default (about 3
+/// minutes, 10 tries with backoff), or `W2S_STORE_RETRY_SECS` seconds. A dropped connection or
+/// a restarting server is waited for that long; then the stage fails with an error naming the
+/// object, having committed nothing.
+fn retry_config() -> object_store::RetryConfig {
+    let mut r = object_store::RetryConfig::default();
+    if let Some(secs) = std::env::var("W2S_STORE_RETRY_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        r.retry_timeout = std::time::Duration::from_secs(secs);
+        r.backoff.max_backoff = r
+            .backoff
+            .max_backoff
+            .min(std::time::Duration::from_secs(secs.max(1)));
+    }
+    r
 }
 
 fn resolve_local(p: &std::path::Path, location: &str) -> Result<Resolved> {
@@ -302,6 +322,10 @@ impl ArtifactStore {
 
     /// Writes one object atomically (single PUT; staged write + rename on local disk).
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        crate::fault::hit("put").map_err(|source| Error::Io {
+            path: self.url_of(rel).to_string(),
+            source,
+        })?;
         self.store
             .put(&Path::from(rel), PutPayload::from(bytes))
             .await
@@ -480,6 +504,11 @@ impl ArtifactStore {
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         let old = self.manifest(&manifest.key).await.ok().flatten();
         let json = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+        let rel = Self::manifest_path(&manifest.key);
+        crate::fault::hit("commit").map_err(|source| Error::Io {
+            path: self.url_of(&rel).to_string(),
+            source,
+        })?;
         self.put(&Self::manifest_path(&manifest.key), Bytes::from(json))
             .await?;
         if let Some(old) = old {

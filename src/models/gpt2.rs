@@ -7,6 +7,7 @@ use super::config::Gpt2Config;
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
+use super::Attend;
 use crate::error::Result;
 
 struct Block {
@@ -60,14 +61,18 @@ impl Gpt2 {
     }
 
     /// Final hidden states `[B, T, d]` (after `ln_f`).
-    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let eps = self.cfg.layer_norm_epsilon;
         let h = self.cfg.n_head;
         let d = self.cfg.n_embd;
-        let pos = self.wpe.narrow(0, 0, t)?;
-        let mut x = ops::embed(&self.wte, ids)?.broadcast_add(&pos)?;
-        let bias = ops::attention_bias(mask, None, device)?.to_dtype(x.dtype())?;
+        let tok = ops::embed(&self.wte, ids)?;
+        let mut x = match attend {
+            // Positions 0..T whatever the mask, as GPT2Model without position_ids.
+            Attend::Mask(_) => tok.broadcast_add(&self.wpe.narrow(0, 0, t)?)?,
+            Attend::Packed(p) => (tok + ops::embed(&self.wpe, &ops::ids_tensor(&p.pos, device)?)?)?,
+        };
+        let bias = attend.bias(None, device)?.to_dtype(x.dtype())?;
         let scale = if self.cfg.scale_attn_weights {
             1.0 / ((d / h) as f64).sqrt()
         } else {

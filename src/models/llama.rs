@@ -8,6 +8,7 @@ use super::config::LlamaConfig;
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
+use super::Attend;
 use crate::error::Result;
 
 struct Layer {
@@ -111,11 +112,16 @@ impl Llama {
     }
 
     /// cos and sin `[T, head_dim]` for positions `0..T`.
-    fn rotary(&self, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// cos and sin `[T, d]` at positions 0..T, or `[B, 1, T, d]` at packed positions.
+    fn rotary(&self, t: usize, attend: Attend, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(t * 2 * half);
-        let mut sin = Vec::with_capacity(t * 2 * half);
-        for p in 0..t {
+        let rows: Vec<Vec<u32>> = match attend {
+            Attend::Mask(_) => vec![(0..t as u32).collect()],
+            Attend::Packed(p) => p.pos.clone(),
+        };
+        let mut cos = Vec::with_capacity(rows.len() * t * 2 * half);
+        let mut sin = Vec::with_capacity(rows.len() * t * 2 * half);
+        for &p in rows.iter().flatten() {
             for _ in 0..2 {
                 for f in &self.inv_freq {
                     let a = p as f32 * f;
@@ -124,14 +130,18 @@ impl Llama {
                 }
             }
         }
+        let shape: &[usize] = match attend {
+            Attend::Mask(_) => &[t, 2 * half],
+            Attend::Packed(_) => &[rows.len(), 1, t, 2 * half],
+        };
         Ok((
-            Tensor::from_vec(cos, (t, 2 * half), device)?,
-            Tensor::from_vec(sin, (t, 2 * half), device)?,
+            Tensor::from_vec(cos, shape, device)?,
+            Tensor::from_vec(sin, shape, device)?,
         ))
     }
 
     /// Final hidden states `[B, T, hidden]` (after the final norm).
-    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let h = self.cfg.num_attention_heads;
         let kvh = self.cfg.kv_heads();
@@ -139,9 +149,11 @@ impl Llama {
         let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
         let mut x = ops::embed(&self.embed_tokens, ids)?;
         let dtype = x.dtype();
-        let (cos, sin) = self.rotary(t, device)?;
+        let (cos, sin) = self.rotary(t, attend, device)?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let bias = ops::attention_bias(mask, self.cfg.sliding_window, device)?.to_dtype(dtype)?;
+        let bias = attend
+            .bias(self.cfg.sliding_window, device)?
+            .to_dtype(dtype)?;
         for l in &self.layers {
             let a = ops::rms_norm(&x, &l.input_norm, eps)?;
             let q = ops::rope(&ops::split_heads(&l.q.forward(&a)?, h)?, &cos, &sin)?;

@@ -9,6 +9,7 @@ pub mod llama;
 pub mod lora;
 pub mod ops;
 pub mod opt;
+pub mod pack;
 pub mod readout;
 pub mod save;
 pub mod source;
@@ -99,6 +100,26 @@ enum Net {
     Gpt2(gpt2::Gpt2),
     Opt(opt::Opt),
     Llama(llama::Llama),
+}
+
+/// How the tokens of a batch see each other and where they sit.
+#[derive(Clone, Copy)]
+pub enum Attend<'a> {
+    /// One sequence a row; mask 0 marks padding (either side). Positions as each family's
+    /// reference forward computes them without `position_ids`.
+    Mask(&'a [Vec<u32>]),
+    /// Shared-prefix packing with explicit positions.
+    Packed(&'a pack::Packed),
+}
+
+impl Attend<'_> {
+    /// The additive attention bias `[B, 1, T, T]`.
+    fn bias(&self, window: Option<usize>, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Attend::Mask(m) => ops::attention_bias(m, window, device),
+            Attend::Packed(p) => p.bias(window, device),
+        }
+    }
 }
 
 /// A causal LM with its parameters as trainable variables.
@@ -204,17 +225,33 @@ impl Model {
     /// Final hidden states `[B, T, H]` for `ids` `[B, T]` (u32) and the attention mask rows.
     /// Padding may be on either side; padded keys are never attended.
     pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>]) -> Result<Tensor> {
-        let t = ids.dim(1)?;
+        self.check_positions(ids.dim(1)?)?;
+        self.forward(ids, Attend::Mask(mask))
+    }
+
+    /// Final hidden states `[rows, T, H]` of packed sequences (`pack`): read them through
+    /// [`pack::Packed::flat`].
+    pub fn hidden_packed(&self, p: &pack::Packed) -> Result<Tensor> {
+        self.check_positions(p.max_position() + 1)?;
+        let ids = ops::ids_tensor(&p.ids, &self.device)?;
+        self.forward(&ids, Attend::Packed(p))
+    }
+
+    fn check_positions(&self, t: usize) -> Result<()> {
         if t > self.config.max_positions() {
             return Err(Error::Config(format!(
                 "sequence of {t} tokens is longer than the model's {} positions",
                 self.config.max_positions()
             )));
         }
+        Ok(())
+    }
+
+    fn forward(&self, ids: &Tensor, attend: Attend) -> Result<Tensor> {
         match &self.net {
-            Net::Gpt2(m) => m.hidden(ids, mask, &self.device),
-            Net::Opt(m) => m.hidden(ids, mask, &self.device),
-            Net::Llama(m) => m.hidden(ids, mask, &self.device),
+            Net::Gpt2(m) => m.hidden(ids, attend, &self.device),
+            Net::Opt(m) => m.hidden(ids, attend, &self.device),
+            Net::Llama(m) => m.hidden(ids, attend, &self.device),
         }
     }
 

@@ -8,6 +8,7 @@ use super::config::OptConfig;
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
+use super::Attend;
 use crate::error::Result;
 
 /// OPT's learned positional embedding is indexed from 2 (fairseq legacy).
@@ -113,7 +114,7 @@ impl Opt {
     }
 
     /// Final hidden states `[B, T, word_embed_proj_dim]` (after the final norm and project_out).
-    pub fn hidden(&self, ids: &Tensor, mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<Tensor> {
         let h = self.cfg.num_attention_heads;
         let d = self.cfg.hidden_size;
         let scale = 1.0 / ((d / h) as f64).sqrt();
@@ -123,9 +124,17 @@ impl Opt {
         if let Some(pin) = &self.project_in {
             x = ops::linear(&x, pin, None)?;
         }
-        let pos = ops::embed(&self.embed_positions, &Self::positions(mask, device)?)?;
-        x = (x + pos)?;
-        let bias = ops::attention_bias(mask, None, device)?.to_dtype(x.dtype())?;
+        let pos = match attend {
+            Attend::Mask(mask) => Self::positions(mask, device)?,
+            Attend::Packed(p) => {
+                let rows: Vec<Vec<u32>> = (p.pos.iter())
+                    .map(|r| r.iter().map(|&x| x + POSITION_OFFSET as u32).collect())
+                    .collect();
+                ops::ids_tensor(&rows, device)?
+            }
+        };
+        x = (x + ops::embed(&self.embed_positions, &pos)?)?;
+        let bias = attend.bias(None, device)?.to_dtype(x.dtype())?;
         for l in &self.layers {
             let residual = x.clone();
             let mut a = if pre {

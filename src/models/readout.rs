@@ -3,7 +3,8 @@
 
 use candle_core::{Tensor, D};
 
-use super::ops;
+use super::pack::Packed;
+use super::{ops, Model};
 use crate::error::Result;
 
 /// Index of the last position whose mask is 1, per row (0 for an all-padding row).
@@ -64,6 +65,69 @@ pub fn response_logprobs(
     let m = response_mask.narrow(1, 1, t - 1)?;
     let sum = (tok * &m)?.sum(1)?;
     let count = m.sum(1)?;
+    let mean = sum.broadcast_div(&count)?;
+    Ok(LogProbs { sum, mean, count })
+}
+
+/// [`response_logprobs`] of sequences `(ids, response mask)` through shared-prefix packing:
+/// when `paired`, the first half and the second half are the two sides of pairs and share a
+/// row where that saves work ([`Packed::pairs_or_rows`]). Logits are computed only where a
+/// response token is predicted, so neither the prompt's logits nor a `[B, T, V]` tensor exist.
+pub fn sequence_logprobs(
+    model: &Model,
+    seqs: &[(&[u32], &[u32])],
+    paired: bool,
+) -> Result<LogProbs> {
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.0).collect();
+    let packed = if paired && seqs.len().is_multiple_of(2) {
+        let n = seqs.len() / 2;
+        Packed::pairs_or_rows(&ids[..n], &ids[n..], model.config.hidden_width())
+    } else {
+        Packed::rows(&ids)
+    };
+    let dev = model.device();
+    // Source position, target id and owning sequence of every scored token.
+    let (mut src, mut tgt, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    let mut count = vec![0f32; seqs.len()];
+    for (s, (ids, resp)) in seqs.iter().enumerate() {
+        for t in 1..ids.len() {
+            if resp.get(t).copied().unwrap_or(0) != 0 {
+                src.push(packed.flat(s, t - 1) as u32);
+                tgt.push(ids[t]);
+                owner.push(s);
+                count[s] += 1.0;
+            }
+        }
+    }
+    let n = src.len();
+    let count = Tensor::from_vec(count, seqs.len(), dev)?;
+    if n == 0 {
+        let sum = count.zeros_like()?;
+        let mean = sum.broadcast_div(&count)?;
+        return Ok(LogProbs { sum, mean, count });
+    }
+    let hidden = model.hidden_packed(&packed)?;
+    let (rows, t, h) = hidden.dims3()?;
+    let picked = hidden
+        .reshape((rows * t, h))?
+        .index_select(&Tensor::from_vec(src, n, dev)?, 0)?
+        .unsqueeze(0)?;
+    let logits = model.logits(&picked)?.to_dtype(candle_core::DType::F32)?;
+    let targets = Tensor::from_vec(tgt, (1, n), dev)?;
+    let tok = if super::fused::applies(&[&logits]) {
+        super::fused::token_logprobs(&logits, &targets)?
+    } else {
+        ops::log_softmax(&logits)?
+            .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?
+    };
+    // Per-sequence sums as one product with a 0/1 ownership matrix [S, N].
+    let mut own = vec![0f32; seqs.len() * n];
+    for (k, &s) in owner.iter().enumerate() {
+        own[s * n + k] = 1.0;
+    }
+    let own = Tensor::from_vec(own, (seqs.len(), n), dev)?;
+    let sum = own.matmul(&tok.reshape((n, 1))?)?.squeeze(1)?;
     let mean = sum.broadcast_div(&count)?;
     Ok(LogProbs { sum, mean, count })
 }

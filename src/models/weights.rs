@@ -282,6 +282,17 @@ impl Weights {
                 })
             }
         };
+        // A NaN or infinite weight would only surface later as a NaN loss or score, far from
+        // its cause: name the tensor now.
+        let bad = first_non_finite(&t)?;
+        if let Some(i) = bad {
+            return Err(Error::Model {
+                file: self.file.clone(),
+                msg: format!(
+                    "tensor `{name}` has a non-finite value (NaN or infinity) at flat index {i}"
+                ),
+            });
+        }
         let out = if self.frozen {
             t.detach()
         } else {
@@ -315,6 +326,21 @@ fn read_file(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
         file: path.display().to_string(),
         msg: format!("unreadable safetensors: {e}"),
     })
+}
+
+/// Flat index of the first NaN or infinite value of a float tensor (read in place on the CPU;
+/// elsewhere through a copy).
+fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let all = cpu.as_slice::<f32>()?;
+            let (a, b) = layout.contiguous_offsets().unwrap_or((0, all.len()));
+            return Ok(all[a..b].iter().position(|x| !x.is_finite()));
+        }
+    }
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().position(|x| !x.is_finite()))
 }
 
 #[cfg(test)]

@@ -121,8 +121,14 @@ pub struct RootLock {
 }
 
 const LOCK_OBJECT: &str = "runner/lock.json";
-/// A remote lock not refreshed for this long belongs to a dead run.
-const STALE_SECS: u64 = 120;
+/// A remote lock not refreshed for this long belongs to a dead run (`W2S_LOCK_STALE_SECS`
+/// overrides the 120 s, for tests); the holder refreshes it four times as often.
+fn stale_secs() -> u64 {
+    std::env::var("W2S_LOCK_STALE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120)
+}
 
 impl RootLock {
     pub async fn acquire(store: &ArtifactStore) -> Result<RootLock> {
@@ -169,7 +175,7 @@ impl RootLock {
         let body = Bytes::from(holder.to_string());
         if !store.put_if_absent(LOCK_OBJECT, body.clone()).await? {
             let age = store.age_secs(LOCK_OBJECT).await?.unwrap_or(0);
-            if age < STALE_SECS {
+            if age < stale_secs() {
                 let who = store.get_opt(LOCK_OBJECT).await?.unwrap_or_default();
                 return Err(Error::Busy(format!(
                     "{}: another `w2s run` is using this artifact root ({}, refreshed {age}s ago); wait for it to finish",
@@ -192,7 +198,7 @@ impl RootLock {
         let beat_store = store.clone();
         let beat = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(std::time::Duration::from_secs(STALE_SECS / 4)).await;
+                tokio::time::sleep(std::time::Duration::from_secs((stale_secs() / 4).max(1))).await;
                 if let Err(e) = beat_store.put(LOCK_OBJECT, body.clone()).await {
                     tracing::warn!("could not refresh the run lock: {e}");
                 }
@@ -404,6 +410,16 @@ pub async fn execute(
         started.elapsed().as_secs_f64()
     );
     Ok(summary)
+}
+
+/// Records step `id` as finished, as `w2s run` does after running it (for steps run by another
+/// scheduler: `w2s plan --record`, written into each Slurm task).
+pub async fn record_finished(store: &ArtifactStore, steps: &[Step], id: &str) -> Result<()> {
+    let by_id: HashMap<String, &Step> = steps.iter().map(|s| (s.id.clone(), s)).collect();
+    let s = by_id
+        .get(id)
+        .ok_or_else(|| Error::Config(format!("--record {id}: no such step in the plan")))?;
+    record(store, &mut Cache::default(), s, &by_id, 0.0).await
 }
 
 /// Writes the record of a finished step.

@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod plan;
+pub mod slurm;
 pub mod spec;
 
 pub use exec::{RootLock, RunOptions, Status};

@@ -10,6 +10,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::pack::Packed;
 use crate::models::{ops, readout, Model};
 use crate::rng::PyRandom;
 
@@ -199,11 +200,32 @@ impl RewardModel {
         readout::reward(&hidden, &pos, self.head.tensor())
     }
 
-    /// Margins r(a) - r(b) of each pair, `[N]`.
+    /// Margins r(a) - r(b) of each pair, `[N]`. The two sides of a pair share one row and
+    /// their common prefix is computed once where that saves work (`models::pack`).
     pub fn margins(&self, a: &[&[u32]], b: &[&[u32]]) -> Result<Tensor> {
         let n = a.len();
         let all: Vec<&[u32]> = a.iter().chain(b).copied().collect();
-        let r = self.rewards(&all)?;
+        // The reference readout of a sequence with no non-zero id reads a padding position,
+        // which only the padded batch defines; empty sequences likewise.
+        let odd = all.iter().any(|s| {
+            s.is_empty() || (self.readout == Readout::Reference && s.iter().all(|&x| x == 0))
+        });
+        let r = if odd {
+            self.rewards(&all)?
+        } else {
+            let packed = Packed::pairs_or_rows(a, b, self.model.config.hidden_width());
+            let hidden = self.model.hidden_packed(&packed)?;
+            let pos = self.readout.positions(&all, packed.len());
+            let flat: Vec<u32> = (pos.iter().enumerate())
+                .map(|(s, &t)| packed.flat(s, t) as u32)
+                .collect();
+            let (rows, t, h) = hidden.dims3()?;
+            let picked = hidden
+                .reshape((rows * t, h))?
+                .index_select(&Tensor::from_vec(flat, 2 * n, hidden.device())?, 0)?
+                .to_dtype(self.head.tensor().dtype())?;
+            ops::linear(&picked, self.head.tensor(), None)?.squeeze(1)?
+        };
         Ok((r.narrow(0, 0, n)? - r.narrow(0, n, n)?)?)
     }
 }
@@ -373,6 +395,14 @@ mod gradient_tests {
             let a: [&[u32]; 2] = [&[5, 9, 30, 7, 11], &[4, 8]];
             let b: [&[u32]; 2] = [&[5, 9, 31], &[4, 8, 12, 13]];
             let z = rm.margins(&a, &b).unwrap();
+            // The packed margins equal the padded batch's (a and b share the prefix [5, 9]).
+            let all: Vec<&[u32]> = a.iter().chain(&b).copied().collect();
+            let r: Vec<f32> = rm.rewards(&all).unwrap().to_vec1().unwrap();
+            let zv: Vec<f32> = z.to_vec1().unwrap();
+            for i in 0..2 {
+                let want = r[i] - r[2 + i];
+                assert!((zv[i] - want).abs() < 1e-4, "{family}: {} vs {want}", zv[i]);
+            }
             let grads = z.sum_all().unwrap().backward().unwrap();
             assert!(grads.get(head.as_tensor()).is_some(), "{family}: head");
             for (name, v) in rm.model.params() {

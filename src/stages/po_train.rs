@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::common::{self, PairText};
 use super::rm_train::{train_log_batch, TrainReport};
 use crate::error::{Error, Result};
-use crate::models::readout::response_logprobs;
+use crate::models::readout::sequence_logprobs;
 use crate::models::save::SaveExtras;
 use crate::models::Model;
 use crate::optim::{Adam, AdamConfig};
@@ -164,18 +164,15 @@ async fn teacher_preferences(
     Ok((out, common::manifest_input(&m)))
 }
 
-/// Pads rows to one batch: ids, attention rows, response mask.
-fn batch(model: &Model, rows: &[&(Vec<u32>, Vec<u32>)]) -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
-    let owned: Vec<(Vec<u32>, Vec<u32>)> = rows.iter().map(|r| (*r).clone()).collect();
-    super::score::pad(&owned, model.device())
-}
-
-/// Response log-prob statistics of rows: (sum, mean, count) tensors.
-fn logps(model: &Model, rows: &[&(Vec<u32>, Vec<u32>)]) -> Result<(Tensor, Tensor, Tensor)> {
-    let (ids, attn, resp) = batch(model, rows)?;
-    let hidden = model.hidden(&ids, &attn)?;
-    let logits = model.logits(&hidden)?;
-    let lp = response_logprobs(&logits, &ids, &resp)?;
+/// Response log-prob statistics of rows: (sum, mean, count) tensors. `paired`: the first half
+/// and the second half are the two sides of pairs (their shared prefix is computed once).
+fn logps(
+    model: &Model,
+    rows: &[&(Vec<u32>, Vec<u32>)],
+    paired: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let seqs: Vec<(&[u32], &[u32])> = rows.iter().map(|r| (&r.0[..], &r.1[..])).collect();
+    let lp = sequence_logprobs(model, &seqs, paired)?;
     Ok((lp.sum, lp.mean, lp.count))
 }
 
@@ -312,7 +309,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     let (sft_start, sft_log) =
         train::optimize(&mut adam, &vars, &s.sft, data.len(), &sft_resume, |mb| {
             let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
-            let (sum, _, count) = logps(&model, &rows)?;
+            let (sum, _, count) = logps(&model, &rows, false)?;
             let count = if first_counts {
                 let first: Vec<f32> = rows
                     .iter()
@@ -369,11 +366,11 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
             let mut rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             rows.extend(mb.iter().map(|&i| &data[i].r));
             let n = mb.len();
-            let (sum, mean, _) = logps(&model, &rows)?;
+            let (sum, mean, _) = logps(&model, &rows, true)?;
             let sums: Vec<f32> = sum.to_vec1()?;
             let means: Vec<f32> = mean.to_vec1()?;
             let refs: Vec<f32> = match &reference {
-                Some(r) => logps(r, &rows)?.0.to_vec1()?,
+                Some(r) => logps(r, &rows, true)?.0.to_vec1()?,
                 None => vec![0.0; rows.len()],
             };
             let (mut loss, mut correct) = (0.0f64, 0usize);

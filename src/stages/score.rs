@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use datafusion::arrow::array::{
     ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
 };
@@ -19,8 +19,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::models::readout::response_logprobs;
-use crate::models::{ops, Model};
+use crate::models::readout::sequence_logprobs;
+use crate::models::Model;
 use crate::progress;
 use crate::scenarios::po::{self, Loss};
 use crate::scenarios::rm::{Readout, RewardModel};
@@ -67,11 +67,13 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Right-pads rows with id 0 and returns (ids, attention mask, response mask).
+/// Right-pads rows with id 0 and returns (ids, attention mask, response mask): the unpacked
+/// batch, the oracle the packed scoring is tested against.
+#[cfg(test)]
 pub(crate) fn pad(
     rows: &[(Vec<u32>, Vec<u32>)],
     device: &Device,
-) -> Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
+) -> Result<(candle_core::Tensor, Vec<Vec<u32>>, candle_core::Tensor)> {
     let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(rows.len());
     let mut attn = Vec::with_capacity(rows.len());
@@ -89,20 +91,19 @@ pub(crate) fn pad(
         resp.push(rm);
     }
     Ok((
-        ops::ids_tensor(&ids, device)?,
+        crate::models::ops::ids_tensor(&ids, device)?,
         attn,
-        ops::mask_tensor(&resp, device)?,
+        crate::models::ops::mask_tensor(&resp, device)?,
     ))
 }
 
 /// Per-side log-prob results: (sum, mean, count).
 type SideScores = Vec<(f64, f64, i64)>;
 
+/// Scores `rows`: chosen sides first, then rejected (pairs share their prompt's states).
 fn score_batch(model: &Model, rows: &[(Vec<u32>, Vec<u32>)]) -> Result<SideScores> {
-    let (ids, attn, resp) = pad(rows, model.device())?;
-    let hidden = model.hidden(&ids, &attn)?;
-    let logits = model.logits(&hidden)?;
-    let lp = response_logprobs(&logits, &ids, &resp)?;
+    let seqs: Vec<(&[u32], &[u32])> = rows.iter().map(|r| (&r.0[..], &r.1[..])).collect();
+    let lp = sequence_logprobs(model, &seqs, true)?;
     let sum: Vec<f32> = lp.sum.to_dtype(DType::F32)?.to_vec1()?;
     let mean: Vec<f32> = lp.mean.to_dtype(DType::F32)?.to_vec1()?;
     let count: Vec<f32> = lp.count.to_dtype(DType::F32)?.to_vec1()?;

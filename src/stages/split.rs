@@ -138,6 +138,8 @@ fn validate(
 
 fn need(file: &str, have: usize, want: Option<usize>, flag: &str) -> Result<()> {
     match want {
+        // An empty split is never what was meant (an empty or all-dropped file).
+        None if have == 0 => Err(Error::data(At::file(file), "has no usable rows")),
         Some(n) if have < n => Err(Error::data(
             At::file(file),
             format!("has {have} usable rows, fewer than the {n} that {flag} asks for"),

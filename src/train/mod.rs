@@ -116,8 +116,23 @@ where
         let items = &order[step * settings.batch..(step + 1) * settings.batch];
         let t0 = Instant::now();
         let (mut loss, mut correct, mut tokens) = (0.0f64, 0usize, 0usize);
-        for mb in items.chunks(settings.micro_batch) {
+        for (k, mb) in items.chunks(settings.micro_batch).enumerate() {
             let out = micro(mb)?;
+            // Stop at the first non-finite micro-batch, before its gradients touch anything:
+            // the state saved so far stays the last good one, and the message names the batch.
+            if !out.loss.is_finite() {
+                return Err(Error::Model {
+                    file: "training".into(),
+                    msg: format!(
+                        "loss is {} at optimizer step {} of {steps}, micro-batch {} (rows {:?} of the \
+                         training set); stopping",
+                        out.loss,
+                        step + 1,
+                        k + 1,
+                        mb
+                    ),
+                });
+            }
             adam.accumulate(&out.grads)?;
             loss += out.loss;
             correct += out.correct;
@@ -162,6 +177,10 @@ where
         ));
         bar.inc(1);
         let done = step + 1;
+        crate::fault::hit("step").map_err(|source| Error::Io {
+            path: "training state".into(),
+            source,
+        })?;
         if resume.every > 0 && done % resume.every == 0 && done < steps {
             resume.save(done, adam, vars, &log).await?;
         }

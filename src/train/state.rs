@@ -127,15 +127,11 @@ impl Resume<'_> {
             }
         }
         tracing::debug!("saved training state at step {step}");
-        // Fault injection for the resume tests: die right after a save, as a kill would.
-        if std::env::var("W2S_ABORT_AFTER_STEP")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            == Some(step)
-        {
-            tracing::warn!("W2S_ABORT_AFTER_STEP={step}: aborting");
-            std::process::abort();
-        }
+        // Fault injection (`W2S_FAULT=saved:<n>`): die right after a save, as a kill would.
+        crate::fault::hit("saved").map_err(|source| Error::Io {
+            path: self.latest_path(),
+            source,
+        })?;
         Ok(())
     }
 

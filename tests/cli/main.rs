@@ -1,7 +1,9 @@
 //! End-to-end tests of the `w2s` binary. One test binary (modules below) keeps link time low.
 
 mod analyze;
+mod bad_inputs;
 mod common;
+mod faults;
 mod pipeline;
 mod po;
 mod pretrain;

@@ -15,6 +15,11 @@ fn mini(root: &Path, objectives: &str) -> String {
 }
 
 fn mini_with(root: &Path, objectives: &str, scenarios: &str) -> String {
+    mini_at(s(root), objectives, scenarios)
+}
+
+/// The mini grid with its artifacts at `root` (a path or an s3:// URL).
+pub fn mini_at(root: &str, objectives: &str, scenarios: &str) -> String {
     format!(
         r#"
 name = "mini"
@@ -46,7 +51,7 @@ objectives = {objectives}
 [analysis]
 bootstrap = 50
 "#,
-        s(root)
+        root
     )
 }
 
@@ -521,4 +526,95 @@ fn the_quickstart_runs_end_to_end_and_then_does_nothing() {
 
     let out = ok(w2s(&["run", s(&file), "--set", &set]));
     assert!(out.contains("quickstart: all 31 steps up to date"), "{out}");
+}
+
+/// `w2s plan --format slurm` run through a stand-in `sbatch` that executes each job array's
+/// tasks at submission (so afterok holds by construction) and records its arguments: the
+/// tables equal those of a local `w2s run`, and each level depends on the job before it.
+/// (A real single-node Slurm cluster: scripts/slurm-check.sh, docs/reliability.md.)
+#[test]
+fn a_slurm_plan_run_as_job_arrays_gives_the_local_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let objectives = r#"["none", "explicit"]"#;
+    let file_a = dir.path().join("a.toml");
+    let file_b = dir.path().join("b.toml");
+    std::fs::write(&file_a, mini(&a, objectives)).unwrap();
+    std::fs::write(&file_b, mini(&b, objectives)).unwrap();
+    run(&file_a);
+
+    let script = ok(w2s(&["plan", s(&file_b), "--format", "slurm"]));
+    let plan = dir.path().join("plan.sh");
+    std::fs::write(&plan, &script).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("sbatch.log");
+    std::fs::write(
+        bin.join("sbatch"),
+        r#"#!/usr/bin/env bash
+# Stand-in for sbatch: runs every task of the array now, in order; prints a job id.
+set -euo pipefail
+echo "$*" >> "$SBATCH_LOG"
+array=""; script=""
+for a in "$@"; do
+    case "$a" in
+        --array=*) array=${a#--array=} ;;
+        -*) ;;
+        *) script=$a ;;
+    esac
+done
+for i in $(seq "${array%-*}" "${array#*-}"); do
+    SLURM_ARRAY_TASK_ID=$i bash "$script" >> "$SBATCH_LOG.tasks" 2>&1
+done
+n=$(wc -l < "$SBATCH_LOG")
+echo "$((1000 + n));cluster"
+"#,
+    )
+    .unwrap();
+    let status = std::process::Command::new("chmod")
+        .args(["+x", s(&bin.join("sbatch"))])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = std::process::Command::new("bash")
+        .arg(&plan)
+        .arg("--partition=test")
+        .env(
+            "PATH",
+            format!("{}:{}", s(&bin), std::env::var("PATH").unwrap()),
+        )
+        .env("W2S", env!("CARGO_BIN_EXE_w2s"))
+        .env("W2S_LOG", "warn")
+        .env("JOBS_DIR", dir.path().join("jobs"))
+        .env("SBATCH_LOG", &log)
+        .output()
+        .unwrap();
+    let tasks = std::fs::read_to_string(dir.path().join("sbatch.log.tasks")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{tasks}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // split, pretrain a+b, gt-train a+b, weak-label, 2 students, scores, report: levels 0..=5.
+    assert!(calls.len() >= 5, "{calls:?}");
+    assert!(!calls[0].contains("--dependency"), "{}", calls[0]);
+    for (k, c) in calls.iter().enumerate().skip(1) {
+        assert!(
+            c.contains(&format!("--dependency=afterok:{}", 1000 + k)),
+            "level call {k}: {c}"
+        );
+        assert!(c.contains("--partition=test"), "{c}");
+    }
+    for q in SAME {
+        assert_eq!(query(&a, q), query(&b, q), "{q}");
+    }
+    // Submitted again, everything is up to date: the plan has no step left.
+    let again = ok(w2s(&["plan", s(&file_b), "--format", "slurm"]));
+    assert!(again.contains("# 0 steps in 0 job arrays"), "{again}");
 }

@@ -423,7 +423,7 @@ fn a_killed_run_resumes_from_its_last_saved_step_with_the_same_weights() {
     let a_args = args(&a);
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
     // Killed right after saving the state of step 3 of 6.
-    let killed = w2s_env(&a_args, &[("W2S_ABORT_AFTER_STEP", "3".into())]);
+    let killed = w2s_env(&a_args, &[("W2S_FAULT", "saved:3".into())]);
     assert!(!killed.status.success());
     let files = files_under(&a);
     assert!(
