@@ -509,8 +509,7 @@ impl ArtifactStore {
             path: self.url_of(&rel).to_string(),
             source,
         })?;
-        self.put(&Self::manifest_path(&manifest.key), Bytes::from(json))
-            .await?;
+        self.put(&rel, Bytes::from(json)).await?;
         if let Some(old) = old {
             for f in old.outputs {
                 if !manifest.outputs.iter().any(|n| n.path == f.path) {

@@ -99,13 +99,15 @@ pub fn sequence_logprobs(
             }
         }
     }
+    if src.is_empty() {
+        // No response token at all: one dummy prediction with weight 0 keeps every parameter
+        // in the graph (zero gradients rather than missing ones).
+        src.push(0);
+        tgt.push(0);
+        owner.push(usize::MAX);
+    }
     let n = src.len();
     let count = Tensor::from_vec(count, seqs.len(), dev)?;
-    if n == 0 {
-        let sum = count.zeros_like()?;
-        let mean = sum.broadcast_div(&count)?;
-        return Ok(LogProbs { sum, mean, count });
-    }
     let hidden = model.hidden_packed(&packed)?;
     let (rows, t, h) = hidden.dims3()?;
     let picked = hidden
@@ -123,7 +125,7 @@ pub fn sequence_logprobs(
     };
     // Per-sequence sums as one product with a 0/1 ownership matrix [S, N].
     let mut own = vec![0f32; seqs.len() * n];
-    for (k, &s) in owner.iter().enumerate() {
+    for (k, &s) in owner.iter().enumerate().filter(|(_, &s)| s != usize::MAX) {
         own[s * n + k] = 1.0;
     }
     let own = Tensor::from_vec(own, (seqs.len(), n), dev)?;

@@ -98,7 +98,9 @@ pub struct PairLoss {
 /// `torch.nn.functional.binary_cross_entropy(p, y)` for one element, in f32: each log term
 /// clamped at -100, and its gradient d/dp = (p - y) / max(p (1 - p), 1e-12).
 fn bce(p: f32, y: f32) -> (f32, f32) {
-    let loss = (y - 1.0) * (-p).ln_1p().max(-100.0) - y * p.ln().max(-100.0);
+    // torch.clamp propagates NaN; f32::max would turn a NaN log into -100 and hide it.
+    let clamp = |x: f32| if x.is_nan() { x } else { x.max(-100.0) };
+    let loss = (y - 1.0) * clamp((-p).ln_1p()) - y * clamp(p.ln());
     let dp = (p - y) / ((1.0 - p) * p).max(1e-12);
     (loss, dp)
 }
@@ -278,6 +280,10 @@ mod tests {
                 );
             }
         }
+        // A NaN margin gives a NaN loss, as PyTorch (not a clamped 100).
+        assert!(pair_loss(f32::NAN, 1.0, true, Objective::None, 0.5)
+            .loss
+            .is_nan());
         // The explicit indicator on ties: g = 1, z = 0 -> 0; g = 0, z = 0 -> 1.
         assert_eq!(v(&e["explicit.indicator"])[..2], [0.0, 1.0]);
     }

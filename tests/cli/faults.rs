@@ -218,3 +218,40 @@ fn a_real_full_tmpfs_is_a_clear_error_and_leaves_nothing_committed() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(manifests(&root), before);
 }
+
+/// A checkpoint whose final layer-norm scale is 3e38 (finite, so it loads) makes the rewards
+/// overflow: the run stops at the first non-finite loss, naming the optimizer step, the
+/// micro-batch and its rows, commits nothing, and exits 65.
+#[test]
+fn a_non_finite_loss_stops_the_run_naming_step_and_batch() {
+    use candle_core::{Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("huge");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture_model("gpt2").join(f), model.join(f)).unwrap();
+    }
+    let src = fixture_model("gpt2").join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&src, &Device::Cpu).unwrap();
+    let n = t["transformer.ln_f.weight"].dim(0).unwrap();
+    t.insert(
+        "transformer.ln_f.weight".into(),
+        Tensor::from_vec(vec![3e38f32; n], n, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&t, model.join("model.safetensors")).unwrap();
+    let root = dir.path().join("root");
+    split_oracle_data(&root);
+    let before = manifests(&root);
+    let mut args = gt_args(&root);
+    let m = args.iter().position(|a| a == "--model").unwrap();
+    args[m + 1] = s(&model).to_string();
+    let o = w2s(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("loss is NaN at optimizer step 1 of 6, micro-batch 1 (rows ["),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(manifests(&root), before);
+}
