@@ -436,6 +436,43 @@ fn every_bad_input_gets_a_clear_error_and_commits_nothing() {
         &["manifests/split.json"],
     );
 
+    let trained = d.join("trained-root");
+    split_oracle_data(&trained);
+    ok(w2s(&[
+        "gt-train",
+        "--artifacts",
+        s(&trained),
+        "--model",
+        &fixture,
+        "--run-id",
+        "ceiling",
+        "--batch",
+        "4",
+        "--max-ctx",
+        "48",
+    ]));
+    let weights = files_under(&trained)
+        .into_iter()
+        .find(|f| f.starts_with("models/ceiling/") && f.ends_with("model.safetensors"))
+        .unwrap();
+    let p = trained.join(&weights);
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+    case(
+        "a truncated checkpoint of a trained run",
+        strs(&[
+            "weak-label",
+            "--artifacts",
+            s(&trained),
+            "--run",
+            "ceiling",
+            "--max-ctx",
+            "48",
+        ]),
+        65,
+        &["model.safetensors", "checksum"],
+    );
+
     // --- Command lines.
     let m = fixture.as_str();
     case(
