@@ -38,6 +38,7 @@ impl Packed {
     /// Pair `i` (`a[i]`, `b[i]`) in row `i`, the common prefix once. Sequence order: all of `a`,
     /// then all of `b` (as [`Packed::rows`] of `a ++ b`).
     pub fn pairs(a: &[&[u32]], b: &[&[u32]]) -> Packed {
+        assert_eq!(a.len(), b.len(), "pairs need as many b sides as a sides");
         let groups: Vec<Vec<&[u32]>> = a.iter().zip(b).map(|(x, y)| vec![*x, *y]).collect();
         let mut p = Self::groups(&groups);
         // Groups list a0, b0, a1, b1, ...; callers index a's first.
