@@ -284,6 +284,35 @@ mod model_tests {
             .join(name)
     }
 
+    /// Right-pads rows with id 0 and returns (ids, attention mask, response mask): the unpacked
+    /// batch, the oracle the packed scoring is tested against.
+    fn pad(
+        rows: &[(Vec<u32>, Vec<u32>)],
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Vec<Vec<u32>>, Tensor)> {
+        let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut attn = Vec::with_capacity(rows.len());
+        let mut resp = Vec::with_capacity(rows.len());
+        for (i, m) in rows {
+            let n = i.len();
+            let mut a = i.clone();
+            a.resize(t, 0);
+            ids.push(a);
+            let mut am = vec![1u32; n];
+            am.resize(t, 0);
+            attn.push(am);
+            let mut rm = m.clone();
+            rm.resize(t, 0);
+            resp.push(rm);
+        }
+        Ok((
+            ops::ids_tensor(&ids, device)?,
+            attn,
+            ops::mask_tensor(&resp, device)?,
+        ))
+    }
+
     /// The Mistral fixture with a 3-token sliding window, so the window is exercised.
     fn windowed_mistral(dir: &Path) -> PathBuf {
         let src = fixture("mistral");
@@ -357,7 +386,7 @@ mod model_tests {
                 .iter()
                 .map(|(s, r)| (s.to_vec(), r.to_vec()))
                 .collect();
-            let (ids, attn, m) = crate::stages::score::pad(&owned, &dev).unwrap();
+            let (ids, attn, m) = pad(&owned, &dev).unwrap();
             let m = m.to_dtype(candle_core::DType::F32).unwrap();
             let logits = model.logits(&model.hidden(&ids, &attn).unwrap()).unwrap();
             let want = response_logprobs(&logits, &ids, &m).unwrap();

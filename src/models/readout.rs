@@ -42,6 +42,17 @@ pub struct LogProbs {
     pub count: Tensor,
 }
 
+/// `log_softmax(logits)` at `targets` (`[.., V]` f32 and `[..]`): on the CPU one fused pass per
+/// row, forward and backward, with no `[.., V]` log-softmax tensor; elsewhere composed.
+fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if super::fused::applies(&[logits]) {
+        return Ok(super::fused::token_logprobs(logits, targets)?);
+    }
+    Ok(ops::log_softmax(logits)?
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?)
+}
+
 /// Log-probabilities of the masked response tokens. As the reference, position 0 is never
 /// scored (it has no prediction), whatever its mask says.
 pub fn response_logprobs(
@@ -54,14 +65,7 @@ pub fn response_logprobs(
     let logits = logits.to_dtype(candle_core::DType::F32)?;
     let logits = logits.narrow(1, 0, t - 1)?;
     let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
-    let tok = if super::fused::applies(&[&logits]) {
-        // One pass per row, forward and backward, no [B, T, V] log-softmax tensor.
-        super::fused::token_logprobs(&logits, &targets)?
-    } else {
-        ops::log_softmax(&logits)?
-            .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
-            .squeeze(D::Minus1)?
-    };
+    let tok = target_logprobs(&logits, &targets)?;
     let m = response_mask.narrow(1, 1, t - 1)?;
     let sum = (tok * &m)?.sum(1)?;
     let count = m.sum(1)?;
@@ -116,13 +120,7 @@ pub fn sequence_logprobs(
         .unsqueeze(0)?;
     let logits = model.logits(&picked)?.to_dtype(candle_core::DType::F32)?;
     let targets = Tensor::from_vec(tgt, (1, n), dev)?;
-    let tok = if super::fused::applies(&[&logits]) {
-        super::fused::token_logprobs(&logits, &targets)?
-    } else {
-        ops::log_softmax(&logits)?
-            .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
-            .squeeze(D::Minus1)?
-    };
+    let tok = target_logprobs(&logits, &targets)?;
     // Per-sequence sums as one product with a 0/1 ownership matrix [S, N].
     let mut own = vec![0f32; seqs.len() * n];
     for (k, &s) in owner.iter().enumerate().filter(|(_, &s)| s != usize::MAX) {

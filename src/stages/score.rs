@@ -67,36 +67,6 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Right-pads rows with id 0 and returns (ids, attention mask, response mask): the unpacked
-/// batch, the oracle the packed scoring is tested against.
-#[cfg(test)]
-pub(crate) fn pad(
-    rows: &[(Vec<u32>, Vec<u32>)],
-    device: &Device,
-) -> Result<(candle_core::Tensor, Vec<Vec<u32>>, candle_core::Tensor)> {
-    let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut attn = Vec::with_capacity(rows.len());
-    let mut resp = Vec::with_capacity(rows.len());
-    for (i, m) in rows {
-        let n = i.len();
-        let mut a = i.clone();
-        a.resize(t, 0);
-        ids.push(a);
-        let mut am = vec![1u32; n];
-        am.resize(t, 0);
-        attn.push(am);
-        let mut rm = m.clone();
-        rm.resize(t, 0);
-        resp.push(rm);
-    }
-    Ok((
-        crate::models::ops::ids_tensor(&ids, device)?,
-        attn,
-        crate::models::ops::mask_tensor(&resp, device)?,
-    ))
-}
-
 /// Per-side log-prob results: (sum, mean, count).
 type SideScores = Vec<(f64, f64, i64)>;
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -23,7 +23,7 @@ struct Case {
 
 /// Runs `w2s` with a one-minute limit: (exit code, stderr).
 fn run_limited(args: &[String]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_w2s"))
+    let child = Command::new(env!("CARGO_BIN_EXE_w2s"))
         .args(args)
         .env_remove("W2S_ARTIFACTS")
         .env("W2S_LOG", "warn")
@@ -31,18 +31,12 @@ fn run_limited(args: &[String]) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        if let Some(_st) = child.try_wait().unwrap() {
-            let o = child.wait_with_output().unwrap();
-            return (o.status.code(), stderr(&o));
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("hung for a minute: w2s {}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let o = wait_limited(
+        child,
+        Duration::from_secs(60),
+        &format!("w2s {}", args.join(" ")),
+    );
+    (o.status.code(), stderr(&o))
 }
 
 /// A copy of the GPT-2 fixture checkpoint, changed by `edit`.

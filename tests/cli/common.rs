@@ -15,6 +15,24 @@ pub fn w2s_env(args: &[&str], env: &[(&str, String)]) -> Output {
     cmd.output().expect("w2s runs")
 }
 
+/// Waits for `child` (stderr piped) at most `limit`; a child still running then is killed and
+/// the test fails, naming `what`: a hang is a failure, not a stuck test run.
+pub fn wait_limited(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}: {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub fn w2s(args: &[&str]) -> Output {
     w2s_env(args, &[])
 }

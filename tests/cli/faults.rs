@@ -9,33 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::rm::{rows, split_oracle_data};
+use crate::rm::{fixture_gt_args, rows, split_oracle_data};
 
 /// gt-train of the GPT-2 fixture on the oracle's 12 pairs: 6 steps, state saved every 2.
 fn gt_args(root: &Path) -> Vec<String> {
-    let model = fixture_model("gpt2").display().to_string();
-    [
-        "gt-train",
-        "--artifacts",
-        s(root),
-        "--model",
-        &model,
-        "--run-id",
-        "ceiling",
-        "--batch",
-        "2",
-        "--micro-batch",
-        "1",
-        "--lr",
-        "1e-3",
-        "--max-ctx",
-        "48",
-        "--save-every",
-        "2",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
+    fixture_gt_args(s(root), 2)
 }
 
 fn gt_train(root: &Path, env: &[(&str, String)]) -> std::process::Output {
@@ -67,6 +45,15 @@ fn outcome(root: &Path) -> Outcome {
     (log, runs, weights)
 }
 
+/// An uninterrupted gt-train under `dir/reference`: its outcome and how long it took.
+fn uninterrupted(dir: &Path) -> (Outcome, Duration) {
+    let reference = dir.join("reference");
+    split_oracle_data(&reference);
+    let t0 = Instant::now();
+    ok(gt_train(&reference, &[]));
+    (outcome(&reference), t0.elapsed())
+}
+
 fn killed_by_sigkill(o: &std::process::Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     o.status.signal() == Some(9)
@@ -77,10 +64,7 @@ fn killed_by_sigkill(o: &std::process::Output) -> bool {
 #[test]
 fn a_stage_killed_at_any_write_resumes_to_the_uninterrupted_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let reference = dir.path().join("reference");
-    split_oracle_data(&reference);
-    ok(gt_train(&reference, &[]));
-    let want = outcome(&reference);
+    let (want, _) = uninterrupted(dir.path());
     assert_eq!(want.0.len(), 6);
 
     // Object writes of one gt-train: 2 state saves (parameters + latest.json each) and then
@@ -113,12 +97,7 @@ fn a_stage_killed_at_any_write_resumes_to_the_uninterrupted_tables() {
 #[test]
 fn a_stage_killed_at_random_moments_resumes_to_the_uninterrupted_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let reference = dir.path().join("reference");
-    split_oracle_data(&reference);
-    let t0 = Instant::now();
-    ok(gt_train(&reference, &[]));
-    let full = t0.elapsed();
-    let want = outcome(&reference);
+    let (want, full) = uninterrupted(dir.path());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -163,10 +142,7 @@ fn a_stage_killed_at_random_moments_resumes_to_the_uninterrupted_tables() {
 #[test]
 fn a_full_disk_is_a_clear_error_and_leaves_nothing_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let reference = dir.path().join("reference");
-    split_oracle_data(&reference);
-    ok(gt_train(&reference, &[]));
-    let want = outcome(&reference);
+    let (want, _) = uninterrupted(dir.path());
     for k in [1, 5, 9] {
         let root = dir.path().join(format!("k{k}"));
         split_oracle_data(&root);

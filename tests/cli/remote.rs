@@ -630,31 +630,9 @@ fn s3_server_stopped_mid_write_is_a_clear_error_then_a_rerun_succeeds() {
     env.push(("W2S_CACHE", dir.path().join("cache").display().to_string()));
     env.push(("W2S_STORE_RETRY_SECS", "3".into()));
     let remote = "s3://w2s-test/restart";
-    let model = fixture_model("gpt2").display().to_string();
-    let gt: Vec<String> = [
-        "gt-train",
-        "--artifacts",
-        remote,
-        "--model",
-        &model,
-        "--run-id",
-        "ceiling",
-        "--batch",
-        "2",
-        "--micro-batch",
-        "1",
-        "--lr",
-        "1e-3",
-        "--max-ctx",
-        "48",
-        "--save-every",
-        "1",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
+    let gt = crate::rm::fixture_gt_args(remote, 1);
     crate::rm::split_oracle_data_env(remote, &env);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_w2s"))
+    let child = Command::new(env!("CARGO_BIN_EXE_w2s"))
         .args(&gt)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("W2S_LOG", "warn")
@@ -671,25 +649,13 @@ fn s3_server_stopped_mid_write_is_a_clear_error_then_a_rerun_succeeds() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(moto); // the server goes away mid-run
-    let t1 = Instant::now();
-    let mut err = String::new();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            break st;
-        }
-        assert!(
-            t1.elapsed() < Duration::from_secs(120),
-            "w2s hangs without its server"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(74), "{err}");
+    let o = wait_limited(
+        child,
+        Duration::from_secs(120),
+        "gt-train without its server",
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(74), "{err}");
     assert!(
         err.contains("s3://w2s-test/restart/"),
         "names the object: {err}"

@@ -46,6 +46,36 @@ pub fn split_oracle_data_env(root: &str, env: &[(&str, String)]) {
     ));
 }
 
+/// gt-train of the GPT-2 fixture into `root` (a path or URL) as run `ceiling`: batch 2,
+/// micro-batch 1, lr 1e-3, context 48 (6 steps on the oracle's 12 pairs), state saved every
+/// `save_every` steps. The kill-and-resume tests share it.
+pub fn fixture_gt_args(root: &str, save_every: usize) -> Vec<String> {
+    let model = fixture_model("gpt2").display().to_string();
+    let save_every = save_every.to_string();
+    [
+        "gt-train",
+        "--artifacts",
+        root,
+        "--model",
+        &model,
+        "--run-id",
+        "ceiling",
+        "--batch",
+        "2",
+        "--micro-batch",
+        "1",
+        "--lr",
+        "1e-3",
+        "--max-ctx",
+        "48",
+        "--save-every",
+        &save_every,
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
 /// The oracle's training settings (batch 4, micro-batch 2, lr 1e-3, max_ctx 48) and head.
 pub fn oracle_args() -> Vec<String> {
     let head = rm_fixture().join("head.safetensors").display().to_string();
@@ -392,31 +422,7 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
 fn a_killed_run_resumes_from_its_last_saved_step_with_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let model = fixture_model("gpt2").display().to_string();
-    let args = |root: &Path| -> Vec<String> {
-        [
-            "gt-train",
-            "--artifacts",
-            s(root),
-            "--model",
-            &model,
-            "--run-id",
-            "ceiling",
-            "--batch",
-            "2",
-            "--micro-batch",
-            "1",
-            "--lr",
-            "1e-3",
-            "--max-ctx",
-            "48",
-            "--save-every",
-            "1",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
-    };
+    let args = |root: &Path| fixture_gt_args(s(root), 1);
     for root in [&a, &b] {
         split_oracle_data(root);
     }
