@@ -35,17 +35,19 @@ def main():
     ap.add_argument("--arch", required=True, choices=SHAPES)
     ap.add_argument("--task", required=True, choices=["rm-train", "rm-score", "po-train", "po-score"])
     ap.add_argument("--model", required=True)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     s = SHAPES[a.arch]
     seq, n, steps = s["seq"], s["pairs"], s["steps"]
     torch.manual_seed(0)
     train = a.task.endswith("train")
     if a.task.startswith("rm"):
-        body = transformers.GPT2Model.from_pretrained(a.model).float()
-        head = torch.nn.Linear(body.config.n_embd, 1, bias=False)
+        body = transformers.GPT2Model.from_pretrained(a.model).float().to(dev)
+        head = torch.nn.Linear(body.config.n_embd, 1, bias=False).to(dev)
         params = list(body.parameters()) + list(head.parameters())
     else:
-        lm = transformers.GPT2LMHeadModel.from_pretrained(a.model).float()
+        lm = transformers.GPT2LMHeadModel.from_pretrained(a.model).float().to(dev)
         params = list(lm.parameters())
     vocab = (body if a.task.startswith("rm") else lm).config.vocab_size
     ids = rows(2 * n, seq, vocab)
@@ -55,6 +57,7 @@ def main():
     ids[n:, :prompt] = ids[:n, :prompt]
     resp = torch.zeros(2 * n, seq)
     resp[:, prompt:] = 1.0
+    ids, resp = ids.to(dev), resp.to(dev)
     (body if a.task.startswith("rm") else lm).eval()  # no dropout, as the bench's w2s side
     opt = torch.optim.Adam(params, lr=1e-3) if train else None
     opt2 = torch.optim.Adam(params, lr=1e-3) if a.task == "po-train" else None
@@ -95,14 +98,22 @@ def main():
                 ssum, _ = logps(list(range(2 * n)))
                 ssum.tolist()
 
+    def sync():
+        # CUDA runs queued kernels after the call returns: time whole steps.
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     secs = time.perf_counter() - t0
     per_step = (3 if a.task == "po-train" else 2) * n * seq
     print(json.dumps({
         "engine": "torch",
+        "device": dev.type,
         "arch": a.arch,
         "task": a.task,
         "tokens_per_s": per_step * steps / secs,

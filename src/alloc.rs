@@ -15,7 +15,9 @@ pub fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // -1 is SIZE_MAX in glibc (the int is taken as a size_t): never trim. i32::MAX would trim
+        // whenever 2 GiB at the heap top are free, which a GPT-2-small micro-batch of 8 pairs frees.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

@@ -117,11 +117,23 @@ impl Task {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     pub engine: String,
+    /// `cpu` or `cuda` (PyTorch's names).
+    #[serde(default = "cpu")]
+    pub device: String,
     pub arch: String,
     pub task: String,
     pub tokens_per_s: f64,
     pub peak_rss_mib: f64,
     pub seconds: f64,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+/// The device as both engines name it in a measurement.
+fn device_name(dev: &Device) -> String {
+    if dev.is_cpu() { "cpu" } else { "cuda" }.into()
 }
 
 /// Writes a seeded random GPT-2 checkpoint of `arch` into `dir` (config.json,
@@ -189,18 +201,25 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs one measurement in this process: one warm-up step, then the shape's timed steps.
-pub fn run_one(arch: Arch, task: Task, model_dir: &Path) -> Result<Measurement> {
-    run_steps(arch, task, model_dir, arch.shape().steps)
+/// Runs one measurement in this process on `dev`: one warm-up step, then the shape's timed
+/// steps.
+pub fn run_one(arch: Arch, task: Task, model_dir: &Path, dev: &Device) -> Result<Measurement> {
+    run_steps(arch, task, model_dir, arch.shape().steps, dev)
 }
 
 /// [`run_one`] with `steps` timed steps.
-pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Result<Measurement> {
+pub fn run_steps(
+    arch: Arch,
+    task: Task,
+    model_dir: &Path,
+    steps: usize,
+    dev: &Device,
+) -> Result<Measurement> {
     let s = Shape {
         steps,
         ..arch.shape()
     };
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     // Side p (chosen) and side n + p (rejected) of pair p share a prompt of `prompt` tokens,
     // about the real harmless split's share (86 of 247 characters a side on the first 256
     // pairs); the rest of each side is its response.
@@ -282,10 +301,13 @@ pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Resu
         }
     };
     step(&mut adam, &mut adam2)?;
+    // A GPU runs queued work after the call returns: time whole steps, synchronized.
+    dev.synchronize()?;
     let t0 = Instant::now();
     for _ in 0..s.steps {
         step(&mut adam, &mut adam2)?;
     }
+    dev.synchronize()?;
     let seconds = t0.elapsed().as_secs_f64();
     // Tokens through the model per step: PO training reads the chosen sides twice.
     let per_step = match task {
@@ -294,6 +316,7 @@ pub fn run_steps(arch: Arch, task: Task, model_dir: &Path, steps: usize) -> Resu
     };
     Ok(Measurement {
         engine: "w2s".into(),
+        device: device_name(&dev),
         arch: arch.name().into(),
         task: task.name().into(),
         tokens_per_s: (per_step * s.steps) as f64 / seconds,
@@ -405,6 +428,7 @@ mod tests {
     fn m(engine: &str, task: &str, tps: f64, rss: f64) -> Measurement {
         Measurement {
             engine: engine.into(),
+            device: "cpu".into(),
             arch: "tiny".into(),
             task: task.into(),
             tokens_per_s: tps,
@@ -446,7 +470,7 @@ mod tests {
         let ck = checkpoint(Arch::Tiny, dir.path()).unwrap();
         assert!(ck.join("config.json").exists());
         for task in Task::ALL {
-            let r = run_steps(Arch::Tiny, task, &ck, 1).unwrap();
+            let r = run_steps(Arch::Tiny, task, &ck, 1, &Device::Cpu).unwrap();
             assert!(r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite(), "{r:?}");
             assert!(r.peak_rss_mib > 0.0, "{r:?}");
         }

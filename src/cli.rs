@@ -109,6 +109,10 @@ pub struct BenchEngineArgs {
     /// Also write every measurement and the summary as JSON here.
     #[arg(long)]
     pub out: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N` for both engines (CUDA needs `--features cuda`;
+    /// scripts/gpu-check.sh).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +124,8 @@ pub struct BenchOneArgs {
     /// The checkpoint folder (`bench engine` writes it).
     #[arg(long)]
     pub model: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args, Debug)]
@@ -563,7 +569,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Plan(a) => plan_cmd(a).await,
         Command::Bench(BenchCommand::Engine(a)) => bench_engine_cmd(a),
         Command::Bench(BenchCommand::One(a)) => {
-            let m = w2s::bench::run_one(a.arch, a.task, std::path::Path::new(&a.model))?;
+            let dev = w2s::models::parse_device(&a.device)?;
+            let m = w2s::bench::run_one(a.arch, a.task, std::path::Path::new(&a.model), &dev)?;
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
@@ -1434,7 +1441,7 @@ fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
                 let m = one(
                     std::process::Command::new(&exe)
                         .args(["--log", "warn", "bench", "one", "--arch", arch.name()])
-                        .args(["--task", task.name(), "--model"])
+                        .args(["--task", task.name(), "--device", &a.device, "--model"])
                         .arg(&dir),
                     "w2s",
                 )?;
@@ -1444,7 +1451,8 @@ fn bench_engine_cmd(a: BenchEngineArgs) -> Result<()> {
                     let m = one(
                         std::process::Command::new(py)
                             .arg(TORCH_BENCH)
-                            .args(["--arch", arch.name(), "--task", task.name(), "--model"])
+                            .args(["--arch", arch.name(), "--task", task.name()])
+                            .args(["--device", &a.device, "--model"])
                             .arg(&dir),
                         "PyTorch",
                     )?;

@@ -306,8 +306,9 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         },
     );
     let batch_n = s.sft.batch as f64;
+    let sft_sizes: Vec<usize> = data.iter().map(|x| x.c.0.len() + x.c.1.len()).collect();
     let (sft_start, sft_log) =
-        train::optimize(&mut adam, &vars, &s.sft, data.len(), &sft_resume, |mb| {
+        train::optimize(&mut adam, &vars, &s.sft, &sft_sizes, &sft_resume, |mb| {
             let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             let (sum, _, count) = logps(&model, &rows, false)?;
             let count = if first_counts {
@@ -361,8 +362,11 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     );
     let batch_n = s.po.batch as f64;
     let explicit = (s.objective == Objective::Explicit).then_some(s.alpha);
+    let po_sizes: Vec<usize> = (data.iter())
+        .map(|x| x.c.0.len() + x.c.1.len() + x.r.0.len() + x.r.1.len())
+        .collect();
     let (po_start, po_log) =
-        train::optimize(&mut adam, &vars, &s.po, data.len(), &po_resume, |mb| {
+        train::optimize(&mut adam, &vars, &s.po, &po_sizes, &po_resume, |mb| {
             let mut rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             rows.extend(mb.iter().map(|&i| &data[i].r));
             let n = mb.len();

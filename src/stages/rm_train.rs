@@ -323,34 +323,34 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     };
     let batch = s.train.batch as f32;
     let alpha = s.alpha as f32;
-    let (resumed_at, log) =
-        train::optimize(&mut adam, &vars, &s.train, data.len(), &resume, |mb| {
-            let a: Vec<&[u32]> = mb.iter().map(|&i| data[i].a.as_slice()).collect();
-            let b: Vec<&[u32]> = mb.iter().map(|&i| data[i].b.as_slice()).collect();
-            let z = rmodel.margins(&a, &b)?;
-            let zs: Vec<f32> = z.to_vec1()?;
-            let (mut loss, mut correct, mut tokens) = (0.0f64, 0usize, 0usize);
-            let mut dz = Vec::with_capacity(mb.len());
-            for (j, &i) in mb.iter().enumerate() {
-                let x = &data[i];
-                let l = rm::pair_loss(zs[j], x.label, x.gt, s.objective, alpha);
-                loss += f64::from(l.loss / batch);
-                dz.push(l.dz / batch);
-                correct += usize::from((zs[j] >= 0.0) == (x.label >= 0.5));
-                tokens += x.a.len() + x.b.len();
-            }
-            // d(sum_i z_i * dz_i)/d(theta) = sum_i dloss_i/dz_i * dz_i/d(theta): the gradient of
-            // the loss with PyTorch's own derivative of BCE-on-probabilities.
-            let w = Tensor::new(dz, z.device())?;
-            let surrogate = (z * w)?.sum_all()?;
-            Ok(MicroOut {
-                loss,
-                correct,
-                tokens,
-                grads: surrogate.backward()?,
-            })
+    let sizes: Vec<usize> = data.iter().map(|x| x.a.len() + x.b.len()).collect();
+    let (resumed_at, log) = train::optimize(&mut adam, &vars, &s.train, &sizes, &resume, |mb| {
+        let a: Vec<&[u32]> = mb.iter().map(|&i| data[i].a.as_slice()).collect();
+        let b: Vec<&[u32]> = mb.iter().map(|&i| data[i].b.as_slice()).collect();
+        let z = rmodel.margins(&a, &b)?;
+        let zs: Vec<f32> = z.to_vec1()?;
+        let (mut loss, mut correct, mut tokens) = (0.0f64, 0usize, 0usize);
+        let mut dz = Vec::with_capacity(mb.len());
+        for (j, &i) in mb.iter().enumerate() {
+            let x = &data[i];
+            let l = rm::pair_loss(zs[j], x.label, x.gt, s.objective, alpha);
+            loss += f64::from(l.loss / batch);
+            dz.push(l.dz / batch);
+            correct += usize::from((zs[j] >= 0.0) == (x.label >= 0.5));
+            tokens += x.a.len() + x.b.len();
+        }
+        // d(sum_i z_i * dz_i)/d(theta) = sum_i dloss_i/dz_i * dz_i/d(theta): the gradient of
+        // the loss with PyTorch's own derivative of BCE-on-probabilities.
+        let w = Tensor::new(dz, z.device())?;
+        let surrogate = (z * w)?.sum_all()?;
+        Ok(MicroOut {
+            loss,
+            correct,
+            tokens,
+            grads: surrogate.backward()?,
         })
-        .await?;
+    })
+    .await?;
     // Publish: checkpoint files, the train_log part and the runs row, under one manifest.
     let tag = &fp[..16];
     let tmp = std::env::temp_dir().join(format!(

@@ -85,20 +85,21 @@ pub struct MicroOut {
 }
 
 /// Runs the optimizer steps not done yet, saving resumable state every `resume.every` steps.
-/// `vars` are the trainable parameters by name (the same the optimizer holds). Returns the
-/// step it started from (0, or the step a saved state was at) and the full log.
+/// `vars` are the trainable parameters by name (the same the optimizer holds); `sizes` holds
+/// each item's token count (its length is the number of items). Returns the step it started
+/// from (0, or the step a saved state was at) and the full log.
 pub async fn optimize<F>(
     adam: &mut Adam,
     vars: &[(String, Var)],
     settings: &LoopSettings,
-    n_items: usize,
+    sizes: &[usize],
     resume: &Resume<'_>,
     mut micro: F,
 ) -> Result<(usize, Vec<StepLog>)>
 where
     F: FnMut(&[usize]) -> Result<MicroOut>,
 {
-    let (order, steps) = settings.plan(n_items)?;
+    let (order, steps) = settings.plan(sizes.len())?;
     let (start, mut log) = match resume.load(adam, vars).await? {
         Some((step, log)) if step <= steps => {
             tracing::info!("resuming at step {step} of {steps}");
@@ -116,7 +117,10 @@ where
         let items = &order[step * settings.batch..(step + 1) * settings.batch];
         let t0 = Instant::now();
         let (mut loss, mut correct, mut tokens) = (0.0f64, 0usize, 0usize);
-        for (k, mb) in items.chunks(settings.micro_batch).enumerate() {
+        for (k, mb) in micro_batches(items, sizes, settings.micro_batch)
+            .iter()
+            .enumerate()
+        {
             let out = micro(mb)?;
             // Stop at the first non-finite micro-batch, before its gradients touch anything:
             // the state saved so far stays the last good one, and the message names the batch.
@@ -189,6 +193,19 @@ where
     Ok((start, log))
 }
 
+/// A step's items in micro-batches of `micro` items. With more than one item a micro-batch,
+/// the items go longest first, so each micro-batch holds items of about one length and pads
+/// little (the step's gradient is a sum over its items, so their grouping changes only the
+/// order of floating-point sums). Ties keep the data order; one item a micro-batch keeps it
+/// entirely.
+fn micro_batches(items: &[usize], sizes: &[usize], micro: usize) -> Vec<Vec<usize>> {
+    let mut items = items.to_vec();
+    if micro > 1 {
+        items.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    }
+    items.chunks(micro).map(<[usize]>::to_vec).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +225,19 @@ mod tests {
         assert_eq!(order[..5], order[5..]);
         assert_eq!(order[..5], numpy_permutation(0, 5)[..]);
         assert!(s.plan(1).is_err());
+    }
+
+    #[test]
+    fn micro_batches_group_items_of_one_length() {
+        let sizes = [5, 9, 1, 9, 3, 7];
+        let items = [0, 1, 2, 3, 4, 5];
+        assert_eq!(
+            micro_batches(&items, &sizes, 2),
+            [vec![1, 3], vec![5, 0], vec![4, 2]]
+        );
+        assert_eq!(
+            micro_batches(&items[..5], &sizes, 1),
+            [[0], [1], [2], [3], [4]].map(|x| x.to_vec())
+        );
     }
 }

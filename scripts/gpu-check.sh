@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# GPU check (issue 8, item 3; docs/performance.md): the engine bench on one NVIDIA GPU, w2s
+# (built with `--features cuda`) against PyTorch on the same GPU, side by side in one run.
+#
+#   bash scripts/gpu-check.sh            # GPT-2-small shapes, 3 repeats: about 3-4 minutes
+#   ARCH=tiny REPEATS=1 bash scripts/gpu-check.sh
+#
+# It needs, on the GPU machine:
+#   - a w2s built with CUDA, at $W2S (default target/release/w2s):
+#       CUDA_COMPUTE_CAP=90 cargo build --release --features cuda     # nvcc on PATH
+#     (a fresh 16-core build takes several minutes: build first, then time this script);
+#   - a Python with a CUDA torch + transformers at $PY (default .venv-ref/bin/python).
+# What it checks before measuring: the GPU is seen by both engines, and w2s was built with
+# CUDA (`--device cuda` fails at once otherwise, naming the missing feature).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W2S=${W2S:-target/release/w2s}
+PY=${PY:-.venv-ref/bin/python}
+ARCH=${ARCH:-gpt2-small}
+REPEATS=${REPEATS:-3}
+OUT=${OUT:-target/gpu-check}
+mkdir -p "$OUT"
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+[ -x "$W2S" ] || { echo "no w2s at $W2S: build it with --features cuda first" >&2; exit 69; }
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'PyTorch sees no GPU')"
+
+start=$(date +%s)
+# The tiny shape first, one repeat: a quick end-to-end proof that every task runs on the GPU.
+"$W2S" --log warn bench engine --device cuda --arch tiny --repeats 1 --python "$PY" \
+    --models "$OUT/models" --out "$OUT/tiny.json"
+"$W2S" --log warn bench engine --device cuda --arch "$ARCH" --repeats "$REPEATS" --python "$PY" \
+    --models "$OUT/models" --out "$OUT/$ARCH.json" | tee "$OUT/$ARCH.md"
+echo "gpu-check: $(( $(date +%s) - start )) s; tables in $OUT/"
