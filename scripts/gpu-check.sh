@@ -6,15 +6,15 @@
 #   ARCH=tiny REPEATS=1 bash scripts/gpu-check.sh
 #
 # It needs, on the GPU machine:
-#   - a w2s built with CUDA, at $W2S (default target/release/w2s):
-#       CUDA_COMPUTE_CAP=90 cargo build --release --features cuda     # nvcc on PATH
-#     (a fresh 16-core build takes several minutes: build first, then time this script);
+#   - a w2s built with CUDA, at $W2S (default target-cuda/release/w2s): scripts/build-cuda.sh
+#     builds it on any Linux machine (nvcc from PyPI, no GPU needed) and the binary can be
+#     copied over (it loads libcuda at run time);
 #   - a Python with a CUDA torch + transformers at $PY (default .venv-ref/bin/python).
 # What it checks before measuring: the GPU is seen by both engines, and w2s was built with
 # CUDA (`--device cuda` fails at once otherwise, naming the missing feature).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W2S=${W2S:-target/release/w2s}
+W2S=${W2S:-target-cuda/release/w2s}
 PY=${PY:-.venv-ref/bin/python}
 ARCH=${ARCH:-gpt2-small}
 REPEATS=${REPEATS:-3}
@@ -22,7 +22,7 @@ OUT=${OUT:-target/gpu-check}
 mkdir -p "$OUT"
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-[ -x "$W2S" ] || { echo "no w2s at $W2S: build it with --features cuda first" >&2; exit 69; }
+[ -x "$W2S" ] || { echo "no w2s at $W2S: build it with scripts/build-cuda.sh first" >&2; exit 69; }
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'PyTorch sees no GPU')"
 
 start=$(date +%s)
