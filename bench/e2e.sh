@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end bench (issue 8 (c), docs/performance.md): `w2s gt-train` of a GPT-2-small-architecture
+# End-to-end bench (docs/performance.md): `w2s gt-train` of a GPT-2-small-architecture
 # reward model (random init) on the first N pairs of the real harmless split, against the same
 # training done the reference way in PyTorch (bench/torch_e2e.py: micro-batch 1, batch 32).
 # Both engines load the same checkpoint and the same word-level tokenizer, truncate to the same

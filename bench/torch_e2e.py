@@ -1,6 +1,6 @@
-"""End-to-end baseline of bench/e2e.sh (docs/performance.md, issue 8 (c)): gt-train of a
+"""End-to-end baseline of bench/e2e.sh (docs/performance.md): gt-train of a
 GPT-2-small-architecture reward model on the first N pairs of a harmless split, the way the
-reference implementation does it (reference-spec §2): each side tokenized whole with left
+reference implementation does it (docs/reference.md §2): each side tokenized whole with left
 truncation, micro-batch one pair (chosen and rejected right-padded together with id 0, no
 attention mask), reward at position (non-zero ids) - 1, BCE on sigmoid(r_a - r_b) divided by
 the accumulation count, Adam (torch defaults, lr 1e-5) stepped every 32 pairs, cosine schedule.
@@ -50,7 +50,7 @@ def train(a):
     torch.manual_seed(0)
     tok = Tokenizer.from_file(f"{a.model}/tokenizer.json")
     body = transformers.GPT2Model.from_pretrained(a.model).float()
-    body.eval()  # as the reference: dropout off while training (reference-spec §2)
+    body.eval()  # as the reference: dropout off while training (docs/reference.md §2)
     head = torch.nn.Linear(body.config.n_embd, 1, bias=False)
     max_ctx = min(a.max_ctx, body.config.n_positions)
 

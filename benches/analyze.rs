@@ -1,4 +1,4 @@
-//! `w2s analyze` over a scores table of about 1,000,000 rows (issue 5: under 3 s on the 2-core
+//! `w2s analyze` over a scores table of about 1,000,000 rows (target: under 3 s on the 2-core
 //! machine), against a baseline measured in the same run: one DataFusion scan of the same
 //! table (`select count(*), sum(confidence) from scores`), the least any analysis must do.
 //!

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds w2s with the `cuda` feature on a machine without a CUDA toolkit (issue 8, item 3):
+# Builds w2s with the `cuda` feature on a machine without a CUDA toolkit (item 3):
 # nvcc, the CUDA runtime headers and CCCL come from PyPI into .venv-cuda, and the binary goes
 # to target-cuda/release/w2s, apart from the CPU build. No GPU is needed to build; the binary
 # loads the driver (libcuda) at run time, so it can be copied to a GPU machine that has no Rust

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 8, item 3; docs/performance.md): the engine bench on one NVIDIA GPU, w2s
+# GPU check (item 3; docs/performance.md): the engine bench on one NVIDIA GPU, w2s
 # (built with `--features cuda`) against PyTorch on the same GPU, side by side in one run.
 #
 #   bash scripts/gpu-check.sh            # GPT-2-small shapes, 3 repeats: about 3-4 minutes

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a pipeline on a real single-node Slurm cluster through `w2s plan --format slurm` and
-# compares its tables with a local `w2s run` of the same pipeline (issue 9; docs/reliability.md
+# compares its tables with a local `w2s run` of the same pipeline (docs/reliability.md
 # records the last output). Needs root on Debian/Ubuntu: installs slurm-wlm and munge if missing,
 # writes /etc/slurm/slurm.conf for this one node, starts munged, slurmctld and slurmd.
 #

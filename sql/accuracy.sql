@@ -1,4 +1,4 @@
--- Test accuracy of every scored run (paper Fig. 4; reference-spec §4): the share of test pairs
+-- Test accuracy of every scored run (paper Fig. 4; docs/reference.md §4): the share of test pairs
 -- whose confidence toward the ground-truth chosen answer is >= 0.5, with the counts.
 -- Parameters: none.
 -- Run: w2s sql sql/accuracy.sql --artifacts <root>

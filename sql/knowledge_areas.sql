@@ -1,4 +1,4 @@
--- Knowledge areas (paper §3.2, Eq. 7; reference-spec §4) of each (weak ceiling, strong
+-- Knowledge areas (paper §3.2, Eq. 7; docs/reference.md §4) of each (weak ceiling, strong
 -- ceiling) pair at threshold $threshold (paper: 0.75): a pair is Strong-Known when the strong
 -- ceiling's confidence is >= T (else Strong-Unknown), Weak-Known when the weak ceiling's is
 -- >= T. Counts of the four areas, and the share of Strong-Known & Weak-Unknown pairs (Fig. 8).

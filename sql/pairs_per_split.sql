@@ -1,4 +1,4 @@
--- Pairs per split, with how many keep a separate rejected prompt (reference-spec §1.2) and the
+-- Pairs per split, with how many keep a separate rejected prompt (docs/reference.md §1.2) and the
 -- mean response lengths in characters.
 -- Run: w2s sql sql/pairs_per_split.sql --artifacts <root>
 select

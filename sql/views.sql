@@ -2,7 +2,7 @@
 -- and `scores` tables exist (this file is compiled into `w2s`; comments are dropped and the
 -- statements split at semicolons, so keep semicolons out of the SQL text itself).
 --
--- Roles (paper §3, reference-spec §4):
+-- Roles (paper §3, docs/reference.md §4):
 --   ceiling     a model trained on ground truth (stage gt-train), one per base model, seed and
 --               scenario
 --   experiment  a weak-to-strong run (stage w2s-train) with
@@ -22,7 +22,7 @@ where split = 'test';
 -- Several scenarios can share a root: ceilings and references are matched within a scenario,
 -- and a model of another scenario than reward modeling is named `<model> · <scenario>`, so
 -- every measure keeps them apart. A bootstrapped student (its teacher is itself a student,
--- reference-spec §3.9) is measured against the original weak ceiling, and its weak model is
+-- docs/reference.md §3.9) is measured against the original weak ceiling, and its weak model is
 -- named `<weak> via <intermediate>`.
 create view experiments as
 select

@@ -1,5 +1,5 @@
 //! `w2s bench engine`: the engine's speed and memory against PyTorch on the same machine, side
-//! by side in one invocation (issue 8, docs/performance.md).
+//! by side in one invocation (docs/performance.md).
 //!
 //! Each measurement runs in a fresh child process (`w2s bench one ...`), so its peak resident
 //! memory is its own; the PyTorch baseline (`bench/torch_engine.py`) runs the same shapes on
@@ -419,6 +419,133 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+/// What `w2s bench engine` measures.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct EngineOpts {
+    /// Shapes to measure (default: both).
+    #[arg(long, value_enum)]
+    pub arch: Vec<Arch>,
+    /// Tasks to measure (default: all four).
+    #[arg(long, value_enum)]
+    pub task: Vec<Task>,
+    /// Runs of each measurement per engine (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Python with torch and transformers for the baseline ("none": w2s only).
+    #[arg(long, default_value = ".venv-ref/bin/python")]
+    pub python: String,
+    /// Where the random checkpoints are written (reused across runs).
+    #[arg(long, default_value = "target/bench-models")]
+    pub models: String,
+    /// Also write every measurement and the summary as JSON here.
+    #[arg(long)]
+    pub out: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N` for both engines (CUDA needs `--features cuda`;
+    /// scripts/gpu-check.sh).
+    #[arg(long, default_value = crate::models::CPU)]
+    pub device: String,
+}
+
+/// The PyTorch baseline script, beside the sources.
+const TORCH_BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/torch_engine.py");
+
+/// Runs one measurement process and reads the JSON line it prints last.
+fn measure(cmd: &mut std::process::Command, what: &str) -> Result<Measurement> {
+    let out = cmd.output().map_err(|source| Error::Io {
+        path: format!("the {what} measurement"),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Step {
+            msg: format!(
+                "{what} measurement failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            ),
+            code: 1,
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| Error::Format {
+        file: format!("the {what} measurement's output"),
+        msg: format!("`{line}`: {e}"),
+    })
+}
+
+/// `w2s bench engine`: every (shape, task) measured `repeats` times per engine, each run in
+/// its own process (`exe bench one`, the PyTorch script), so peak RSS is the run's own; the
+/// table of medians and ratios, and the measurements.
+pub fn engine(o: &EngineOpts, exe: &Path) -> Result<(String, serde_json::Value)> {
+    let arches = if o.arch.is_empty() {
+        vec![Arch::Tiny, Arch::Gpt2Small]
+    } else {
+        o.arch.clone()
+    };
+    let tasks = if o.task.is_empty() {
+        Task::ALL.to_vec()
+    } else {
+        o.task.clone()
+    };
+    let python =
+        (o.python != "none" && Path::new(&o.python).exists() && Path::new(TORCH_BENCH).exists())
+            .then(|| o.python.clone());
+    if python.is_none() && o.python != "none" {
+        eprintln!(
+            "no PyTorch baseline: {} or {TORCH_BENCH} not found (python3 -m venv .venv-ref && .venv-ref/bin/pip install torch transformers safetensors tokenizers)",
+            o.python
+        );
+    }
+    let show = |m: &Measurement, rep: usize| {
+        eprintln!(
+            "{} {} {} #{}: {:.0} tokens/s, peak {:.0} MiB",
+            m.arch,
+            m.task,
+            m.engine,
+            rep + 1,
+            m.tokens_per_s,
+            m.peak_rss_mib
+        );
+    };
+    let mut all = Vec::new();
+    for arch in arches {
+        let dir = checkpoint(arch, Path::new(&o.models))?;
+        for &task in &tasks {
+            for rep in 0..o.repeats {
+                let m = measure(
+                    std::process::Command::new(exe)
+                        .args(["--log", "warn", "bench", "one", "--arch", arch.name()])
+                        .args(["--task", task.name(), "--device", &o.device, "--model"])
+                        .arg(&dir),
+                    "w2s",
+                )?;
+                show(&m, rep);
+                all.push(m);
+                if let Some(py) = &python {
+                    let m = measure(
+                        std::process::Command::new(py)
+                            .arg(TORCH_BENCH)
+                            .args(["--arch", arch.name(), "--task", task.name()])
+                            .args(["--device", &o.device, "--model"])
+                            .arg(&dir),
+                        "PyTorch",
+                    )?;
+                    show(&m, rep);
+                    all.push(m);
+                }
+            }
+        }
+    }
+    let rows = rows(&all);
+    Ok((
+        table(&rows),
+        serde_json::json!({"measurements": all, "rows": rows}),
+    ))
 }
 
 #[cfg(test)]

@@ -103,9 +103,13 @@ pub enum Error {
     #[error("{msg}")]
     Step { msg: String, code: i32 },
 
+    /// An artifact an earlier stage publishes is missing (the message names the stage to run).
+    #[error("{0}")]
+    NoInput(String),
+
     /// The command exists in the CLI but its stage has not been built yet.
-    #[error("`w2s {0}` is not implemented yet")]
-    NotImplemented(String),
+    #[error("`w2s {what}` is not implemented yet: {why}")]
+    NotImplemented { what: String, why: String },
 }
 
 impl Error {
@@ -121,7 +125,8 @@ impl Error {
         match self {
             Error::Data { .. } | Error::Format { .. } | Error::Model { .. } => 65, // EX_DATAERR
             Error::Config(_) => 64,                                                // EX_USAGE
-            Error::NotImplemented(_) => 69,                                        // EX_UNAVAILABLE
+            Error::NoInput(_) => 66,                                               // EX_NOINPUT
+            Error::NotImplemented { .. } => 69,                                    // EX_UNAVAILABLE
             Error::Store { .. } | Error::Io { .. } => 74,                          // EX_IOERR
             Error::Busy(_) => 75,                                                  // EX_TEMPFAIL
             Error::Step { code, .. } => *code,

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod fault;

@@ -1,10 +1,8 @@
 use clap::Parser;
 
-mod cli;
-
 fn main() {
     w2s::alloc::keep_freed_memory();
-    let cli = cli::Cli::parse();
+    let cli = w2s::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -22,7 +20,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(cli::run(cli)) {
+    if let Err(e) = runtime.block_on(w2s::cli::run(cli)) {
         // The error chain, leaving out causes a message already quotes (`path: io error`).
         let mut msg = String::new();
         for cause in e.chain() {

@@ -269,13 +269,22 @@ impl Adam {
 }
 
 /// Learning rate as a function of the optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// Written `warmup-constant` on the command line and in pipeline files; fingerprinted
+/// settings (and so every recorded run) keep the older `warmup_constant`, which both also
+/// accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all(serialize = "snake_case", deserialize = "kebab-case"))]
 pub enum Schedule {
-    /// `lr · ½(1 + cos(π s / n))`: reward models (PyTorch `CosineAnnealingLR`, `eta_min` 0).
+    /// Cosine decay to 0, no warmup (reward models; PyTorch `CosineAnnealingLR`, `eta_min` 0):
+    /// `lr · ½(1 + cos(π s / n))`.
     Cosine,
-    /// `lr · min(1, (s + 1) / (⌊0.1 n⌋ + 1))`: SFT, SimPO and DPO.
+    /// Linear warmup over ⌊0.1·steps⌋+1 steps, then constant (SFT, SimPO, DPO):
+    /// `lr · min(1, (s + 1) / (⌊0.1 n⌋ + 1))`.
+    #[serde(alias = "warmup_constant")]
+    #[value(alias = "warmup_constant")]
     WarmupConstant,
+    /// The base rate throughout.
     Constant,
 }
 
@@ -372,7 +381,7 @@ mod tests {
                 );
             }
         }
-        // reference-spec §3.10: warmup denominators 13, 26, 38, 76.
+        // docs/reference.md §3.10: warmup denominators 13, 26, 38, 76.
         for (n, d) in [(125, 13.0), (250, 26.0), (375, 38.0), (750, 76.0)] {
             assert_eq!(Schedule::WarmupConstant.lr(1.0, 0, n), 1.0 / d);
         }

@@ -2,9 +2,9 @@
 //! implementation depends on, so that `w2s` makes the same choices from the same seed:
 //!
 //! * [`PyRandom`]: CPython's `random.Random(seed)` (MT19937 seeded with `init_by_array`),
-//!   used by the reference to swap chosen/rejected slots (reference-spec §1.4).
+//!   used by the reference to swap chosen/rejected slots (docs/reference.md §1.4).
 //! * [`NumpyPcg64`]: numpy's `default_rng(seed)` (SeedSequence + PCG64), whose
-//!   `permutation(n)` orders training data (reference-spec §1.6) and, in `w2s`, also draws the
+//!   `permutation(n)` orders training data (docs/reference.md §1.6) and, in `w2s`, also draws the
 //!   random gt / w2s / test split, so a researcher can reproduce it in one line of Python.
 
 /// CPython's `random.Random`, restricted to integer seeds and `random()`.
@@ -260,7 +260,7 @@ mod tests {
         hex::encode(Sha256::digest(s.as_bytes()))
     }
 
-    // Expected values below are from reference-spec §1.4 / §1.6, which were read off CPython and
+    // Expected values below are from docs/reference.md §1.4 / §1.6, which were read off CPython and
     // numpy; they are not produced by this code.
     #[test]
     fn python_random_zero_matches_cpython() {

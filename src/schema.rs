@@ -79,7 +79,7 @@ pub fn scores() -> SchemaRef {
 }
 
 /// `labels`: one row per (labelling model, pair), written by `w2s weak-label`. Reward-model
-/// labels are in slot orientation (reference-spec §1.4, §1.8).
+/// labels are in slot orientation (docs/reference.md §1.4, §1.8).
 pub fn labels() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),

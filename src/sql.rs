@@ -133,8 +133,17 @@ fn with_table_hint(ctx: &SessionContext, e: datafusion::error::DataFusionError) 
     Error::Query(e)
 }
 
+/// The text of a `.sql` file.
+pub fn read_file(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_string(),
+        source,
+    })
+}
+
 /// Output formats of `w2s sql`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OutFormat {
     Table,
     Csv,

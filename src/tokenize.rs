@@ -3,13 +3,16 @@
 //! Default: the whole text `prompt + response` is encoded once (with the tokenizer's special
 //! tokens), and a token belongs to the response when it covers any byte after the prompt. This
 //! is what the model saw in pretraining. [`Tokenization::Reference`] reproduces the reference's
-//! separate encoding of prompt and response for preference runs (reference-spec §1.7).
+//! separate encoding of prompt and response for preference runs (docs/reference.md §1.7).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// Longest sequence in tokens every stage keeps by default (the reference's `max_ctx`).
+pub const MAX_CTX: usize = 512;
 
 /// How one side of a preference pair becomes token ids and a response mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -19,7 +22,7 @@ pub enum Tokenization {
     /// prompt; the last `max_ctx` tokens are kept. SFT divides by the scored tokens.
     #[default]
     Joint,
-    /// The reference's quirks (reference-spec §1.7, §3.3): prompt and response encoded
+    /// The reference's quirks (docs/reference.md §1.7, §3.3): prompt and response encoded
     /// separately, each with the tokenizer's special tokens (so Llama/OPT/Mistral get a BOS in
     /// the middle, scored as a response token), truncated by hand keeping the right end; the
     /// SFT denominator also counts the first window token, which is never scored.
@@ -124,7 +127,7 @@ impl Tokenizer {
         }
     }
 
-    /// reference-spec §1.7 (`tokenize_dpo_dataset`): p = encode(prompt), r = encode(response),
+    /// docs/reference.md §1.7 (`tokenize_dpo_dataset`): p = encode(prompt), r = encode(response),
     /// ids = p ++ r, then (a) too long but r fits: the last `max_ctx` ids, the last |r| scored;
     /// (b) r alone fills the window: its last `max_ctx` ids, all scored; (c) otherwise p ++ r
     /// with r scored.

@@ -1,6 +1,6 @@
 //! Anthropic HH-RLHF transcripts: `"\n\nHuman: <question>\n\nAssistant: <response>"`,
 //! possibly with several turns. The prompt/response split follows the reference exactly
-//! (reference-spec §1.2): the prompt is everything up to and including the **last**
+//! (docs/reference.md §1.2): the prompt is everything up to and including the **last**
 //! `"\n\nAssistant:"`, the response is everything after it, and the chosen and rejected
 //! transcripts are split independently.
 
@@ -42,7 +42,7 @@ mod tests {
 
     #[test]
     fn fake_turn_inside_a_response_moves_the_split() {
-        // reference-spec §1.2: a rejected response containing a fake marker is split there.
+        // docs/reference.md §1.2: a rejected response containing a fake marker is split there.
         let t = "\n\nHuman: q\n\nAssistant: a\n\nAssistant: b";
         assert_eq!(split_transcript(t).unwrap().1, " b");
     }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 /// The model input for a side is `prompt + response` (verbatim concatenation), so
 /// `prompt + chosen` is the original chosen transcript. When the reference's independent split
 /// of the rejected transcript gives a different prompt (a fake `"\n\nAssistant:"` inside the
-/// rejected response, reference-spec §1.2), that prompt is kept in `rejected_prompt`.
+/// rejected response, docs/reference.md §1.2), that prompt is kept in `rejected_prompt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
     pub prompt: String,

@@ -272,7 +272,7 @@ mod tests {
             }
             // Base weights are plain tensors, never variables, so no optimizer sees them.
             // (candle's backward still computes a matmul's gradient for both operands; that
-            // costs time, not correctness, and is issue 8's to remove.)
+            // costs time, not correctness.)
             for (k, t) in m.tensors() {
                 assert!(!t.is_variable(), "{family}: base weight {k} is trainable");
             }

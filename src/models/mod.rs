@@ -60,6 +60,9 @@ pub(crate) fn read_config(dir: &Path) -> Result<(Config, serde_json::Value)> {
     Ok((Config::parse(&p.display().to_string(), &text)?, raw))
 }
 
+/// The default device of every stage.
+pub const CPU: &str = "cpu";
+
 /// `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
 pub fn parse_device(s: &str) -> Result<Device> {
     let ordinal = match s {

@@ -1,5 +1,5 @@
 //! What the scenarios read off a causal LM: a reward at the last real token, and per-response
-//! log-probabilities (reference-spec §3.2).
+//! log-probabilities (docs/reference.md §3.2).
 
 use candle_core::{Tensor, D};
 

@@ -25,6 +25,18 @@ const FILES: &[(&str, bool)] = &[
     ("w2s.json", false),
 ];
 
+/// The last path segment of a model location (`gpt2` for `hf://openai-community/gpt2`): the
+/// default name of a run trained or scored from it.
+pub fn model_name(location: &str) -> Result<String> {
+    location
+        .trim_end_matches('/')
+        .rsplit(['/', '@'])
+        .next()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Config(format!("{location}: give --run-id")))
+}
+
 /// The base URL of a remote checkpoint (ending in `/`), or `None` for a local folder.
 pub fn base_url(location: &str) -> Result<Option<String>> {
     if let Some(rest) = location.strip_prefix("hf://") {

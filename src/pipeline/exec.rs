@@ -14,7 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::plan::{self, Cache, Record, Step};
+use super::plan::Step;
+use super::record::{self, Cache, Check, Record};
 use crate::error::{Error, Result};
 use crate::store::{now_unix, ArtifactStore};
 
@@ -71,43 +72,76 @@ pub fn select(steps: &[Step], target: Option<&str>) -> Result<HashSet<String>> {
     Ok(out)
 }
 
+/// A step's status with the reason for it (why it runs, or what it waits for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepStatus {
+    pub status: Status,
+    /// Why it runs or is checked again: the step's own cause, or for a step whose input
+    /// changes, that input and the cause at the root of the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Status of every step, in plan order.
 pub async fn statuses(
     store: &ArtifactStore,
     steps: &[Step],
     selected: &HashSet<String>,
     force: bool,
-) -> Result<Vec<Status>> {
+) -> Result<Vec<StepStatus>> {
     let by_id: HashMap<String, &Step> = steps.iter().map(|s| (s.id.clone(), s)).collect();
     let mut cache = Cache::default();
-    let mut out: Vec<Status> = Vec::with_capacity(steps.len());
+    let mut out: Vec<StepStatus> = Vec::with_capacity(steps.len());
+    // The cause at the root of each step's rerun, for the steps after it.
+    let mut root: HashMap<&str, String> = HashMap::new();
     let mut status_of: HashMap<&str, Status> = HashMap::new();
     for s in steps {
-        let waits = s.needs.iter().any(|n| {
+        let waits = s.needs.iter().find(|n| {
             matches!(
                 status_of.get(n.as_str()),
                 Some(Status::Run | Status::Recheck)
             )
         });
-        let st = if !selected.contains(&s.id) {
-            Status::NotSelected
+        let after = |n: &String, root: &HashMap<&str, String>| {
+            let cause = root.get(n.as_str()).cloned().unwrap_or_default();
+            (format!("`{n}` runs first ({cause})"), cause)
+        };
+        let (status, reason, cause) = if !selected.contains(&s.id) {
+            (Status::NotSelected, None, None)
         } else if force {
-            Status::Run
+            let r = "--force".to_string();
+            (Status::Run, Some(r.clone()), Some(r))
         } else {
-            match plan::own_record(store, &mut cache, s).await? {
-                None => Status::Run,
-                Some(_) if waits => Status::Recheck,
-                Some(rec) => {
-                    if plan::inputs_unchanged(store, &mut cache, s, &rec, &by_id).await? {
-                        Status::UpToDate
-                    } else {
-                        Status::Run
+            match record::check(store, &mut cache, s, &by_id).await? {
+                Check::Stale(why) => (Status::Run, Some(why.clone()), Some(why)),
+                Check::InputChanged(n) => {
+                    let cause = root.get(n.as_str()).cloned();
+                    let why = match &cause {
+                        Some(c) => format!("input `{n}` changed ({c})"),
+                        None => format!("input `{n}` changed"),
+                    };
+                    (Status::Run, Some(why.clone()), Some(cause.unwrap_or(why)))
+                }
+                Check::Matches(_) if waits.is_some() => {
+                    let (why, cause) = after(waits.expect("some"), &root);
+                    (Status::Recheck, Some(why), Some(cause))
+                }
+                Check::Matches(rec) => {
+                    match record::changed_input(store, &mut cache, s, &rec, &by_id).await? {
+                        None => (Status::UpToDate, None, None),
+                        Some(n) => {
+                            let why = format!("input `{n}` was republished since it ran");
+                            (Status::Run, Some(why.clone()), Some(why))
+                        }
                     }
                 }
             }
         };
-        status_of.insert(&s.id, st);
-        out.push(st);
+        if let Some(c) = cause {
+            root.insert(&s.id, c);
+        }
+        status_of.insert(&s.id, status);
+        out.push(StepStatus { status, reason });
     }
     Ok(out)
 }
@@ -304,13 +338,13 @@ pub async fn execute(
                 continue;
             }
             pending.remove(i);
-            if !opts.force && plan::up_to_date(store, &mut cache, s, &by_id).await? {
+            if !opts.force && record::up_to_date(store, &mut cache, s, &by_id).await? {
                 done.insert(s.id.clone());
                 summary.skipped += 1;
                 bar.inc(1);
                 continue;
             }
-            let argv = s.command(store.root(), opts.force);
+            let argv = s.argv(opts.force);
             say(
                 &bar,
                 format!(
@@ -381,7 +415,7 @@ pub async fn execute(
                 };
                 let mut msg = format!(
                     "step `{id}` failed ({why}): w2s {}",
-                    shell_words(&s.command(store.root(), opts.force))
+                    shell_words(&s.argv(opts.force))
                 );
                 if opts.jobs > 1 {
                     let log = log_path(&opts.log_dir, &id);
@@ -443,17 +477,10 @@ async fn record(
             read.insert(n.clone(), o);
         }
     }
-    let rec = Record {
-        id: s.id.clone(),
-        fingerprint: s.fingerprint.clone(),
-        outputs,
-        read,
-        seconds: secs,
-        finished_unix: now_unix(),
-    };
+    let rec = Record::of(s, by_id, outputs, read, secs);
     let json = serde_json::to_vec_pretty(&rec).expect("record serializes");
     store
-        .put(&plan::record_path(&s.id), Bytes::from(json))
+        .put(&record::record_path(&s.id), Bytes::from(json))
         .await
 }
 

@@ -1,22 +1,31 @@
-//! A pipeline expanded into steps: one `w2s` stage invocation each, with the steps it needs,
-//! the manifests it publishes and a fingerprint.
+//! A pipeline expanded into steps: one `w2s` stage invocation each, planned as the typed
+//! command the CLI parses ([`crate::cli::Command`]), with the steps it needs, the manifests it
+//! publishes and a fingerprint.
 //!
-//! A step's fingerprint covers its command line, the code version, the size and modification
-//! time of the local files it reads (make-style; remote inputs by URL) and the fingerprints of
-//! the steps it needs. A finished step leaves a record (`runner/steps/<id>.json`) with that
-//! fingerprint and a digest of what it published; the step is up to date while the record
-//! matches, its manifests still carry that digest with every file present, and the steps it
-//! needs still publish what it read. The stages check their own fingerprints too (over
-//! settings and input checksums), so a step run again whose result would not change finishes
-//! at once.
+//! A step's fingerprint covers its command line (rendered from the typed command, without the
+//! artifact root), the code version, the size and modification time of the local files it
+//! reads (make-style; remote inputs by URL) and the fingerprints of the steps it needs. A
+//! finished step leaves a record ([`super::record`]); the step is up to date while the record
+//! matches, its manifests still carry what it published with every file present, and the
+//! steps it needs still publish what it read. The stages check their own fingerprints too
+//! (over settings and input checksums), so a step run again whose result would not change
+//! finishes at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::spec::{Pipeline, Train};
+use super::spec::{Pipeline, Source};
+use crate::cli::argv;
+use crate::cli::{
+    ArtifactsArg, Command, GtTrainArgs, PretrainArgs, ReportArgs, ScoreArgs, SplitArgs,
+    W2sTrainArgs, WeakLabelArgs,
+};
 use crate::error::{Error, Result};
-use crate::store::{sha256_hex, ArtifactStore, Manifest, CODE_VERSION};
+use crate::scenarios::rm::Objective;
+use crate::stages::training::{Run, Scenario, Student, TrainOpts, ALPHA, LABEL_SPLIT};
+use crate::stages::{score, split, weak_label};
+use crate::store::{keys, sha256_hex, CODE_VERSION};
 
 /// One stage invocation.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +36,10 @@ pub struct Step {
     pub stage: String,
     /// The run (or pretrained model) the step trains, labels with or scores.
     pub run: Option<String>,
-    /// Arguments after `w2s`, without `--artifacts` and `--force`.
+    /// What runs, as the CLI parses it (its artifact root is the pipeline's).
+    #[serde(skip)]
+    pub command: Command,
+    /// Arguments after `w2s`, without `--artifacts` (what the fingerprint covers).
     pub args: Vec<String>,
     /// Ids of the steps whose outputs it reads.
     pub needs: Vec<String>,
@@ -42,12 +54,13 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(id: String, stage: &str, run: Option<String>, args: Vec<String>) -> Step {
+    pub(crate) fn new(id: String, run: Option<String>, command: Command) -> Step {
         Step {
             id,
-            stage: stage.into(),
+            stage: command.name(),
             run,
-            args,
+            args: argv::render(&command, &["artifacts"]),
+            command,
             needs: Vec::new(),
             outputs: Vec::new(),
             local_inputs: Vec::new(),
@@ -56,24 +69,30 @@ impl Step {
         }
     }
 
-    /// The full command line for the artifact root `root`.
-    pub fn command(&self, root: &str, force: bool) -> Vec<String> {
-        let mut argv = vec![self.stage.clone()];
-        argv.extend(self.args.iter().cloned());
-        argv.extend(["--artifacts".to_string(), root.to_string()]);
-        if force {
-            argv.push("--force".into());
+    /// The step's settings: its command's serde form without the artifact root and `force`
+    /// (what a record keeps, to say later which setting changed).
+    pub fn settings(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.command).expect("arguments serialize");
+        if let Some(serde_json::Value::Object(m)) =
+            v.as_object_mut().and_then(|m| m.values_mut().next())
+        {
+            m.remove("artifacts");
+            m.remove("force");
         }
-        argv
+        v
+    }
+
+    /// The full command line after `w2s`, with `--force` when `force`.
+    pub fn argv(&self, force: bool) -> Vec<String> {
+        argv::render(&self.command.clone().forced(force), &[])
     }
 }
 
 /// Run id of a model's ceiling (trained on the gt split).
-pub fn ceiling_id(scenario: &str, model: &str) -> String {
-    if scenario == "rm" {
-        format!("gt-{model}")
-    } else {
-        format!("gt-{model}-{scenario}")
+pub fn ceiling_id(scenario: Scenario, model: &str) -> String {
+    match scenario {
+        Scenario::Rm => format!("gt-{model}"),
+        sc => format!("gt-{model}-{}", sc.name()),
     }
 }
 
@@ -82,61 +101,24 @@ pub fn ceiling_id(scenario: &str, model: &str) -> String {
 /// differ from the defaults, so adding a seed to a grid keeps the names (and results) of the
 /// existing runs.
 pub fn student_id(
-    scenario: &str,
+    scenario: Scenario,
     chain: &[&str],
-    objective: &str,
+    objective: Objective,
     alpha: f64,
     seed: u64,
 ) -> String {
     let kind = if chain.len() > 2 { "boot" } else { "w2s" };
-    let mut id = format!("{kind}-{}-{objective}", chain.join("-"));
-    if objective == "explicit" && alpha != 0.5 {
+    let mut id = format!("{kind}-{}-{}", chain.join("-"), objective.name());
+    if objective == Objective::Explicit && alpha != ALPHA {
         id.push_str(&format!("-a{alpha}"));
     }
     if seed != 0 {
         id.push_str(&format!("-s{seed}"));
     }
-    if scenario != "rm" {
-        id.push_str(&format!("-{scenario}"));
+    if scenario != Scenario::Rm {
+        id.push_str(&format!("-{}", scenario.name()));
     }
     id
-}
-
-fn push_opt<T: ToString>(args: &mut Vec<String>, flag: &str, v: &Option<T>) {
-    if let Some(v) = v {
-        args.push(flag.into());
-        args.push(v.to_string());
-    }
-}
-
-fn train_args(t: &Train, scenario: &str) -> Vec<String> {
-    let mut a = Vec::new();
-    push_opt(&mut a, "--batch", &t.batch);
-    push_opt(&mut a, "--micro-batch", &t.micro_batch);
-    push_opt(&mut a, "--lr", &t.lr);
-    push_opt(&mut a, "--schedule", &t.schedule);
-    push_opt(&mut a, "--epochs", &t.epochs);
-    if scenario != "rm" {
-        push_opt(&mut a, "--sft-epochs", &t.sft_epochs);
-        push_opt(&mut a, "--tokenization", &t.tokenization);
-    }
-    push_opt(&mut a, "--max-ctx", &t.max_ctx);
-    if scenario == "rm" {
-        push_opt(&mut a, "--readout", &t.readout);
-    }
-    push_opt(&mut a, "--slot-seed", &t.slot_seed);
-    push_opt(&mut a, "--head-seed", &t.head_seed);
-    push_opt(&mut a, "--save-every", &t.save_every);
-    push_opt(&mut a, "--device", &t.device);
-    if let Some(l) = &t.lora {
-        a.extend([
-            "--lora-rank".into(),
-            l.rank.to_string(),
-            "--lora-alpha".into(),
-            l.alpha.to_string(),
-        ]);
-    }
-    a
 }
 
 /// Whether a location is a local path (not a URL).
@@ -144,343 +126,378 @@ fn is_local(location: &str) -> bool {
     !location.contains("://") && !location.starts_with("run:")
 }
 
+/// The training options a scenario reads: the ones it ignores are left at their defaults, so
+/// its command lines (and fingerprints) do not change with them.
+fn for_scenario(mut t: TrainOpts, sc: Scenario) -> TrainOpts {
+    let d = TrainOpts::default();
+    if sc == Scenario::Rm {
+        t.sft_epochs = d.sft_epochs;
+        t.tokenization = d.tokenization;
+    } else {
+        t.readout = d.readout;
+    }
+    t
+}
+
+/// Everything the expansion needs at hand.
+struct Expander<'a> {
+    p: &'a Pipeline,
+    root: ArtifactsArg,
+    steps: Vec<Step>,
+    /// Where each model comes from: its location (a path, or `run:<id>` for a pretrained
+    /// rung) and the step that pretrains it.
+    location: HashMap<String, (String, Option<String>)>,
+    /// Trained runs to score: (run, model id, producing step).
+    scored: Vec<(String, String, String)>,
+}
+
+impl Expander<'_> {
+    /// The location of model `id`, and what a step that reads it then depends on: its
+    /// pretraining step, or its local folder.
+    fn model(&self, id: &str) -> (String, Option<String>, Option<String>) {
+        let (loc, needs) = &self.location[id];
+        let local = (needs.is_none() && is_local(loc)).then(|| loc.clone());
+        (loc.clone(), needs.clone(), local)
+    }
+
+    /// A training step reading model `id`.
+    fn train_step(
+        &self,
+        id: String,
+        run: &str,
+        model: &str,
+        command: impl FnOnce(String) -> Command,
+    ) -> Step {
+        let (loc, needs, local) = self.model(model);
+        let mut s = Step::new(id, Some(run.into()), command(loc));
+        s.needs.extend(needs);
+        s.local_inputs.extend(local);
+        s.needs.push("split".into());
+        s.outputs.push(keys::train(run));
+        s
+    }
+
+    fn split(&mut self) {
+        let data = self.p.data.as_ref().expect("validated");
+        let source = data.source.expect("validated");
+        let mut src = split::Source {
+            world_opts: data.world.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        match source {
+            Source::World => src.world = true,
+            Source::Sample => src.sample = true,
+            Source::Files => {
+                src.gt = data.gt.clone();
+                src.w2s = data.w2s.clone();
+                src.test = data.test.clone();
+            }
+            Source::Random => src.input = data.input.clone(),
+        }
+        let local: Vec<String> = [&src.gt, &src.w2s, &src.test, &src.input, &data.opts.helpful]
+            .into_iter()
+            .flatten()
+            .filter(|l| is_local(l))
+            .cloned()
+            .collect();
+        let mut s = Step::new(
+            "split".into(),
+            None,
+            Command::Split(SplitArgs {
+                root: self.root.clone(),
+                source: src,
+                opts: data.opts.clone(),
+                force: false,
+            }),
+        );
+        s.outputs.push(keys::SPLIT.into());
+        s.local_inputs = local;
+        self.steps.push(s);
+    }
+
+    fn pretrain(&mut self, id: &str) {
+        let m = self.p.model(id);
+        if let Some(opts) = &m.pretrain {
+            let step_id = format!("pretrain:{id}");
+            let mut s = Step::new(
+                step_id.clone(),
+                Some(id.into()),
+                Command::Pretrain(PretrainArgs {
+                    root: self.root.clone(),
+                    model_id: id.into(),
+                    opts: opts.clone(),
+                    force: false,
+                }),
+            );
+            s.needs.push("split".into());
+            s.outputs.push(keys::train(id));
+            self.steps.push(s);
+            self.location
+                .insert(id.into(), (format!("run:{id}"), Some(step_id)));
+        } else {
+            let path = m.path.clone().expect("validated");
+            self.location.insert(id.into(), (path, None));
+        }
+    }
+
+    fn ceiling(&mut self, sc: Scenario, id: &str) -> String {
+        let run = ceiling_id(sc, id);
+        let opts = for_scenario(self.p.train_for(id), sc);
+        let s = self.train_step(format!("gt-train:{run}"), &run, id, |model| {
+            Command::GtTrain(GtTrainArgs {
+                root: self.root.clone(),
+                run: Run {
+                    scenario: sc,
+                    model,
+                    run_id: Some(run.clone()),
+                    seed: 0,
+                    opts,
+                },
+                force: false,
+            })
+        });
+        self.scored.push((run.clone(), id.into(), s.id.clone()));
+        self.steps.push(s);
+        run
+    }
+
+    /// Labels of trained run `run` (of model `model`) on `split`.
+    fn label(&mut self, run: &str, model: &str, split: &str, producer: &str) {
+        let t = self.p.train_for(model);
+        let id = if split == LABEL_SPLIT {
+            format!("weak-label:{run}")
+        } else {
+            format!("weak-label:{run}:{split}")
+        };
+        let mut s = Step::new(
+            id,
+            Some(run.into()),
+            Command::WeakLabel(WeakLabelArgs {
+                root: self.root.clone(),
+                request: weak_label::Request {
+                    run: run.into(),
+                    model: None,
+                    split: split.into(),
+                    slot_seed: t.slot_seed,
+                    max_ctx: t.max_ctx,
+                    readout: readout_override(&t),
+                    tokenization: None,
+                    batch_pairs: weak_label::BATCH_PAIRS,
+                    device: t.device.clone(),
+                },
+                force: false,
+            }),
+        );
+        s.needs.push(producer.into());
+        s.outputs.push(keys::labels(run, split));
+        self.steps.push(s);
+    }
+
+    /// A student `run` of model `strong` trained with order `seed`; returns its step id.
+    fn student(
+        &mut self,
+        sc: Scenario,
+        run: &str,
+        strong: &str,
+        seed: u64,
+        mut student: Student,
+    ) -> String {
+        if student.objective != Objective::Explicit {
+            student.alpha = ALPHA;
+        }
+        let labels = if student.label_split == LABEL_SPLIT {
+            format!("weak-label:{}", student.teacher)
+        } else {
+            format!("weak-label:{}:{}", student.teacher, student.label_split)
+        };
+        let opts = for_scenario(self.p.train_for(strong), sc);
+        let mut s = self.train_step(format!("w2s-train:{run}"), run, strong, |model| {
+            Command::W2sTrain(W2sTrainArgs {
+                root: self.root.clone(),
+                run: Run {
+                    scenario: sc,
+                    model,
+                    run_id: Some(run.into()),
+                    seed,
+                    opts,
+                },
+                student,
+                force: false,
+            })
+        });
+        s.needs.push(labels);
+        let producer = s.id.clone();
+        self.scored
+            .push((run.into(), strong.into(), producer.clone()));
+        self.steps.push(s);
+        producer
+    }
+
+    fn score(&mut self, run: &str, model: &str, producer: &str) {
+        let t = self.p.train_for(model);
+        let mut s = Step::new(
+            format!("score:{run}"),
+            Some(run.into()),
+            Command::Score(ScoreArgs {
+                root: self.root.clone(),
+                request: score::Request {
+                    model: None,
+                    run_id: Some(run.into()),
+                    readout: readout_override(&t),
+                    tokenization: None,
+                    split: score::SPLIT.into(),
+                    max_ctx: t.max_ctx,
+                    device: self.p.score.device.clone().unwrap_or(t.device.clone()),
+                    opts: self.p.score.opts.clone(),
+                },
+                force: false,
+            }),
+        );
+        s.needs.push(producer.into());
+        s.outputs.push(keys::scores(run, score::SPLIT));
+        self.steps.push(s);
+    }
+
+    fn report(&mut self) {
+        let a = &self.p.analysis;
+        let mut s = Step::new(
+            "report".into(),
+            None,
+            Command::Report(ReportArgs {
+                analysis: crate::cli::AnalyzeArgs {
+                    root: self.root.clone(),
+                    opts: a.opts.clone(),
+                    force: false,
+                },
+                out: a.out.as_ref().map(std::path::PathBuf::from),
+            }),
+        );
+        s.needs = (self.steps.iter())
+            .filter(|x| x.stage == "score" || x.stage == "pretrain")
+            .map(|x| x.id.clone())
+            .collect();
+        s.outputs = vec![keys::ANALYZE.into(), keys::REPORT.into()];
+        self.steps.push(s);
+    }
+}
+
+/// The readout a labelling or scoring step overrides: the training readout when the pipeline
+/// sets one other than the default (a checkpoint records its own otherwise).
+fn readout_override(t: &TrainOpts) -> Option<crate::scenarios::rm::Readout> {
+    (t.readout != TrainOpts::default().readout).then_some(t.readout)
+}
+
 /// Expands a pipeline into its steps, in an order where every step comes after the steps it
 /// needs, with levels and fingerprints.
 pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
     let g = p.grid();
-    let mut steps: Vec<Step> = Vec::new();
-    let data = p.data.as_ref().expect("validated");
-
-    // split
-    let mut a = Vec::new();
-    let source = data.source.as_deref().unwrap_or_default();
-    let mut split_inputs = Vec::new();
-    match source {
-        "world" => {
-            a.push("--world".into());
-            let w = data.world.clone().unwrap_or_default();
-            push_opt(&mut a, "--world-seed", &w.seed);
-            push_opt(&mut a, "--world-entities", &w.entities);
-            push_opt(&mut a, "--world-zipf", &w.zipf);
-            push_opt(&mut a, "--world-statements", &w.statements);
-        }
-        "sample" => a.push("--sample".into()),
-        "files" => {
-            push_opt(&mut a, "--gt", &data.gt);
-            push_opt(&mut a, "--w2s", &data.w2s);
-            push_opt(&mut a, "--test", &data.test);
-            split_inputs.extend(
-                [&data.gt, &data.w2s, &data.test]
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-        }
-        _ => {
-            push_opt(&mut a, "--input", &data.input);
-            split_inputs.extend(data.input.iter().cloned());
-        }
-    }
-    push_opt(&mut a, "--helpful", &data.helpful);
-    split_inputs.extend(data.helpful.iter().cloned());
-    push_opt(&mut a, "--seed", &data.seed);
-    push_opt(&mut a, "--n-gt", &data.n_gt);
-    push_opt(&mut a, "--n-w2s", &data.n_w2s);
-    push_opt(&mut a, "--n-test", &data.n_test);
-    push_opt(&mut a, "--n-helpful", &data.n_helpful);
-    push_opt(&mut a, "--shape", &data.shape);
-    push_opt(&mut a, "--prompt-mismatch", &data.prompt_mismatch);
-    push_opt(&mut a, "--template", &data.template);
-    let mut split = Step::new("split".into(), "split", None, a);
-    split.outputs.push("split".into());
-    split.local_inputs = split_inputs.into_iter().filter(|l| is_local(l)).collect();
-    steps.push(split);
+    let mut x = Expander {
+        p,
+        root: ArtifactsArg {
+            artifacts: p.root().to_string(),
+        },
+        steps: Vec::new(),
+        location: HashMap::new(),
+        scored: Vec::new(),
+    };
+    x.split();
 
     // The models the grid uses, in ladder order.
     let pairs = p.pairs();
-    let mut used: Vec<&str> = Vec::new();
-    for m in &p.model {
-        let id = m.id.as_str();
-        if pairs.iter().any(|(w, s)| w == id || s == id) || g.intermediates.iter().any(|x| x == id)
-        {
-            used.push(id);
-        }
-    }
-
-    // pretrain
-    let mut location: Locations = HashMap::new();
+    let used: Vec<&str> = (p.model.iter())
+        .map(|m| m.id.as_str())
+        .filter(|id| {
+            pairs.iter().any(|(w, s)| w == id || s == id) || g.intermediates.iter().any(|m| m == id)
+        })
+        .collect();
     for &id in &used {
-        let m = p.model(id);
-        if let Some(pt) = &m.pretrain {
-            let mut a = vec!["--model-id".to_string(), id.to_string()];
-            push_opt(&mut a, "--layers", &pt.layers);
-            push_opt(&mut a, "--embd", &pt.embd);
-            push_opt(&mut a, "--heads", &pt.heads);
-            push_opt(&mut a, "--ctx", &pt.ctx);
-            push_opt(&mut a, "--batch", &pt.batch);
-            push_opt(&mut a, "--micro-batch", &pt.micro_batch);
-            push_opt(&mut a, "--lr", &pt.lr);
-            push_opt(&mut a, "--schedule", &pt.schedule);
-            push_opt(&mut a, "--epochs", &pt.epochs);
-            push_opt(&mut a, "--seed", &pt.seed);
-            push_opt(&mut a, "--init-seed", &pt.init_seed);
-            let step_id = format!("pretrain:{id}");
-            let mut s = Step::new(step_id.clone(), "pretrain", Some(id.into()), a);
-            s.needs.push("split".into());
-            s.outputs.push(format!("train/{id}"));
-            steps.push(s);
-            location.insert(id, (format!("run:{id}"), Some(step_id)));
-        } else {
-            let path = m.path.clone().expect("validated");
-            location.insert(id, (path, None));
-        }
+        x.pretrain(id);
     }
-    let eval = |t: &Train| -> Vec<String> {
-        let mut a = Vec::new();
-        push_opt(&mut a, "--max-ctx", &t.max_ctx);
-        push_opt(&mut a, "--readout", &t.readout);
-        push_opt(&mut a, "--device", &t.device);
-        a
-    };
-    let score_args = |run: &str, t: &Train| -> Vec<String> {
-        let mut a = vec!["--run-id".to_string(), run.to_string()];
-        a.extend(eval(t));
-        push_opt(&mut a, "--batch-pairs", &p.score.batch_pairs);
-        a
-    };
-    let mut scored: Vec<String> = Vec::new();
 
-    for scenario in &g.scenarios {
-        let sc = scenario.as_str();
+    for &sc in &g.scenarios {
         // Ceilings of every model the grid uses; teachers label the w2s split.
-        let teachers: Vec<&str> = used
-            .iter()
-            .copied()
-            .filter(|id| pairs.iter().any(|(w, _)| w == id))
-            .collect();
         for &id in &used {
-            let t = p.train.merged(&p.model(id).train);
-            let run = ceiling_id(sc, id);
-            let mut s = Step::new(
-                format!("gt-train:{run}"),
-                "gt-train",
-                Some(run.clone()),
-                vec![],
-            );
-            let loc = model_step(id, &mut s, &location);
-            s.args = vec![
-                "--scenario".into(),
-                sc.into(),
-                "--model".into(),
-                loc,
-                "--run-id".into(),
-                run.clone(),
-            ];
-            s.args.extend(train_args(&t, sc));
-            s.needs.push("split".into());
-            s.outputs.push(format!("train/{run}"));
-            steps.push(s);
-            scored.push(run.clone());
-            if teachers.contains(&id) {
-                steps.push(label_step(&run, "w2s", &t, &eval));
+            let run = x.ceiling(sc, id);
+            if pairs.iter().any(|(w, _)| w == id) {
+                x.label(&run, id, LABEL_SPLIT, &format!("gt-train:{run}"));
             }
         }
         // Students.
         for (w, strong) in &pairs {
-            let t = p.train.merged(&p.model(strong).train);
             let teacher = ceiling_id(sc, w);
-            for objective in &g.objectives {
-                let alphas: Vec<f64> = if objective == "explicit" {
+            for &objective in &g.objectives {
+                let alphas = if objective == Objective::Explicit {
                     g.alphas.clone()
                 } else {
-                    vec![0.5]
+                    vec![ALPHA]
                 };
                 for &alpha in &alphas {
                     for &seed in &g.seeds {
                         let run = student_id(sc, &[w, strong], objective, alpha, seed);
-                        let mut s = student_step(
-                            sc, &run, strong, &teacher, "w2s", objective, alpha, seed, &t,
-                            &location,
+                        x.student(
+                            sc,
+                            &run,
+                            strong,
+                            seed,
+                            Student {
+                                teacher: teacher.clone(),
+                                objective,
+                                alpha,
+                                label_split: LABEL_SPLIT.into(),
+                                high_confidence: g.high_confidence,
+                            },
                         );
-                        if let Some(h) = g.high_confidence {
-                            s.args.extend(["--high-confidence".into(), h.to_string()]);
-                        }
-                        steps.push(s);
-                        scored.push(run);
                     }
                 }
             }
             // Bootstrapping: weak -> intermediate (no conflict) -> strong (the conflicts),
-            // the intermediate labelling the gt split (reference-spec §3.9).
+            // the intermediate labelling the gt split (docs/reference.md §3.9).
             for mid in &g.intermediates {
-                let tm = p.train.merged(&p.model(mid).train);
-                let stage1 = student_id(sc, &[w, mid], "none", 0.5, 0);
-                if !steps
-                    .iter()
-                    .any(|s| s.run.as_deref() == Some(stage1.as_str()))
-                {
-                    steps.push(student_step(
-                        sc, &stage1, mid, &teacher, "w2s", "none", 0.5, 0, &tm, &location,
-                    ));
-                    scored.push(stage1.clone());
-                    steps.push(label_step(&stage1, "gt", &tm, &eval));
+                let stage1 = student_id(sc, &[w, mid], Objective::None, ALPHA, 0);
+                if !x.steps.iter().any(|s| s.run.as_deref() == Some(&stage1)) {
+                    let producer = x.student(
+                        sc,
+                        &stage1,
+                        mid,
+                        0,
+                        Student {
+                            teacher: teacher.clone(),
+                            objective: Objective::None,
+                            alpha: ALPHA,
+                            label_split: LABEL_SPLIT.into(),
+                            high_confidence: None,
+                        },
+                    );
+                    x.label(&stage1, mid, "gt", &producer);
                 }
-                for objective in &g.objectives {
+                for &objective in &g.objectives {
                     for &seed in &g.seeds {
-                        let run = student_id(sc, &[w, mid, strong], objective, 0.5, seed);
-                        steps.push(student_step(
-                            sc, &run, strong, &stage1, "gt", objective, 0.5, seed, &t, &location,
-                        ));
-                        scored.push(run);
+                        let run = student_id(sc, &[w, mid, strong], objective, ALPHA, seed);
+                        x.student(
+                            sc,
+                            &run,
+                            strong,
+                            seed,
+                            Student {
+                                teacher: stage1.clone(),
+                                objective,
+                                alpha: ALPHA,
+                                label_split: "gt".into(),
+                                high_confidence: None,
+                            },
+                        );
                     }
                 }
             }
         }
     }
 
-    // Scores on the test split.
-    for run in &scored {
-        let producer = steps
-            .iter()
-            .find(|s| s.run.as_deref() == Some(run.as_str()) && s.stage.ends_with("-train"))
-            .expect("every scored run is trained by a step");
-        let model =
-            producer.args[producer.args.iter().position(|a| a == "--model").unwrap() + 1].clone();
-        let t = steps_train_for(p, &model);
-        let mut s = Step::new(
-            format!("score:{run}"),
-            "score",
-            Some(run.clone()),
-            score_args(run, &t),
-        );
-        s.needs.push(producer.id.clone());
-        s.outputs.push(format!("score/{run}/test"));
-        steps.push(s);
+    // Scores on the test split, then the analyses and the report.
+    for (run, model, producer) in std::mem::take(&mut x.scored) {
+        x.score(&run, &model, &producer);
     }
-
-    // The analyses and the report.
-    let mut a = Vec::new();
-    let an = &p.analysis;
-    push_opt(&mut a, "--threshold", &an.threshold);
-    if let Some(sw) = &an.sweep {
-        a.push("--sweep".into());
-        a.extend(sw.iter().map(|x| x.to_string()));
-    }
-    push_opt(&mut a, "--bootstrap", &an.bootstrap);
-    push_opt(&mut a, "--bootstrap-seed", &an.bootstrap_seed);
-    push_opt(&mut a, "--out", &an.out);
-    let mut report = Step::new("report".into(), "report", None, a);
-    report.needs = steps
-        .iter()
-        .filter(|s| s.stage == "score" || s.stage == "pretrain")
-        .map(|s| s.id.clone())
-        .collect();
-    report.outputs = vec!["analyze".into(), "report".into()];
-    steps.push(report);
-
-    finish(steps)
-}
-
-/// Where each model of the ladder comes from: its location (a path, or `run:<id>` for a
-/// pretrained rung) and the step that pretrains it.
-type Locations<'a> = HashMap<&'a str, (String, Option<String>)>;
-
-/// The location of model `id` for `step`, which then needs its pretraining step or reads its
-/// local folder.
-fn model_step(id: &str, step: &mut Step, location: &Locations) -> String {
-    let (loc, needs) = &location[id];
-    if let Some(n) = needs {
-        step.needs.push(n.clone());
-    } else if is_local(loc) {
-        step.local_inputs.push(loc.clone());
-    }
-    loc.clone()
-}
-
-/// The training settings that apply to the model at `location` (for its scoring step).
-fn steps_train_for(p: &Pipeline, location: &str) -> Train {
-    let id = location.strip_prefix("run:").unwrap_or(location);
-    match p
-        .model
-        .iter()
-        .find(|m| m.id == id || m.path.as_deref() == Some(location))
-    {
-        Some(m) => p.train.merged(&m.train),
-        None => p.train.clone(),
-    }
-}
-
-fn label_step(run: &str, split: &str, t: &Train, eval: &dyn Fn(&Train) -> Vec<String>) -> Step {
-    let mut a = vec![
-        "--run".to_string(),
-        run.to_string(),
-        "--split".into(),
-        split.into(),
-    ];
-    a.extend(eval(t));
-    push_opt(&mut a, "--slot-seed", &t.slot_seed);
-    let id = if split == "w2s" {
-        format!("weak-label:{run}")
-    } else {
-        format!("weak-label:{run}:{split}")
-    };
-    let mut s = Step::new(id, "weak-label", Some(run.into()), a);
-    s.needs.push(format!(
-        "{}-train:{run}",
-        if run.starts_with("gt-") { "gt" } else { "w2s" }
-    ));
-    s.outputs.push(format!("weak-label/{run}/{split}"));
-    s
-}
-
-#[allow(clippy::too_many_arguments)]
-fn student_step(
-    sc: &str,
-    run: &str,
-    strong: &str,
-    teacher: &str,
-    label_split: &str,
-    objective: &str,
-    alpha: f64,
-    seed: u64,
-    t: &Train,
-    location: &Locations,
-) -> Step {
-    let mut s = Step::new(
-        format!("w2s-train:{run}"),
-        "w2s-train",
-        Some(run.into()),
-        vec![],
-    );
-    let loc = model_step(strong, &mut s, location);
-    s.args = vec![
-        "--scenario".into(),
-        sc.into(),
-        "--model".into(),
-        loc,
-        "--run-id".into(),
-        run.into(),
-        "--teacher".into(),
-        teacher.into(),
-        "--objective".into(),
-        objective.into(),
-    ];
-    if objective == "explicit" {
-        s.args.extend(["--alpha".into(), alpha.to_string()]);
-    }
-    if label_split != "w2s" {
-        s.args.extend(["--label-split".into(), label_split.into()]);
-    }
-    s.args.extend(["--seed".into(), seed.to_string()]);
-    s.args.extend(train_args(t, sc));
-    s.needs.push("split".into());
-    s.needs.push(if label_split == "w2s" {
-        format!("weak-label:{teacher}")
-    } else {
-        format!("weak-label:{teacher}:{label_split}")
-    });
-    s.outputs.push(format!("train/{run}"));
-    s
+    x.report();
+    finish(x.steps)
 }
 
 /// Checks the graph, sets levels and fingerprints (steps are already in dependency order).
@@ -508,7 +525,7 @@ fn finish(mut steps: Vec<Step>) -> Result<Vec<Step>> {
             "code": CODE_VERSION,
             "stage": s.stage,
             "args": s.args,
-            "local_inputs": s.local_inputs.iter().map(|p| local_stamp(p)).collect::<Vec<_>>(),
+            "local_inputs": super::record::local_stamps(&s.local_inputs),
             "needs": deps,
         });
         let fp = sha256_hex(doc.to_string().as_bytes());
@@ -517,210 +534,6 @@ fn finish(mut steps: Vec<Step>) -> Result<Vec<Step>> {
     }
     Ok(steps)
 }
-
-/// Size and modification time of every file under a local path (make-style staleness).
-fn local_stamp(path: &str) -> serde_json::Value {
-    let mut files = Vec::new();
-    let mut stack = vec![std::path::PathBuf::from(path)];
-    while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::metadata(&p) else {
-            files.push(serde_json::json!([p.display().to_string(), "missing"]));
-            continue;
-        };
-        if meta.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-                entries.sort();
-                stack.extend(entries.into_iter().rev());
-            }
-        } else {
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos().to_string())
-                .unwrap_or_default();
-            files.push(serde_json::json!([
-                p.display().to_string(),
-                meta.len(),
-                mtime
-            ]));
-        }
-    }
-    serde_json::Value::Array(files)
-}
-
-/// What a finished step leaves behind.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Record {
-    pub id: String,
-    pub fingerprint: String,
-    /// Digest of each published manifest's files (path and sha256).
-    pub outputs: BTreeMap<String, String>,
-    /// Identity of each needed step's outputs (its manifests' fingerprints) as this step read
-    /// them.
-    pub read: BTreeMap<String, String>,
-    pub seconds: f64,
-    pub finished_unix: u64,
-}
-
-/// Where a step's record lives.
-pub fn record_path(id: &str) -> String {
-    let safe = crate::stages::common::sanitize(id);
-    format!(
-        "runner/steps/{safe}-{}.json",
-        &sha256_hex(id.as_bytes())[..8]
-    )
-}
-
-/// Digest of what a manifest published.
-pub fn outputs_digest(m: &Manifest) -> String {
-    let mut text = String::new();
-    for f in &m.outputs {
-        text.push_str(&f.path);
-        text.push(' ');
-        text.push_str(&f.sha256);
-        text.push('\n');
-    }
-    sha256_hex(text.as_bytes())
-}
-
-/// Reads manifests and folder listings once per check pass.
-#[derive(Default)]
-pub struct Cache {
-    manifests: HashMap<String, Option<Manifest>>,
-    listings: HashMap<String, Vec<String>>,
-}
-
-impl Cache {
-    /// Forgets what `step` may have changed: its manifests and every listing (a step adds
-    /// parts to shared table folders such as `tables/runs`).
-    pub fn forget(&mut self, step: &Step) {
-        for k in &step.outputs {
-            self.manifests.remove(k);
-        }
-        self.listings.clear();
-    }
-
-    async fn manifest(&mut self, store: &ArtifactStore, key: &str) -> Result<Option<Manifest>> {
-        if let Some(m) = self.manifests.get(key) {
-            return Ok(m.clone());
-        }
-        let m = store.manifest(key).await?;
-        self.manifests.insert(key.into(), m.clone());
-        Ok(m)
-    }
-
-    async fn present(&mut self, store: &ArtifactStore, path: &str) -> Result<bool> {
-        let dir = parent(path);
-        if !self.listings.contains_key(dir) {
-            let l = store.list(dir).await?;
-            self.listings.insert(dir.into(), l);
-        }
-        Ok(self.listings[dir].iter().any(|p| p == path))
-    }
-
-    /// Digests of a step's published manifests whose files are all present, by key.
-    pub async fn published(
-        &mut self,
-        store: &ArtifactStore,
-        step: &Step,
-    ) -> Result<Option<BTreeMap<String, String>>> {
-        let mut out = BTreeMap::new();
-        for key in &step.outputs {
-            let Some(m) = self.manifest(store, key).await? else {
-                return Ok(None);
-            };
-            for f in &m.outputs {
-                if !self.present(store, &f.path).await? {
-                    return Ok(None);
-                }
-            }
-            out.insert(key.clone(), outputs_digest(&m));
-        }
-        Ok(Some(out))
-    }
-}
-
-fn parent(path: &str) -> &str {
-    path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
-}
-
-impl Cache {
-    /// What a step that needs `step` reads from it: the fingerprints of its manifests (their
-    /// settings and input checksums), if its outputs are intact. A rerun that publishes the
-    /// same result under the same fingerprint (timing columns aside) leaves it unchanged.
-    pub async fn identity(&mut self, store: &ArtifactStore, step: &Step) -> Result<Option<String>> {
-        if self.published(store, step).await?.is_none() {
-            return Ok(None);
-        }
-        let mut fps = BTreeMap::new();
-        for key in &step.outputs {
-            if let Some(m) = self.manifest(store, key).await? {
-                fps.insert(key.clone(), m.fingerprint);
-            }
-        }
-        Ok(Some(sha256_hex(
-            serde_json::to_string(&fps).expect("map").as_bytes(),
-        )))
-    }
-}
-
-/// `step`'s record if it matches the planned fingerprint and the step's outputs are intact
-/// (its manifests publish what the record says, every file present).
-pub async fn own_record(
-    store: &ArtifactStore,
-    cache: &mut Cache,
-    step: &Step,
-) -> Result<Option<Record>> {
-    let Some(bytes) = store.get_opt(&record_path(&step.id)).await? else {
-        return Ok(None);
-    };
-    let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
-        return Ok(None);
-    };
-    if rec.fingerprint != step.fingerprint {
-        return Ok(None);
-    }
-    match cache.published(store, step).await? {
-        Some(now) if now == rec.outputs => Ok(Some(rec)),
-        _ => Ok(None),
-    }
-}
-
-/// Whether the steps `step` needs still publish what it read when it ran.
-pub async fn inputs_unchanged(
-    store: &ArtifactStore,
-    cache: &mut Cache,
-    step: &Step,
-    rec: &Record,
-    by_id: &HashMap<String, &Step>,
-) -> Result<bool> {
-    for n in &step.needs {
-        let Some(now) = cache.identity(store, by_id[n]).await? else {
-            return Ok(false);
-        };
-        if rec.read.get(n) != Some(&now) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Whether `step` is up to date: its record matches, its outputs are intact, and the steps it
-/// needs still publish what it read.
-pub async fn up_to_date(
-    store: &ArtifactStore,
-    cache: &mut Cache,
-    step: &Step,
-    by_id: &HashMap<String, &Step>,
-) -> Result<bool> {
-    match own_record(store, cache, step).await? {
-        Some(rec) => inputs_unchanged(store, cache, step, &rec, by_id).await,
-        None => Ok(false),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

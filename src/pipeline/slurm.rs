@@ -71,7 +71,7 @@ submit() {{
             rec.push(s.id.clone());
             out.push_str(&format!(
                 "    {i}) \"$W2S\" {} && exec \"$W2S\" --log warn {} ;;\n",
-                shell_words(&s.command(root, false)),
+                shell_words(&s.argv(false)),
                 shell_words(&rec),
             ));
         }
@@ -88,17 +88,19 @@ mod tests {
     use super::*;
 
     fn step(id: &str, level: usize) -> Step {
-        Step {
-            id: id.into(),
-            stage: id.split(':').next().unwrap().into(),
-            run: None,
-            args: vec!["--run-id".into(), "it's".into()],
-            needs: vec![],
-            outputs: vec![],
-            local_inputs: vec![],
-            level,
-            fingerprint: String::new(),
-        }
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "w2s",
+            "score",
+            "--run-id",
+            "it's",
+            "--artifacts",
+            "s3://b/x",
+        ])
+        .unwrap();
+        let mut s = Step::new(id.into(), None, cli.command);
+        s.level = level;
+        s
     }
 
     #[test]
@@ -118,7 +120,7 @@ mod tests {
         );
         // Level 3 follows level 1 directly (no pending step at level 2).
         assert!(!s.contains("submit 2 "));
-        assert!(s.contains("    1) \"$W2S\" gt-train --run-id 'it'\\''s' --artifacts s3://b/x && exec \"$W2S\" --log warn plan /p.toml --record gt-train:b ;;"), "{s}");
+        assert!(s.contains("    1) \"$W2S\" score --artifacts s3://b/x --run-id 'it'\\''s' && exec \"$W2S\" --log warn plan /p.toml --record gt-train:b ;;"), "{s}");
         assert!(s.contains("--dependency=afterok:$prev"));
         assert!(s.contains("w2s-slurm-my_grid"));
     }

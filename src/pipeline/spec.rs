@@ -5,15 +5,28 @@
 //! checks what the types cannot: that every model a grid names exists, that students are
 //! stronger than their teachers when the file asks for that check, that the data source has
 //! the keys it needs. Every error names the key at fault. See docs/pipelines.md.
+//!
+//! The tables that set a stage's options are read into the stage's own option types
+//! (`[train]`: [`TrainOpts`], a rung's `pretrain`: [`PretrainOpts`], `[data]`: [`SplitOpts`]
+//! and [`WorldOpts`], `[score]`: [`ScoreOpts`], `[analysis]`: [`AnalyzeOpts`]), the types
+//! the command line parses: one definition of each setting, its default and its doc.
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 
+use super::overrides::apply_override;
 use crate::error::{Error, Result};
+use crate::scenarios::rm::Objective;
+use crate::stages::analyze::AnalyzeOpts;
+use crate::stages::score::ScoreOpts;
+use crate::stages::split::{SplitOpts, WorldOpts};
+use crate::stages::training::pretrain::PretrainOpts;
+use crate::stages::training::{Scenario, TrainOpts, ALPHA};
 
 /// A parsed, validated pipeline file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// A short name, shown in plans and logs.
@@ -27,10 +40,11 @@ pub struct Pipeline {
     /// The model ladder, weakest first.
     #[serde(default)]
     pub model: Vec<Model>,
-    /// Training settings of every gt-train and w2s-train step (a model's own `train` table
-    /// overrides them for the runs that train that model).
+    /// Training settings of every gt-train and w2s-train step, as [`TrainOpts`] keys (a
+    /// model's own `train` table overrides them for the runs that train that model; read with
+    /// [`Pipeline::train_for`]).
     #[serde(default)]
-    pub train: Train,
+    pub train: toml::Table,
     /// Settings of the scoring steps.
     #[serde(default)]
     pub score: Score,
@@ -39,141 +53,139 @@ pub struct Pipeline {
     pub analysis: Analysis,
 }
 
-/// Where the pairs come from (`w2s split`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Where the data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The embedded synthetic world.
+    World,
+    /// The built-in sample.
+    Sample,
+    /// Pre-split gt / w2s / test files.
+    Files,
+    /// One file split at random.
+    Random,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::World => "world",
+            Source::Sample => "sample",
+            Source::Files => "files",
+            Source::Random => "random",
+        }
+    }
+}
+
+/// Where the pairs come from (`w2s split`): the source and its files, plus [`SplitOpts`].
+#[derive(Debug, Clone, Default)]
 pub struct Data {
-    /// `world` (the embedded synthetic world), `sample` (the built-in sample), `files`
-    /// (pre-split gt / w2s / test files) or `random` (one file split at random).
-    pub source: Option<String>,
+    pub source: Option<Source>,
     pub gt: Option<String>,
     pub w2s: Option<String>,
     pub test: Option<String>,
     pub input: Option<String>,
-    pub helpful: Option<String>,
-    pub n_gt: Option<usize>,
-    pub n_w2s: Option<usize>,
-    pub n_test: Option<usize>,
-    pub n_helpful: Option<usize>,
-    /// Seed of the random split.
-    pub seed: Option<u64>,
-    /// `auto`, `hh` or `explicit`.
-    pub shape: Option<String>,
-    /// `keep`, `drop` or `error`.
-    pub prompt_mismatch: Option<String>,
-    /// `verbatim` or `hh`.
-    pub template: Option<String>,
     /// The synthetic world (source = "world").
-    pub world: Option<World>,
+    pub world: Option<WorldOpts>,
+    pub opts: SplitOpts,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct World {
-    pub seed: Option<u64>,
-    pub entities: Option<usize>,
-    pub zipf: Option<f64>,
-    pub statements: Option<usize>,
+struct DataSource {
+    source: Option<Source>,
+    gt: Option<String>,
+    w2s: Option<String>,
+    test: Option<String>,
+    input: Option<String>,
+    world: Option<WorldOpts>,
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (own, opts): (DataSource, SplitOpts) =
+            two_part(d, &["source", "gt", "w2s", "test", "input", "world"])?;
+        Ok(Data {
+            source: own.source,
+            gt: own.gt,
+            w2s: own.w2s,
+            test: own.test,
+            input: own.input,
+            world: own.world,
+            opts,
+        })
+    }
+}
+
+/// Reads a table whose keys `own` belong to `A` and the rest to `B` (each strict).
+fn two_part<'de, D, A, B>(d: D, own: &[&str]) -> std::result::Result<(A, B), D::Error>
+where
+    D: Deserializer<'de>,
+    A: DeserializeOwned,
+    B: DeserializeOwned,
+{
+    let t = toml::Table::deserialize(d)?;
+    let (mine, rest): (toml::Table, toml::Table) =
+        t.into_iter().partition(|(k, _)| own.contains(&k.as_str()));
+    Ok((
+        strict(mine).map_err(D::Error::custom)?,
+        strict(rest).map_err(D::Error::custom)?,
+    ))
+}
+
+/// A table read into `T`, an error naming the key inside it.
+fn strict<T: DeserializeOwned>(t: toml::Table) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
+        match e.path().to_string().as_str() {
+            "." => e.inner().to_string(),
+            p => format!("`{p}`: {}", e.inner()),
+        }
+    })
 }
 
 /// One rung of the ladder: a checkpoint (`path`) or a tiny GPT-2 pretrained here (`pretrain`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     pub id: String,
     /// A local folder, s3:// or http(s):// prefix, or hf://owner/name[@revision].
     pub path: Option<String>,
-    pub pretrain: Option<Pretrain>,
+    pub pretrain: Option<PretrainOpts>,
     /// Overrides of the pipeline's `[train]` for runs that train this model.
     #[serde(default)]
-    pub train: Train,
+    pub train: toml::Table,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pretrain {
-    pub layers: Option<usize>,
-    pub embd: Option<usize>,
-    pub heads: Option<usize>,
-    pub ctx: Option<usize>,
-    pub batch: Option<usize>,
-    pub micro_batch: Option<usize>,
-    pub lr: Option<f64>,
-    pub schedule: Option<String>,
-    pub epochs: Option<usize>,
-    pub seed: Option<u64>,
-    pub init_seed: Option<u64>,
-}
-
-/// Training settings; every field is optional and falls back to the stage's own default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Train {
-    pub batch: Option<usize>,
-    pub micro_batch: Option<usize>,
-    pub lr: Option<f64>,
-    pub schedule: Option<String>,
-    pub epochs: Option<usize>,
-    /// Passes of the SFT phase (preference scenarios).
-    pub sft_epochs: Option<usize>,
-    pub max_ctx: Option<usize>,
-    pub readout: Option<String>,
-    /// Preference scenarios: `joint` (default) or `reference` (reference-spec §1.7).
-    pub tokenization: Option<String>,
-    pub slot_seed: Option<u64>,
-    pub head_seed: Option<u64>,
-    pub save_every: Option<usize>,
+/// `[score]`: [`ScoreOpts`] and the device (default: the training device).
+#[derive(Debug, Clone, Default)]
+pub struct Score {
+    pub opts: ScoreOpts,
     pub device: Option<String>,
-    /// LoRA adapters instead of full fine-tuning (paper App. H).
-    pub lora: Option<Lora>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lora {
-    pub rank: usize,
-    pub alpha: f64,
+struct ScoreOwn {
+    device: Option<String>,
 }
 
-impl Train {
-    /// `self` with the fields `over` sets replaced.
-    pub fn merged(&self, over: &Train) -> Train {
-        Train {
-            batch: over.batch.or(self.batch),
-            micro_batch: over.micro_batch.or(self.micro_batch),
-            lr: over.lr.or(self.lr),
-            schedule: over.schedule.clone().or_else(|| self.schedule.clone()),
-            epochs: over.epochs.or(self.epochs),
-            sft_epochs: over.sft_epochs.or(self.sft_epochs),
-            max_ctx: over.max_ctx.or(self.max_ctx),
-            readout: over.readout.clone().or_else(|| self.readout.clone()),
-            tokenization: over
-                .tokenization
-                .clone()
-                .or_else(|| self.tokenization.clone()),
-            slot_seed: over.slot_seed.or(self.slot_seed),
-            head_seed: over.head_seed.or(self.head_seed),
-            save_every: over.save_every.or(self.save_every),
-            device: over.device.clone().or_else(|| self.device.clone()),
-            lora: over.lora.clone().or_else(|| self.lora.clone()),
-        }
+impl<'de> Deserialize<'de> for Score {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (own, opts): (ScoreOwn, ScoreOpts) = two_part(d, &["device"])?;
+        Ok(Score {
+            opts,
+            device: own.device,
+        })
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Score {
-    pub batch_pairs: Option<usize>,
-    pub device: Option<String>,
-}
-
 /// The experiment grid.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grid {
-    /// `rm`, `simpo`, `dpo`.
     #[serde(default = "default_scenarios")]
-    pub scenarios: Vec<String>,
+    pub scenarios: Vec<Scenario>,
     /// Teachers; every one is trained on the gt split (its ceiling) and labels the w2s split.
     #[serde(default)]
     pub weak: Vec<String>,
@@ -187,9 +199,8 @@ pub struct Grid {
     /// such combinations of `weak` x `strong` are left out (and explicit pairs kept).
     #[serde(default)]
     pub check_stronger: bool,
-    /// `none`, `explicit`, `implicit`, `adaptive`.
     #[serde(default = "default_objectives")]
-    pub objectives: Vec<String>,
+    pub objectives: Vec<Objective>,
     /// Weights of the explicit objective.
     #[serde(default = "default_alphas")]
     pub alphas: Vec<f64>,
@@ -205,37 +216,62 @@ pub struct Grid {
     pub intermediates: Vec<String>,
 }
 
-fn default_scenarios() -> Vec<String> {
-    vec!["rm".into()]
+fn default_scenarios() -> Vec<Scenario> {
+    vec![Scenario::Rm]
 }
-fn default_objectives() -> Vec<String> {
-    vec!["none".into(), "explicit".into(), "implicit".into()]
+fn default_objectives() -> Vec<Objective> {
+    vec![Objective::None, Objective::Explicit, Objective::Implicit]
 }
 fn default_alphas() -> Vec<f64> {
-    vec![0.5]
+    vec![ALPHA]
 }
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
 
-/// Settings of the closing `w2s report` (which runs `w2s analyze`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[analysis]`: the closing `w2s report`'s [`AnalyzeOpts`], and where to copy the report.
+#[derive(Debug, Clone, Default)]
 pub struct Analysis {
-    pub threshold: Option<f64>,
-    pub sweep: Option<Vec<f64>>,
-    pub bootstrap: Option<usize>,
-    pub bootstrap_seed: Option<u64>,
+    pub opts: AnalyzeOpts,
     /// Also copy the report into this local folder.
     pub out: Option<String>,
 }
 
-pub const SCENARIOS: &[&str] = &["rm", "simpo", "dpo"];
-pub const OBJECTIVES: &[&str] = &["none", "explicit", "implicit", "adaptive"];
-const SOURCES: &[&str] = &["world", "sample", "files", "random"];
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalysisOwn {
+    out: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Analysis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (own, opts): (AnalysisOwn, AnalyzeOpts) = two_part(d, &["out"])?;
+        Ok(Analysis { opts, out: own.out })
+    }
+}
 
 fn config(file: &str, msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("{file}: {msg}"))
+}
+
+/// `over`'s keys on top of `base`'s.
+fn merged(base: &toml::Table, over: &toml::Table) -> toml::Table {
+    let mut t = base.clone();
+    t.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
+    t
+}
+
+/// A `[train]`-like table as [`TrainOpts`], errors naming `key`.
+fn train_opts(key: &str, t: &toml::Table) -> std::result::Result<TrainOpts, String> {
+    let opts: TrainOpts =
+        serde_path_to_error::deserialize(toml::Value::Table(t.clone())).map_err(|e| {
+            match e.path().to_string().as_str() {
+                "." => format!("`{key}`: {}", e.inner()),
+                p => format!("`{key}.{p}`: {}", e.inner()),
+            }
+        })?;
+    opts.check().map_err(|m| format!("`{key}`: {m}"))?;
+    Ok(opts)
 }
 
 impl Pipeline {
@@ -251,18 +287,19 @@ impl Pipeline {
 
     /// As [`Pipeline::load`], from text; `file` names it in errors.
     pub fn parse(file: &str, text: &str, overrides: &[String]) -> Result<Pipeline> {
-        let p: Pipeline = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| config(file, e))?
-        } else {
-            let mut doc: toml::Table = toml::from_str(text).map_err(|e| config(file, e))?;
-            for o in overrides {
-                apply_override(&mut doc, o).map_err(|e| config(file, e))?;
-            }
-            // Re-read from text so that errors keep toml's key context.
-            let text = toml::to_string(&doc).map_err(|e| config(file, e))?;
-            toml::from_str(&text).map_err(|e| config(file, format!("after --set: {e}")))?
-        };
-        let mut p = p;
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| config(file, e))?;
+        for o in overrides {
+            apply_override(&mut doc, o).map_err(|e| config(file, e))?;
+        }
+        let mut p: Pipeline =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                let after = if overrides.is_empty() {
+                    ""
+                } else {
+                    " (after --set)"
+                };
+                config(file, format!("`{}`{after}: {}", e.path(), e.inner()))
+            })?;
         // An empty location (`--set data.helpful=`) means "none".
         if let Some(d) = &mut p.data {
             for v in [
@@ -270,7 +307,7 @@ impl Pipeline {
                 &mut d.w2s,
                 &mut d.test,
                 &mut d.input,
-                &mut d.helpful,
+                &mut d.opts.helpful,
             ] {
                 if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
                     *v = None;
@@ -298,6 +335,12 @@ impl Pipeline {
 
     pub fn model(&self, id: &str) -> &Model {
         &self.model[self.rank(id).expect("validated")]
+    }
+
+    /// The training options of the runs that train model `id`: `[train]` with the model's
+    /// own `train` table on top.
+    pub fn train_for(&self, id: &str) -> TrainOpts {
+        train_opts("train", &merged(&self.train, &self.model(id).train)).expect("validated")
     }
 
     /// The (weak, strong) pairs of the grid, in file order.
@@ -335,41 +378,40 @@ impl Pipeline {
         let Some(data) = &self.data else {
             return err("the data source is missing: add a [data] table with `source` = \"world\", \"sample\", \"files\" or \"random\"".into());
         };
-        let Some(source) = &data.source else {
+        let Some(source) = data.source else {
             return err(
                 "`data.source` is missing (\"world\", \"sample\", \"files\" or \"random\")".into(),
             );
         };
-        if !SOURCES.contains(&source.as_str()) {
-            return err(format!(
-                "`data.source` = \"{source}\" is not one of {}",
-                SOURCES.join(", ")
-            ));
-        }
         let need = |key: &str, v: &Option<String>| -> Result<()> {
             if v.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 return Err(config(
                     file,
-                    format!("`data.{key}` is missing (needed when data.source = \"{source}\")"),
+                    format!(
+                        "`data.{key}` is missing (needed when data.source = \"{}\")",
+                        source.name()
+                    ),
                 ));
             }
             Ok(())
         };
-        match source.as_str() {
-            "files" => {
+        match source {
+            Source::Files => {
                 need("gt", &data.gt)?;
                 need("w2s", &data.w2s)?;
                 need("test", &data.test)?;
             }
-            "random" => need("input", &data.input)?,
-            _ => {}
+            Source::Random => need("input", &data.input)?,
+            Source::World | Source::Sample => {}
         }
-        if data.world.is_some() && source != "world" {
+        if data.world.is_some() && source != Source::World {
             return err(format!(
-                "`data.world` is set but data.source = \"{source}\""
+                "`data.world` is set but data.source = \"{}\"",
+                source.name()
             ));
         }
 
+        train_opts("train", &self.train).map_err(|m| config(file, m))?;
         let mut ids = BTreeSet::new();
         for (i, m) in self.model.iter().enumerate() {
             let key = format!("model[{i}]");
@@ -400,7 +442,7 @@ impl Pipeline {
                         m.id
                     ))
                 }
-                (None, Some(_)) if source != "world" => {
+                (None, Some(_)) if source != Source::World => {
                     return err(format!(
                         "`model.{}.pretrain`: pretraining needs the world's corpus (data.source = \"world\")",
                         m.id
@@ -408,29 +450,14 @@ impl Pipeline {
                 }
                 _ => {}
             }
-            check_train(file, &format!("model.{}.train", m.id), &m.train)?;
+            train_opts(&format!("model.{}.train", m.id), &m.train)
+                .and_then(|_| train_opts("train", &merged(&self.train, &m.train)))
+                .map_err(|msg| config(file, msg))?;
         }
-        check_train(file, "train", &self.train)?;
 
         let Some(g) = &self.grid else {
             return err("the [grid] table is missing (weak, strong, objectives, ...)".into());
         };
-        for (i, s) in g.scenarios.iter().enumerate() {
-            if !SCENARIOS.contains(&s.as_str()) {
-                return err(format!(
-                    "`grid.scenarios[{i}]` = \"{s}\" is not one of {}",
-                    SCENARIOS.join(", ")
-                ));
-            }
-        }
-        for (i, o) in g.objectives.iter().enumerate() {
-            if !OBJECTIVES.contains(&o.as_str()) {
-                return err(format!(
-                    "`grid.objectives[{i}]` = \"{o}\" is not one of {}",
-                    OBJECTIVES.join(", ")
-                ));
-            }
-        }
         let known = |key: String, id: &str| -> Result<()> {
             if self.rank(id).is_none() {
                 let list: Vec<&str> = self.model.iter().map(|m| m.id.as_str()).collect();
@@ -497,7 +524,7 @@ impl Pipeline {
         if g.seeds.is_empty() {
             return err("`grid.seeds` is empty".into());
         }
-        if g.objectives.iter().any(|o| o == "explicit") && g.alphas.is_empty() {
+        if g.objectives.contains(&Objective::Explicit) && g.alphas.is_empty() {
             return err("`grid.alphas` is empty but the explicit objective needs one".into());
         }
         for (i, a) in g.alphas.iter().enumerate() {
@@ -508,161 +535,13 @@ impl Pipeline {
             }
         }
         if let Some(t) = g.high_confidence {
-            if !(0.5..1.0).contains(&t) {
-                return err(format!(
-                    "`grid.high_confidence` = {t}: give a threshold in [0.5, 1)"
-                ));
-            }
+            crate::stages::training::check_high_confidence(t)
+                .map_err(|m| config(file, format!("`grid.high_confidence`: {m}")))?;
         }
-        if let Some(sweep) = &self.analysis.sweep {
-            if sweep.len() != 4 {
-                return err(format!(
-                    "`analysis.sweep` has {} thresholds; give 4",
-                    sweep.len()
-                ));
-            }
+        if let Err(e) = self.analysis.opts.settings() {
+            return err(format!("`analysis.sweep`: {e}"));
         }
         Ok(())
-    }
-}
-
-fn check_train(file: &str, key: &str, t: &Train) -> Result<()> {
-    let bad = |field: &str, msg: String| Err(config(file, format!("`{key}.{field}`{msg}")));
-    if let Some(s) = &t.schedule {
-        if !["cosine", "warmup-constant", "constant"].contains(&s.as_str()) {
-            return bad(
-                "schedule",
-                format!(" = \"{s}\" is not one of cosine, warmup-constant, constant"),
-            );
-        }
-    }
-    if let Some(r) = &t.readout {
-        if !["last-token", "reference"].contains(&r.as_str()) {
-            return bad(
-                "readout",
-                format!(" = \"{r}\" is not one of last-token, reference"),
-            );
-        }
-    }
-    if let Some(r) = &t.tokenization {
-        if !["joint", "reference"].contains(&r.as_str()) {
-            return bad(
-                "tokenization",
-                format!(" = \"{r}\" is not one of joint, reference"),
-            );
-        }
-    }
-    for (field, v) in [
-        ("batch", t.batch),
-        ("micro_batch", t.micro_batch),
-        ("epochs", t.epochs),
-        ("sft_epochs", t.sft_epochs),
-        ("max_ctx", t.max_ctx),
-    ] {
-        if v == Some(0) {
-            return bad(field, " must be at least 1".into());
-        }
-    }
-    if let Some(lr) = t.lr {
-        if !(lr.is_finite() && lr > 0.0) {
-            return bad("lr", format!(" = {lr}: give a positive learning rate"));
-        }
-    }
-    Ok(())
-}
-
-/// Applies one `KEY=VALUE` override. The value is read as a TOML value when it parses as one
-/// (numbers, booleans, arrays, quoted strings), else as a bare string.
-fn apply_override(doc: &mut toml::Table, spec: &str) -> std::result::Result<(), String> {
-    let Some((key, raw)) = spec.split_once('=') else {
-        return Err(format!("--set `{spec}`: write KEY=VALUE"));
-    };
-    let key = key.trim();
-    let value = parse_value(raw.trim());
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("--set `{spec}`: `{key}` is not a dotted key"));
-    }
-    let mut table = doc;
-    for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if last {
-            table.insert(part.to_string(), value);
-            return Ok(());
-        }
-        // `model.<id>`: the rung of the ladder with that id.
-        if let Some(toml::Value::Array(items)) = table.get_mut(*part) {
-            if i + 2 >= parts.len() {
-                return Err(format!(
-                    "--set `{spec}`: `{part}` is a list: write `{part}.<id>.<field>`"
-                ));
-            }
-            // The id may itself contain dots (`model.opt-2.7b.path`): the longest run of
-            // segments that names an entry, leaving at least one for the field.
-            let ids: Vec<String> = items
-                .iter()
-                .filter_map(|v| v.get("id").and_then(|x| x.as_str()).map(str::to_string))
-                .collect();
-            let (id, used) = (1..parts.len() - i - 1)
-                .rev()
-                .map(|k| (parts[i + 1..i + 1 + k].join("."), k))
-                .find(|(cand, _)| cand == "*" || ids.contains(cand))
-                .unwrap_or_else(|| (parts[i + 1].to_string(), 1));
-            // `*` sets the field on every entry (e.g. one fixture checkpoint for the ladder).
-            let mut found = 0;
-            for v in items.iter_mut() {
-                if let toml::Value::Table(t) = v {
-                    if id == "*" || t.get("id").and_then(|x| x.as_str()) == Some(id.as_str()) {
-                        // Continue below the matched entry, skipping the id segments.
-                        set_path(t, &parts[i + 1 + used..], value.clone(), spec)?;
-                        found += 1;
-                    }
-                }
-            }
-            if found == 0 {
-                return Err(format!("--set `{spec}`: no `{part}` with id `{id}`"));
-            }
-            return Ok(());
-        }
-        let entry = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match entry {
-            toml::Value::Table(t) => table = t,
-            _ => return Err(format!("--set `{spec}`: `{part}` is not a table")),
-        }
-    }
-    Ok(())
-}
-
-fn set_path(
-    table: &mut toml::Table,
-    parts: &[&str],
-    value: toml::Value,
-    spec: &str,
-) -> std::result::Result<(), String> {
-    let mut table = table;
-    for (i, part) in parts.iter().enumerate() {
-        if i + 1 == parts.len() {
-            table.insert(part.to_string(), value);
-            return Ok(());
-        }
-        let entry = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match entry {
-            toml::Value::Table(t) => table = t,
-            _ => return Err(format!("--set `{spec}`: `{part}` is not a table")),
-        }
-    }
-    Ok(())
-}
-
-fn parse_value(raw: &str) -> toml::Value {
-    let doc = format!("v = {raw}");
-    match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.into()),
     }
 }
 
@@ -758,7 +637,7 @@ strong = ["b", "c"]
         )
         .unwrap();
         assert_eq!(p.model("c").path.as_deref(), Some("/tmp/fixture"));
-        assert_eq!(p.train.lr, Some(1e-3));
+        assert_eq!(p.train_for("a").lr, Some(1e-3));
         assert_eq!(p.root(), "/tmp/x");
         assert_eq!(p.grid().seeds, vec![0, 1]);
         let all = parse(BASE, &["model.*.path=/fixture", "model.a.pretrain={}"]);

@@ -1,4 +1,4 @@
-//! Preference optimization (paper §5, reference-spec §3): SFT on the chosen side, then SimPO or
+//! Preference optimization (paper §5, docs/reference.md §3): SFT on the chosen side, then SimPO or
 //! DPO, with the explicit conflict term. The per-pair losses are computed in f64 from the
 //! pair's log-probability statistics together with their derivatives, so a training step
 //! backpropagates one weighted sum (`Σ dℓ/dx · x`) through the model: the indicator of the
@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// SimPO's β and γ (reference-spec §3.4).
+/// SimPO's β and γ (docs/reference.md §3.4).
 pub const SIMPO_BETA: f64 = 2.0;
 pub const SIMPO_GAMMA: f64 = 1.0;
 /// DPO's β (§3.5).
@@ -118,7 +118,7 @@ pub fn pair_loss(kind: Loss, p: &PairStats, explicit: Option<f64>) -> PairGrad {
     g
 }
 
-/// Rows kept by high-confidence filtering (reference-spec §3.8), ascending: the teacher got the
+/// Rows kept by high-confidence filtering (docs/reference.md §3.8), ascending: the teacher got the
 /// row right and its confidence toward the ground-truth chosen answer, σ(s) with s its margin
 /// (SimPO) or margin / 50 (DPO), is at least `threshold`. `labels` holds (right, confidence)
 /// per row in file order.
@@ -211,7 +211,7 @@ mod tests {
         // The student prefers the chosen (= ground truth) side: no extra term.
         assert_eq!(pair_loss(Loss::Simpo, &p, Some(0.5)).loss, g.loss);
         // The teacher was wrong (chosen = gt-rejected) and the student agrees with it: the
-        // reversed term equals the main one, so the pair weighs 1 + α (reference-spec §3.6).
+        // reversed term equals the main one, so the pair weighs 1 + α (docs/reference.md §3.6).
         let q = stats(-1.0, -1.3, false);
         let e = pair_loss(Loss::Simpo, &q, Some(0.5));
         assert!((e.loss - 1.5 * g.loss).abs() < 1e-12);
@@ -223,7 +223,7 @@ mod tests {
         assert!((d.loss - (main + 0.5 * rev)).abs() < 1e-12, "{}", d.loss);
     }
 
-    /// The kept rows against the Python oracle's (tests/fixtures/po_run, reference-spec §3.8),
+    /// The kept rows against the Python oracle's (tests/fixtures/po_run, docs/reference.md §3.8),
     /// on scores around the ln 3 boundary, negative and large ones.
     #[test]
     fn high_confidence_rows_match_the_oracle() {

@@ -1,4 +1,4 @@
-//! Reward modeling (reference-spec §1.4, §2; paper §4 and App. P): a backbone plus a linear
+//! Reward modeling (docs/reference.md §1.4, §2; paper §4 and App. P): a backbone plus a linear
 //! head scores each side of a pair; the pair's probability is sigmoid(r(a) - r(b)).
 //!
 //! Pairs are shown to the model in "slots": slot a holds the ground-truth chosen text when the
@@ -21,7 +21,7 @@ pub enum Objective {
     /// The teacher's soft labels only.
     None,
     /// Plus alpha * BCE toward the ground-truth-rejected side while the student is currently
-    /// right about the pair (reference-spec §2.3, `train_reward_model_v2`).
+    /// right about the pair (docs/reference.md §2.3, `train_reward_model_v2`).
     Explicit,
     /// The helpful pairs, with ground-truth labels, mixed into the training set (§2.3).
     Implicit,
@@ -46,7 +46,7 @@ impl Objective {
 pub enum Readout {
     /// The last real token of each sequence (attention-mask aware).
     LastToken,
-    /// The reference's position: (number of non-zero ids) - 1 (reference-spec §2.1). With
+    /// The reference's position: (number of non-zero ids) - 1 (docs/reference.md §2.1). With
     /// GPT-2, id 0 is the real token "!", so each "!" moves the readout one token left.
     Reference,
 }
@@ -106,7 +106,7 @@ fn bce(p: f32, y: f32) -> (f32, f32) {
 }
 
 /// The loss of one pair with margin `z`, target `y` (slot orientation) and ground truth `gt`,
-/// with PyTorch's floating-point behaviour (reference-spec §2.3): `binary_cross_entropy` on
+/// with PyTorch's floating-point behaviour (docs/reference.md §2.3): `binary_cross_entropy` on
 /// `sigmoid(z)`, so a saturated sigmoid gives loss 100 and gradient 0 as in the reference.
 pub fn pair_loss(z: f32, y: f32, gt: bool, objective: Objective, alpha: f32) -> PairLoss {
     let p = 1.0 / (1.0 + (-z).exp());

@@ -13,13 +13,13 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Sche
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::common;
 use super::uncertainty::{self, CellKey, RunPairs, Summary};
 use crate::error::{Error, Result};
 use crate::sql;
-use crate::store::{fingerprint, ArtifactStore, InputFile};
+use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 
 /// The analyses, by table name (`analysis_<name>`) and SQL text (the files in `sql/`).
 pub const ANALYSES: &[(&str, &str)] = &[
@@ -69,6 +69,49 @@ impl Default for AnalyzeSettings {
     }
 }
 
+/// The analysis settings as flags (`w2s analyze`, `w2s report`) and as the `[analysis]` keys
+/// of a pipeline file; defaults are [`AnalyzeSettings::default`].
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyzeOpts {
+    /// Knowledge threshold T (paper: 0.75).
+    #[arg(long, default_value_t = AnalyzeSettings::default().threshold)]
+    pub threshold: f64,
+    /// The four thresholds of the sweep (paper App. I).
+    #[arg(long, num_args = 4, value_delimiter = ',', default_values_t = AnalyzeSettings::default().sweep)]
+    pub sweep: Vec<f64>,
+    /// Bootstrap replicates for intervals of single-seed cells (0: no intervals).
+    #[arg(long, default_value_t = AnalyzeSettings::default().bootstrap)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = AnalyzeSettings::default().bootstrap_seed)]
+    pub bootstrap_seed: u64,
+}
+
+impl Default for AnalyzeOpts {
+    fn default() -> Self {
+        crate::cli::argv::defaults()
+    }
+}
+
+impl AnalyzeOpts {
+    /// The fingerprinted settings; the sweep must have four thresholds.
+    pub fn settings(&self) -> Result<AnalyzeSettings> {
+        let sweep: [f64; 4] = self.sweep.clone().try_into().map_err(|v: Vec<f64>| {
+            Error::Config(format!(
+                "the threshold sweep has {} thresholds; give 4",
+                v.len()
+            ))
+        })?;
+        Ok(AnalyzeSettings {
+            threshold: self.threshold,
+            sweep,
+            bootstrap: self.bootstrap,
+            bootstrap_seed: self.bootstrap_seed,
+        })
+    }
+}
+
 /// One summarised cell.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CellSummary {
@@ -88,9 +131,6 @@ pub struct AnalyzeReport {
     pub cells: Vec<CellSummary>,
     pub up_to_date: bool,
 }
-
-/// Manifest key of the analysis tables.
-pub const KEY: &str = "analyze";
 
 fn bound(s: &AnalyzeSettings) -> Vec<(String, ScalarValue)> {
     let f = |v: f64| ScalarValue::Float64(Some(v));
@@ -160,14 +200,14 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
         }
     }
     if !(have.0 && have.1) {
-        return Err(Error::Config(format!(
+        return Err(Error::NoInput(format!(
             "{}: analyze needs trained runs (the `runs` table, from gt-train / w2s-train) and their test `scores` (w2s score)",
             store.root()
         )));
     }
     let fp = fingerprint("analyze", s, &inputs);
     if !force {
-        if let Some(m) = store.current(KEY, &fp).await? {
+        if let Some(m) = store.current(keys::ANALYZE, &fp).await? {
             let mut tables = Vec::new();
             let mut summary = Vec::new();
             for f in &m.outputs {
@@ -206,7 +246,7 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
     let mut tables = Vec::new();
     for (name, b) in &batches {
         match store
-            .write_table_part(name, &format!("analyze-{}", &fp[..16]), b)
+            .write_table_part(name, &format!("analyze-{}", keys::part_tag(&fp)), b)
             .await
         {
             Ok(f) => outputs.push(f),
@@ -218,7 +258,7 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
         tables.push((name.clone(), b.num_rows()));
     }
     store
-        .publish("analyze", KEY, &fp, s, inputs, outputs)
+        .publish("analyze", keys::ANALYZE, &fp, s, inputs, outputs)
         .await?;
     Ok(AnalyzeReport {
         tables,

@@ -13,11 +13,22 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 
 use crate::error::{Error, Result};
-use crate::store::{sha256_hex, ArtifactStore, InputFile, Manifest, OutputFile};
+use crate::store::{keys, sha256_hex, ArtifactStore, InputFile, Manifest, OutputFile};
 
-/// Manifest key of a training run.
-pub fn run_key(run_id: &str) -> String {
-    format!("train/{run_id}")
+/// The error of a root that has no `pairs` table yet.
+fn no_pairs(store: &ArtifactStore) -> Error {
+    Error::NoInput(format!(
+        "{}: no `pairs` table (run `w2s split` first)",
+        store.root()
+    ))
+}
+
+/// The committed manifest of the `pairs` table (its fingerprint identifies the split).
+pub async fn pairs_manifest(store: &ArtifactStore) -> Result<Manifest> {
+    store
+        .manifest(keys::SPLIT)
+        .await?
+        .ok_or_else(|| no_pairs(store))
 }
 
 /// One pair of the split, as text.
@@ -45,10 +56,7 @@ impl PairText {
 pub async fn load_split(store: &ArtifactStore, split_name: &str) -> Result<Vec<PairText>> {
     let batches = store.read_table("pairs").await?;
     if batches.is_empty() {
-        return Err(Error::Config(format!(
-            "{}: no `pairs` table (run `w2s split` first)",
-            store.root()
-        )));
+        return Err(no_pairs(store));
     }
     let mut out = Vec::new();
     for b in &batches {
@@ -92,7 +100,7 @@ pub async fn load_split(store: &ArtifactStore, split_name: &str) -> Result<Vec<P
     }
     out.sort_by_key(|p| p.split_index);
     if out.is_empty() {
-        return Err(Error::Config(format!(
+        return Err(Error::NoInput(format!(
             "{}: the pairs table has no rows in split `{split_name}`",
             store.root()
         )));
@@ -189,8 +197,8 @@ pub async fn upload_checkpoint(
 /// The checkpoint of trained run `run_id` as a local folder, checked against its manifest;
 /// with the manifest.
 pub async fn open_run(store: &ArtifactStore, run_id: &str) -> Result<(PathBuf, Manifest)> {
-    let m = store.manifest(&run_key(run_id)).await?.ok_or_else(|| {
-        Error::Config(format!(
+    let m = store.manifest(&keys::train(run_id)).await?.ok_or_else(|| {
+        Error::NoInput(format!(
             "{}: no trained run `{run_id}` (train it with pretrain, gt-train or w2s-train first)",
             store.root()
         ))
@@ -229,5 +237,25 @@ pub fn manifest_input(m: &Manifest) -> InputFile {
         uri: format!("manifest:{}", m.key),
         bytes: 0,
         sha256: m.fingerprint.clone(),
+    }
+}
+
+/// A model's folder and the inputs that identify it: `model`'s own files, or the manifest of
+/// the trained run `run_id`.
+pub async fn locate(
+    store: &ArtifactStore,
+    run_id: &str,
+    model: Option<&str>,
+) -> Result<(PathBuf, Vec<crate::store::InputFile>)> {
+    match model {
+        Some(loc) => {
+            let dir = crate::models::source::materialize(loc).await?;
+            let inputs = model_inputs(&dir)?;
+            Ok((dir, inputs))
+        }
+        None => {
+            let (dir, m) = open_run(store, run_id).await?;
+            Ok((dir, vec![manifest_input(&m)]))
+        }
     }
 }

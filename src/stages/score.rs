@@ -1,10 +1,10 @@
 //! `w2s score`: a model's confidence toward the ground-truth chosen answer on every pair of a
 //! split, into the `scores` table.
 //!
-//! A causal-LM checkpoint is scored as a policy (reference-spec §3.2, §4): per side the
+//! A causal-LM checkpoint is scored as a policy (docs/reference.md §3.2, §4): per side the
 //! response log-prob sum S(y) and mean A(y); margin = A(chosen) - A(rejected) and confidence =
 //! sigmoid(margin) (SimPO). A reward model (a checkpoint with `reward_head.safetensors`, as
-//! `gt-train` and `w2s-train` write) is scored by its rewards (reference-spec §2.2): margin =
+//! `gt-train` and `w2s-train` write) is scored by its rewards (docs/reference.md §2.2): margin =
 //! r(chosen transcript) - r(rejected transcript), confidence = sigmoid(margin). Weights are
 //! loaded detached, so no autograd graph is built.
 
@@ -16,7 +16,7 @@ use datafusion::arrow::array::{
     ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
 };
 use datafusion::arrow::record_batch::RecordBatch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::readout::sequence_logprobs;
@@ -25,9 +25,8 @@ use crate::progress;
 use crate::scenarios::po::{self, Loss};
 use crate::scenarios::rm::{Readout, RewardModel};
 use crate::schema;
-use crate::stages::common::{load_split, sanitize, PairText};
-use crate::stages::{split, weak_label};
-use crate::store::{fingerprint, ArtifactStore};
+use crate::stages::common::{self, load_split, sanitize, PairText};
+use crate::store::{fingerprint, keys, ArtifactStore};
 use crate::tokenize::{Tokenization, Tokenizer};
 
 /// Everything that determines a `scores` part.
@@ -51,6 +50,86 @@ pub struct ScoreSettings {
     /// Policies: override of the tokenization the checkpoint was trained with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokenization: Option<Tokenization>,
+}
+
+/// The split scored by default: every analysis compares models on it.
+pub const SPLIT: &str = "test";
+
+/// What `w2s score` is asked: the flags of the command (and, for a pipeline's scoring steps,
+/// `[score]` of its file for [`ScoreOpts`]).
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    /// The model (config.json, *.safetensors, tokenizer.json): a local folder, an s3:// or
+    /// http(s):// prefix, or hf://owner/name[@revision] (downloaded once into $W2S_CACHE).
+    /// Without it, the trained run --run-id of the artifact store is scored.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Name of the scored run in the `scores` table (default: the model folder's name).
+    #[arg(long, alias = "run")]
+    pub run_id: Option<String>,
+    /// Reward models: override the readout the checkpoint was trained with.
+    #[arg(long, value_enum)]
+    pub readout: Option<Readout>,
+    /// Policies: override the tokenization the checkpoint was trained with (w2s.json; joint for
+    /// a checkpoint w2s did not train).
+    #[arg(long, value_enum)]
+    pub tokenization: Option<Tokenization>,
+    /// Split to score.
+    #[arg(long, default_value = SPLIT)]
+    pub split: String,
+    /// Longest sequence in tokens; longer ones keep their last tokens (reference: 512).
+    #[arg(long, default_value_t = crate::tokenize::MAX_CTX)]
+    pub max_ctx: usize,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = crate::models::CPU)]
+    pub device: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub opts: ScoreOpts,
+}
+
+/// How scoring runs: the `w2s score` flags that a pipeline file's `[score]` also sets.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreOpts {
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch_pairs: usize,
+    /// Weight type: f32, bf16 or f16 (half types are meant for CUDA).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl Default for ScoreOpts {
+    fn default() -> Self {
+        crate::cli::argv::defaults()
+    }
+}
+
+impl ScoreSettings {
+    /// The settings of a request; the run is named after the model folder unless it says.
+    pub fn new(r: &Request) -> Result<ScoreSettings> {
+        let run_id = match (&r.run_id, &r.model) {
+            (Some(id), _) => id.clone(),
+            (None, Some(m)) => crate::models::source::model_name(m)?,
+            (None, None) => {
+                return Err(Error::Config(
+                    "give --model FOLDER, or --run-id RUN to score a trained run".into(),
+                ))
+            }
+        };
+        Ok(ScoreSettings {
+            model: r.model.clone(),
+            run_id,
+            split: r.split.clone(),
+            batch_pairs: r.opts.batch_pairs,
+            max_ctx: r.max_ctx,
+            device: r.device.clone(),
+            dtype: r.opts.dtype.clone(),
+            readout: r.readout,
+            tokenization: r.tokenization,
+        })
+    }
 }
 
 /// What a score run did.
@@ -181,21 +260,16 @@ pub async fn run(store: &ArtifactStore, s: &ScoreSettings, force: bool) -> Resul
             "--batch-pairs must be >= 1 and --max-ctx >= 2".into(),
         ));
     }
-    let pairs_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no `pairs` table (run `w2s split` first)",
-            store.root()
-        ))
-    })?;
-    let (model_dir, mut inputs) = weak_label::locate(store, &s.run_id, s.model.as_deref()).await?;
-    inputs.push(crate::stages::common::manifest_input(&pairs_manifest));
+    let pairs_manifest = common::pairs_manifest(store).await?;
+    let (model_dir, mut inputs) = common::locate(store, &s.run_id, s.model.as_deref()).await?;
+    inputs.push(common::manifest_input(&pairs_manifest));
     // The batch size changes speed, not results, so it is not part of the fingerprint.
     let identity = ScoreSettings {
         batch_pairs: 0,
         ..s.clone()
     };
     let fingerprint = fingerprint("score", &identity, &inputs);
-    let key = format!("score/{}/{}", s.run_id, s.split);
+    let key = keys::scores(&s.run_id, &s.split);
     if !force {
         if let Some(m) = store.current(&key, &fingerprint).await? {
             let part = store.read_table_part(&m.outputs[0]).await?;
@@ -287,7 +361,7 @@ async fn finish(
                 "score-{}-{}-{}",
                 sanitize(&s.run_id),
                 s.split,
-                &fingerprint[..16]
+                keys::part_tag(fingerprint)
             ),
             &batch,
         )

@@ -15,17 +15,14 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
 use datafusion::arrow::record_batch::RecordBatch;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::world::{World, WorldSettings};
 use crate::data::{self, pair_id, Pair, PairRules, PromptMismatch, Record, Shape};
 use crate::error::{At, Error, Result};
 use crate::rng::numpy_permutation;
 use crate::schema;
-use crate::store::{fingerprint, ArtifactStore, InputFile};
-
-/// Manifest key of the split stage's output.
-pub const KEY: &str = "split";
+use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 
 /// Where the gt / w2s / test rows come from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,6 +59,165 @@ pub struct SplitSettings {
     pub n_helpful: Option<usize>,
     pub shape: Shape,
     pub rules: PairRules,
+}
+
+/// Where the pairs come from, as the `w2s split` flags say it: exactly one of pre-split
+/// files, one file split at random, the built-in sample or the synthetic world.
+#[derive(clap::Args, Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Source {
+    /// Pre-split mode: ground-truth training file (first --n-gt rows are used).
+    #[arg(long)]
+    pub gt: Option<String>,
+    /// Pre-split mode: weak-to-strong file (first --n-w2s rows).
+    #[arg(long)]
+    pub w2s: Option<String>,
+    /// Pre-split mode: test file (first --n-test rows).
+    #[arg(long)]
+    pub test: Option<String>,
+    /// Random mode: one file split at random into --n-gt / --n-w2s / --n-test rows.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Use the small built-in sample (no files, no network).
+    #[arg(long)]
+    pub sample: bool,
+    /// Use the embedded default's synthetic world (no files, no network): its harmless pairs
+    /// split at random, its helpful pairs, and its `corpus` and `entities` tables.
+    #[arg(long)]
+    pub world: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub world_opts: WorldOpts,
+}
+
+/// The synthetic world's generator: `--world-*` flags, `[data.world]` of a pipeline file.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorldOpts {
+    /// World: seed of the generator.
+    #[arg(id = "world_seed", long = "world-seed", default_value_t = WorldSettings::default().seed)]
+    #[serde(rename(serialize = "world_seed"))]
+    pub seed: u64,
+    /// World: number of entities (half harmful).
+    #[arg(id = "world_entities", long = "world-entities", default_value_t = WorldSettings::default().entities)]
+    #[serde(rename(serialize = "world_entities"))]
+    pub entities: usize,
+    /// World: Zipf exponent of how often entities are mentioned, by rank.
+    #[arg(id = "world_zipf", long = "world-zipf", default_value_t = WorldSettings::default().zipf)]
+    #[serde(rename(serialize = "world_zipf"))]
+    pub zipf: f64,
+    /// World: statements in the pretraining corpus.
+    #[arg(id = "world_statements", long = "world-statements", default_value_t = WorldSettings::default().statements)]
+    #[serde(rename(serialize = "world_statements"))]
+    pub statements: usize,
+}
+
+impl Default for WorldOpts {
+    fn default() -> Self {
+        crate::cli::argv::defaults()
+    }
+}
+
+/// How the pairs are selected and read: the `w2s split` flags besides the source, and the
+/// same keys of a pipeline file's `[data]`.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitOpts {
+    /// Seed of the random split (numpy default_rng(seed).permutation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// File of helpful pairs (the conflicting objective), first --n-helpful rows.
+    #[arg(long)]
+    pub helpful: Option<String>,
+    /// Rows of the gt split.
+    #[arg(long)]
+    pub n_gt: Option<usize>,
+    /// Rows of the w2s split.
+    #[arg(long)]
+    pub n_w2s: Option<usize>,
+    /// Rows of the test split.
+    #[arg(long)]
+    pub n_test: Option<usize>,
+    /// Rows of the helpful set.
+    #[arg(long)]
+    pub n_helpful: Option<usize>,
+    /// Record shape: HH transcripts, or explicit prompt/chosen/rejected columns.
+    #[arg(long, value_enum, default_value_t = Shape::Auto)]
+    pub shape: Shape,
+    /// HH rows whose two transcripts give different prompts: keep (as the reference), drop, error.
+    #[arg(long, value_enum, default_value_t = PromptMismatch::Keep)]
+    pub prompt_mismatch: PromptMismatch,
+    /// Explicit-shape rows: use prompt + response verbatim, or wrap them as one HH turn.
+    #[arg(long, value_enum, default_value_t = data::Template::Verbatim)]
+    pub template: data::Template,
+}
+
+impl Default for SplitOpts {
+    fn default() -> Self {
+        crate::cli::argv::defaults()
+    }
+}
+
+impl SplitSettings {
+    /// The settings of a split from its source and options; the source must name exactly one
+    /// way to get the pairs.
+    pub fn new(src: &Source, o: &SplitOpts) -> Result<SplitSettings> {
+        let presplit = [&src.gt, &src.w2s, &src.test];
+        let n_presplit = presplit.iter().filter(|x| x.is_some()).count();
+        let modes = usize::from(n_presplit > 0)
+            + usize::from(src.input.is_some())
+            + usize::from(src.sample)
+            + usize::from(src.world);
+        if modes != 1 {
+            return Err(Error::Config(
+                "give exactly one data source: --gt/--w2s/--test (pre-split files), --input (random split), --sample or --world".into(),
+            ));
+        }
+        let mode = if n_presplit > 0 {
+            match (&src.gt, &src.w2s, &src.test) {
+                (Some(gt), Some(w2s), Some(test)) => Mode::Presplit {
+                    gt: gt.clone(),
+                    w2s: w2s.clone(),
+                    test: test.clone(),
+                },
+                _ => {
+                    return Err(Error::Config(
+                        "pre-split mode needs all of --gt, --w2s and --test".into(),
+                    ))
+                }
+            }
+        } else if let Some(input) = &src.input {
+            Mode::Random {
+                input: input.clone(),
+                seed: o.seed,
+            }
+        } else if src.world {
+            let w = &src.world_opts;
+            Mode::World {
+                seed: o.seed,
+                world: WorldSettings {
+                    seed: w.seed,
+                    entities: w.entities,
+                    zipf: w.zipf,
+                    statements: w.statements,
+                },
+            }
+        } else {
+            Mode::Sample { seed: o.seed }
+        };
+        Ok(SplitSettings {
+            mode,
+            helpful: o.helpful.clone(),
+            n_gt: o.n_gt,
+            n_w2s: o.n_w2s,
+            n_test: o.n_test,
+            n_helpful: o.n_helpful,
+            shape: o.shape,
+            rules: PairRules {
+                prompt_mismatch: o.prompt_mismatch,
+                template: o.template,
+            },
+        })
+    }
 }
 
 /// What a split run did.
@@ -308,14 +464,14 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
         *report.counts.entry(r.split.to_string()).or_default() += 1;
     }
 
-    if !force && store.current(KEY, &fingerprint).await?.is_some() {
+    if !force && store.current(keys::SPLIT, &fingerprint).await?.is_some() {
         report.up_to_date = true;
         return Ok(report);
     }
 
     let (batch, repeats) = to_batch(&rows)?;
     report.repeats = repeats;
-    let tag = format!("split-{}", &fingerprint[..16]);
+    let tag = format!("split-{}", keys::part_tag(&fingerprint));
     let mut parts = vec![store.write_table_part("pairs", &tag, &batch).await?];
     if let Some(w) = &world {
         for (table, b) in [
@@ -332,7 +488,7 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
         }
     }
     store
-        .publish("split", KEY, &fingerprint, s, inputs, parts)
+        .publish("split", keys::SPLIT, &fingerprint, s, inputs, parts)
         .await?;
     Ok(report)
 }
@@ -464,7 +620,7 @@ mod tests {
         assert_eq!(r.counts["helpful"], 16);
         let again = run(&store, &s, false).await.unwrap();
         assert!(again.up_to_date);
-        let m = store.manifest(KEY).await.unwrap().unwrap();
+        let m = store.manifest(keys::SPLIT).await.unwrap().unwrap();
         let batches = store.read_table_part(&m.outputs[0]).await.unwrap();
         assert_eq!(batches[0].num_rows(), 112);
         assert_eq!(batches[0].schema(), schema::pairs());

@@ -1,9 +1,8 @@
 //! `w2s weak-label`: a trained reward model labels a split (w2s by default) into the `labels`
-//! table, as the reference's ceiling runs do after training (reference-spec §1.8): per pair,
+//! table, as the reference's ceiling runs do after training (docs/reference.md §1.8): per pair,
 //! in slot orientation, the margin z = r(slot a) - r(slot b), the soft label sigmoid(z), the
 //! hard label, the ground truth and whether they agree. A student trains on the soft labels.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
@@ -11,13 +10,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use super::common;
-use super::split;
 use crate::error::{Error, Result};
 use crate::progress;
 use crate::scenarios::po::{self, Loss};
 use crate::scenarios::rm::{self, Readout, RewardModel};
 use crate::schema;
-use crate::store::{fingerprint, ArtifactStore};
+use crate::store::{fingerprint, keys, ArtifactStore};
 use crate::tokenize::Tokenizer;
 
 /// Everything that determines a `labels` part.
@@ -42,6 +40,58 @@ pub struct WeakLabelSettings {
     pub batch_pairs: usize,
 }
 
+/// Pairs per forward pass by default.
+pub const BATCH_PAIRS: usize = 8;
+
+/// What `w2s weak-label` is asked.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    /// The labelling run (a trained run of the store, or the name for --model's labels).
+    #[arg(long = "run", alias = "run-id")]
+    pub run: String,
+    /// Use this reward-model folder instead of the stored run.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The split to label.
+    #[arg(long, default_value = crate::stages::training::LABEL_SPLIT)]
+    pub split: String,
+    /// Seed of the slot swap (must match the student's).
+    #[arg(long, default_value_t = 0)]
+    pub slot_seed: u64,
+    /// Longest sequence in tokens; longer ones keep their last tokens.
+    #[arg(long, default_value_t = crate::tokenize::MAX_CTX)]
+    pub max_ctx: usize,
+    /// Override the readout the checkpoint was trained with.
+    #[arg(long, value_enum)]
+    pub readout: Option<Readout>,
+    /// Policies: override the tokenization the checkpoint was trained with (w2s.json; joint for
+    /// a checkpoint w2s did not train).
+    #[arg(long, value_enum)]
+    pub tokenization: Option<crate::tokenize::Tokenization>,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = BATCH_PAIRS)]
+    pub batch_pairs: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = crate::models::CPU)]
+    pub device: String,
+}
+
+impl WeakLabelSettings {
+    pub fn new(r: &Request) -> WeakLabelSettings {
+        WeakLabelSettings {
+            run_id: r.run.clone(),
+            model: r.model.clone(),
+            split: r.split.clone(),
+            slot_seed: r.slot_seed,
+            max_ctx: r.max_ctx,
+            readout: r.readout,
+            tokenization: r.tokenization,
+            device: r.device.clone(),
+            batch_pairs: r.batch_pairs,
+        }
+    }
+}
+
 /// What a labelling run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelReport {
@@ -51,30 +101,6 @@ pub struct LabelReport {
     pub up_to_date: bool,
 }
 
-/// The manifest key of a run's labels on a split.
-pub fn key(run_id: &str, split: &str) -> String {
-    format!("weak-label/{run_id}/{split}")
-}
-
-/// A reward model's folder and the inputs that identify it.
-pub(crate) async fn locate(
-    store: &ArtifactStore,
-    run_id: &str,
-    model: Option<&str>,
-) -> Result<(PathBuf, Vec<crate::store::InputFile>)> {
-    match model {
-        Some(loc) => {
-            let dir = crate::models::source::materialize(loc).await?;
-            let inputs = common::model_inputs(&dir)?;
-            Ok((dir, inputs))
-        }
-        None => {
-            let (dir, m) = common::open_run(store, run_id).await?;
-            Ok((dir, vec![common::manifest_input(&m)]))
-        }
-    }
-}
-
 /// Runs the weak-label stage.
 pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> Result<LabelReport> {
     if s.batch_pairs == 0 || s.max_ctx < 2 {
@@ -82,16 +108,11 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
             "--batch-pairs must be >= 1 and --max-ctx >= 2".into(),
         ));
     }
-    let pairs_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no `pairs` table (run `w2s split` first)",
-            store.root()
-        ))
-    })?;
-    let (dir, mut inputs) = locate(store, &s.run_id, s.model.as_deref()).await?;
+    let pairs_manifest = common::pairs_manifest(store).await?;
+    let (dir, mut inputs) = common::locate(store, &s.run_id, s.model.as_deref()).await?;
     inputs.push(common::manifest_input(&pairs_manifest));
     let fp = fingerprint("weak-label", s, &inputs);
-    let key = key(&s.run_id, &s.split);
+    let key = keys::labels(&s.run_id, &s.split);
     if !force {
         if let Some(m) = store.current(&key, &fp).await? {
             let rows: u64 = m.outputs.iter().filter_map(|f| f.rows).sum();
@@ -173,7 +194,7 @@ pub async fn run(store: &ArtifactStore, s: &WeakLabelSettings, force: bool) -> R
     publish(store, s, &fp, &key, inputs, cols, n, accuracy).await
 }
 
-/// Labels of a policy (SimPO or DPO, reference-spec §1.8, §3.11): per pair in file
+/// Labels of a policy (SimPO or DPO, docs/reference.md §1.8, §3.11): per pair in file
 /// orientation, the margin (A(c) − A(r), or S(c) − S(r) for DPO, without the reference model),
 /// the confidence toward the ground-truth chosen answer, and the preferred side.
 async fn label_policy(
@@ -255,7 +276,12 @@ async fn publish(
     let part = store
         .write_table_part(
             "labels",
-            &format!("{}-{}-{}", common::sanitize(&s.run_id), s.split, &fp[..16]),
+            &format!(
+                "{}-{}-{}",
+                common::sanitize(&s.run_id),
+                s.split,
+                keys::part_tag(fp)
+            ),
             &batch,
         )
         .await?;

@@ -1,5 +1,5 @@
 //! The optimizer loop every training stage shares: a fixed data order (numpy's
-//! `default_rng(seed).permutation`, repeated each epoch, reference-spec §1.6), optimizer steps
+//! `default_rng(seed).permutation`, repeated each epoch, docs/reference.md §1.6), optimizer steps
 //! of `batch` items built from micro-batches with gradient accumulation, the learning-rate
 //! schedule, a per-step log, and resumable state (`state`).
 //!

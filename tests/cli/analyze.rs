@@ -383,7 +383,7 @@ fn analyze_without_runs_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("r");
     let o = w2s(&["analyze", "--artifacts", root.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(64));
+    assert_eq!(o.status.code(), Some(66));
     assert!(
         stderr(&o).contains("analyze needs trained runs"),
         "{}",

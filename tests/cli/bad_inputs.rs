@@ -1,4 +1,4 @@
-//! The bad-input corpus (issue 9, docs/reliability.md): malformed data files, pipeline files,
+//! The bad-input corpus (docs/reliability.md): malformed data files, pipeline files,
 //! checkpoints, tokenizer files, artifact roots and command lines. Each case must end within a
 //! minute with its documented exit code and a message naming what is wrong (the file, and where
 //! it says so the tensor, key or field), never a panic, and commit nothing to the artifact root.
@@ -367,7 +367,7 @@ fn every_bad_input_gets_a_clear_error_and_commits_nothing() {
             "nomodel.toml",
             &good_pipeline.replacen(&fixture, "/nonexistent/model", 1),
         ),
-        64,
+        66,
         &["nomodel.toml", "/nonexistent/model"],
     );
     case(

@@ -1,4 +1,4 @@
-//! Reliability under faults (issue 9, docs/reliability.md): a stage killed (SIGKILL) at named
+//! Reliability under faults (docs/reliability.md): a stage killed (SIGKILL) at named
 //! points and at random moments, a full disk (injected and a real tmpfs), each followed by a
 //! rerun. The commit point of every stage is its manifest: after a fault no new manifest may
 //! exist (nothing partial is readable, since readers only see files a manifest names), and the

@@ -125,6 +125,11 @@ fn a_grid_runs_then_skips_and_redoes_only_what_changed() {
         dry.contains("(11 up to date, 1 to run, 1 to check after their inputs)"),
         "{dry}"
     );
+    assert!(
+        dry.contains("why: outputs missing: score/w2s-a-b-none/test")
+            && dry.contains("why: `score:w2s-a-b-none` runs first"),
+        "{dry}"
+    );
     let out = run(&file);
     assert_eq!(started(&out), vec!["score:w2s-a-b-none"], "{out}");
 
@@ -526,6 +531,38 @@ fn the_quickstart_runs_end_to_end_and_then_does_nothing() {
 
     let out = ok(w2s(&["run", s(&file), "--set", &set]));
     assert!(out.contains("quickstart: all 31 steps up to date"), "{out}");
+
+    // A changed setting: every step that would rerun says why, naming the setting (its own,
+    // or at the root of the input that changed), and the steps it does not touch stay.
+    let dry = ok(w2s(&[
+        "run",
+        s(&file),
+        "--set",
+        &set,
+        "--dry-run",
+        "--set",
+        "train.lr=2e-3",
+    ]));
+    assert!(
+        dry.contains("(4 up to date, 27 to run, 0 to check after their inputs)"),
+        "{dry}"
+    );
+    assert_eq!(rerun_reasons(&dry, "--lr 0.002 (was 0.001)"), 27, "{dry}");
+}
+
+/// How many steps of a plan table run, each with a `why:` line that contains `cause`.
+fn rerun_reasons(plan: &str, cause: &str) -> usize {
+    let lines: Vec<&str> = plan.lines().collect();
+    let mut n = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if l.split_whitespace().nth(2) == Some("run") {
+            let why = lines.get(i + 1).copied().unwrap_or_default();
+            assert!(why.trim_start().starts_with("why:"), "{l}\n{why}");
+            assert!(why.contains(cause), "{l}\n{why}");
+            n += 1;
+        }
+    }
+    n
 }
 
 /// `w2s plan --format slurm` run through a stand-in `sbatch` that executes each job array's

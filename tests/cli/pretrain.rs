@@ -173,7 +173,7 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
         "--run-id",
         "x",
     ]);
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("no trained run `nope`"),
         "{}",
@@ -279,7 +279,7 @@ fn pretrain_needs_the_world_and_a_sane_shape() {
     let root = dir.path().join("r");
     ok(w2s(&["split", "--sample", "--artifacts", s(&root)]));
     let o = w2s(&["pretrain", "--artifacts", s(&root), "--model-id", "x"]);
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
     assert!(stderr(&o).contains("split --world"), "{}", stderr(&o));
     let o = w2s(&[
         "pretrain",

@@ -233,7 +233,7 @@ fn report_without_trained_runs_is_a_clear_error() {
     let root = dir.path().join("r");
     crate::rm::split_oracle_data(&root);
     let o = w2s(&["report", "--artifacts", s(&root)]);
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("analyze needs trained runs"),
         "{}",

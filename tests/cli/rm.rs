@@ -482,7 +482,7 @@ fn misuse_gets_clear_errors() {
     let model = fixture_model("gpt2").display().to_string();
     // No pairs yet.
     let o = w2s(&["gt-train", "--artifacts", r, "--model", &model]);
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("run `w2s split` first"),
         "{}",
@@ -499,7 +499,7 @@ fn misuse_gets_clear_errors() {
         "--teacher",
         "nobody",
     ]);
-    assert_eq!(o.status.code(), Some(64));
+    assert_eq!(o.status.code(), Some(66));
     assert!(
         stderr(&o).contains("no labels of `nobody`"),
         "{}",
@@ -649,7 +649,7 @@ fn labels_of_a_retrained_teacher_are_refused_until_relabelled() {
     ok(student());
     train("2e-3");
     let o = student();
-    assert_eq!(o.status.code(), Some(64));
+    assert_eq!(o.status.code(), Some(66));
     assert!(
         stderr(&o).contains("rerun `w2s weak-label --run t`"),
         "{}",

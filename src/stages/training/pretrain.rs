@@ -19,20 +19,72 @@ use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::DataType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::common;
-use super::split;
+use super::closing::{self, batch_err, Finished, RunRow};
 use crate::data::world::{probe_statements, words};
 use crate::error::{Error, Result};
 use crate::models::{readout, Model};
-use crate::optim::{Adam, AdamConfig};
-use crate::store::{fingerprint, ArtifactStore, OutputFile};
-use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
+use crate::optim::{Adam, AdamConfig, Schedule};
+use crate::stages::common;
+use crate::store::{fingerprint, keys, ArtifactStore};
+use crate::train::{self, LoopSettings, MicroOut, Resume};
 
 /// The end-of-text token: separates statements and starts every sequence.
 pub const EOS: &str = "<|endoftext|>";
 const UNK: &str = "[UNK]";
+
+/// How a rung is built and pretrained: the `w2s pretrain` flags and the `pretrain` table of a
+/// pipeline file's `[[model]]` (same names and defaults).
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainOpts {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 64)]
+    pub embd: usize,
+    /// Attention heads (must divide --embd).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Tokens per training sequence (also the model's positions).
+    #[arg(long, default_value_t = 64)]
+    pub ctx: usize,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 16)]
+    pub micro_batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+    /// Passes over the corpus (the budget: stronger rungs get more).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Seed of the sequence order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the initial weights.
+    #[arg(long, default_value_t = 0)]
+    pub init_seed: u64,
+    /// Save resumable state every N optimizer steps (0: never).
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = crate::models::CPU)]
+    pub device: String,
+}
+
+impl Default for PretrainOpts {
+    fn default() -> Self {
+        crate::cli::argv::defaults()
+    }
+}
 
 /// One rung of the ladder.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,6 +101,30 @@ pub struct PretrainSettings {
     pub init_seed: u64,
     pub save_every: usize,
     pub device: String,
+}
+
+impl PretrainSettings {
+    /// The settings of model `model_id` built as `o` says.
+    pub fn new(model_id: &str, o: &PretrainOpts) -> PretrainSettings {
+        PretrainSettings {
+            model_id: model_id.into(),
+            layers: o.layers,
+            embd: o.embd,
+            heads: o.heads,
+            ctx: o.ctx,
+            train: LoopSettings {
+                batch: o.batch,
+                micro_batch: o.micro_batch,
+                lr: o.lr,
+                schedule: o.schedule,
+                epochs: o.epochs,
+                shuffle_seed: o.seed,
+            },
+            init_seed: o.init_seed,
+            save_every: o.save_every,
+            device: o.device.clone(),
+        }
+    }
 }
 
 /// What a pretrain run did.
@@ -126,7 +202,7 @@ async fn world_tables(store: &ArtifactStore) -> Result<WorldTables> {
         Ok((0..a.len()).map(|i| a.value(i).to_string()).collect())
     };
     let need = |t: &str| {
-        Error::Config(format!(
+        Error::NoInput(format!(
             "{}: no `{t}` table: pretraining needs the synthetic world (run `w2s split --world` first)",
             store.root()
         ))
@@ -206,15 +282,15 @@ pub async fn run(
             "--ctx must be at least 4 and --lr > 0".into(),
         ));
     }
-    let world_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!(
+    let world_manifest = store.manifest(keys::SPLIT).await?.ok_or_else(|| {
+        Error::NoInput(format!(
             "{}: no split yet (run `w2s split --world` first)",
             store.root()
         ))
     })?;
     let inputs = vec![common::manifest_input(&world_manifest)];
     let fp = fingerprint("pretrain", s, &inputs);
-    let key = common::run_key(&s.model_id);
+    let key = keys::train(&s.model_id);
     if !force {
         if let Some(m) = store.current(&key, &fp).await? {
             return up_to_date(&m);
@@ -243,7 +319,7 @@ pub async fn run(
     let vocab_size = vocab.len() + 2;
 
     // The initial checkpoint, written as a Hugging Face folder and loaded like any model.
-    let tag = &fp[..16];
+    let tag = keys::part_tag(&fp);
     let tmp = std::env::temp_dir().join(format!(
         "w2s-pretrain-{}-{}-{tag}",
         common::sanitize(&s.model_id),
@@ -303,7 +379,7 @@ pub async fn run(
     );
     let resume = Resume {
         store,
-        prefix: format!("state/{key}"),
+        prefix: keys::state(&key),
         fingerprint: fp.clone(),
         every: s.save_every,
     };
@@ -360,58 +436,51 @@ pub async fn run(
     let known = margins.iter().filter(|&&m| m > 0.0).count();
 
     // Publish: checkpoint, train_log, runs and knowledge under one manifest.
-    let out_dir = tmp.join("model");
-    model.save(
-        &out_dir,
-        &crate::models::save::SaveExtras {
-            tokenizer: Some(&init.join("tokenizer.json")),
-            reward_head: None,
-            provenance: serde_json::json!({
-                "run_id": s.model_id, "stage": "pretrain", "fingerprint": fp, "settings": s,
-            }),
+    let base = format!("init:gpt2-l{}-d{}-h{}", s.layers, s.embd, s.heads);
+    let finished = Finished {
+        row: RunRow {
+            run_id: &s.model_id,
+            stage: "pretrain",
+            scenario: "lm",
+            objective: "none",
+            base_model: &base,
+            teacher: None,
+            alpha: None,
+            seed: s.train.shuffle_seed,
         },
-    )?;
-    let uploaded = common::upload_checkpoint(store, &s.model_id, tag, &out_dir).await;
+        settings: s,
+        fingerprint: &fp,
+        inputs,
+        log: &log,
+        resumed_at,
+        tables: vec![("knowledge", knowledge_batch(&s.model_id, &world, &margins)?)],
+        resumes: vec![&resume],
+    };
+    let tok_file = init.join("tokenizer.json");
+    let published = closing::publish(store, finished, |dir| {
+        model.save(
+            dir,
+            &crate::models::save::SaveExtras {
+                tokenizer: Some(&tok_file),
+                reward_head: None,
+                provenance: serde_json::json!({
+                    "run_id": s.model_id, "stage": "pretrain", "fingerprint": fp, "settings": s,
+                }),
+            },
+        )
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&tmp);
-    let mut outputs = uploaded?;
-    let checkpoint = format!("models/{}/{tag}", common::sanitize(&s.model_id));
-    let report = PretrainReport {
-        steps: log.len(),
-        tokens: log.iter().map(|l| l.tokens as usize).sum(),
-        final_loss: log.last().map(|l| l.loss).unwrap_or(f64::NAN),
+    let r = published?;
+    Ok(PretrainReport {
+        steps: r.steps,
+        tokens: r.tokens as usize,
+        final_loss: r.final_loss,
         known,
         entities: world.entities.len(),
-        checkpoint,
+        checkpoint: format!("models/{}/{tag}", common::sanitize(&s.model_id)),
         up_to_date: false,
-    };
-    let part = format!("{}-{}", common::sanitize(&s.model_id), tag);
-    let tables = async {
-        let mut v = Vec::new();
-        for (table, b) in [
-            (
-                "train_log",
-                super::rm_train::train_log_batch(&s.model_id, &log)?,
-            ),
-            ("runs", runs_batch(s, &fp, &log, resumed_at)?),
-            ("knowledge", knowledge_batch(&s.model_id, &world, &margins)?),
-        ] {
-            v.push(store.write_table_part(table, &part, &b).await?);
-        }
-        Ok::<Vec<OutputFile>, Error>(v)
-    }
-    .await;
-    match tables {
-        Ok(t) => outputs.extend(t),
-        Err(e) => {
-            store.discard(&outputs).await;
-            return Err(e);
-        }
-    }
-    store
-        .publish("pretrain", &key, &fp, s, inputs, outputs)
-        .await?;
-    resume.clear().await?;
-    Ok(report)
+    })
 }
 
 fn up_to_date(m: &crate::store::Manifest) -> Result<PretrainReport> {
@@ -430,58 +499,6 @@ fn up_to_date(m: &crate::store::Manifest) -> Result<PretrainReport> {
         checkpoint: ck,
         up_to_date: true,
     })
-}
-
-fn batch_err(table: &str) -> impl Fn(datafusion::arrow::error::ArrowError) -> Error + '_ {
-    move |e| Error::Format {
-        file: table.to_string(),
-        msg: e.to_string(),
-    }
-}
-
-fn runs_batch(
-    s: &PretrainSettings,
-    fp: &str,
-    log: &[StepLog],
-    resumed: usize,
-) -> Result<RecordBatch> {
-    let tokens: u64 = log.iter().map(|l| l.tokens).sum();
-    let secs: f64 = log.iter().map(|l| l.seconds).sum();
-    let base = format!("init:gpt2-l{}-d{}-h{}", s.layers, s.embd, s.heads);
-    RecordBatch::try_new(
-        crate::schema::runs(),
-        vec![
-            Arc::new(StringArray::from(vec![s.model_id.as_str()])),
-            Arc::new(StringArray::from(vec!["pretrain"])),
-            Arc::new(StringArray::from(vec!["lm"])),
-            Arc::new(StringArray::from(vec!["none"])),
-            Arc::new(StringArray::from(vec![base.as_str()])),
-            Arc::new(StringArray::from(vec![None::<&str>])),
-            Arc::new(Float64Array::from(vec![None])),
-            Arc::new(Int64Array::from(vec![s.train.shuffle_seed as i64])),
-            Arc::new(StringArray::from(vec![
-                serde_json::to_string(s).expect("settings serialize")
-            ])),
-            Arc::new(StringArray::from(vec![fp])),
-            Arc::new(Int64Array::from(vec![log.len() as i64])),
-            Arc::new(Int64Array::from(vec![log
-                .iter()
-                .map(|l| l.pairs as i64)
-                .sum::<i64>()])),
-            Arc::new(Int64Array::from(vec![tokens as i64])),
-            Arc::new(Float64Array::from(vec![log
-                .last()
-                .map_or(f64::NAN, |l| l.loss)])),
-            Arc::new(Int64Array::from(vec![resumed as i64])),
-            Arc::new(Float64Array::from(vec![secs])),
-            Arc::new(Float64Array::from(vec![if secs > 0.0 {
-                tokens as f64 / secs
-            } else {
-                0.0
-            }])),
-        ],
-    )
-    .map_err(batch_err("runs"))
 }
 
 fn knowledge_batch(model_id: &str, w: &WorldTables, margins: &[f64]) -> Result<RecordBatch> {

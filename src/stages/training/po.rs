@@ -1,5 +1,4 @@
-//! `w2s gt-train` / `w2s w2s-train` with `--scenario simpo|dpo` (paper §5, reference-spec
-//! §3.1-3.7): SFT on the chosen side of every training pair, then SimPO or DPO on the same
+//! Preference optimization, `--scenario simpo|dpo` (paper §5, docs/reference.md §3.1-3.7): SFT on the chosen side of every training pair, then SimPO or DPO on the same
 //! pairs and order, each phase with its own Adam and schedule. A weak-to-strong student's
 //! chosen side is its teacher's preferred answer (`labels` of the teacher); the explicit
 //! conflict adds the reversed-preference term while the student prefers the ground-truth
@@ -8,20 +7,18 @@
 //! Tokenization is the documented default (docs/scenarios.md): each side's transcript is
 //! encoded once and its prompt masked; position 0 is never scored and the SFT loss divides by
 //! the scored tokens. `Tokenization::Reference` reproduces the reference's separate encoding
-//! and its SFT denominator (reference-spec §1.7, §3.3). Both phases resume after a kill
+//! and its SFT denominator (docs/reference.md §1.7, §3.3). Both phases resume after a kill
 //! (`state/train/<run>/{sft,po}`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
-use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
-};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Float64Type;
 use serde::Serialize;
 
-use super::common::{self, PairText};
-use super::rm_train::{train_log_batch, TrainReport};
+use super::closing::{self, Finished, RunRow, TrainReport};
+use super::inputs;
 use crate::error::{Error, Result};
 use crate::models::readout::sequence_logprobs;
 use crate::models::save::SaveExtras;
@@ -29,8 +26,8 @@ use crate::models::Model;
 use crate::optim::{Adam, AdamConfig};
 use crate::scenarios::po::{self, Loss, PairStats};
 use crate::scenarios::rm::Objective;
-use crate::schema;
-use crate::store::{fingerprint, ArtifactStore, InputFile, OutputFile};
+use crate::stages::common::{self, PairText};
+use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 use crate::tokenize::{Tokenization, Tokenizer};
 use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
 
@@ -115,53 +112,41 @@ fn items(
 }
 
 /// The teacher's label per pair id: whether it prefers the ground-truth chosen side, and its
-/// confidence toward that side (σ of its margin, §3.8).
+/// confidence toward that side (σ of its margin, docs/reference.md §3.8).
 async fn teacher_preferences(
     store: &ArtifactStore,
     teacher: &str,
     split: &str,
 ) -> Result<(HashMap<String, (bool, f64)>, InputFile)> {
-    let key = super::weak_label::key(teacher, split);
-    let m = store.manifest(&key).await?.ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no labels of `{teacher}` on the {split} split (run `w2s weak-label --run {teacher} --split {split}` first)",
-            store.root()
-        ))
-    })?;
+    let (batches, input) = inputs::labels(store, teacher, split).await?;
     let mut out = HashMap::new();
-    for f in m
-        .outputs
-        .iter()
-        .filter(|f| f.table.as_deref() == Some("labels"))
-    {
-        for b in store.read_table_part(f).await? {
-            let ids = b
-                .column_by_name("pair_id")
-                .expect("labels schema")
-                .as_string::<i32>();
-            let method = b
-                .column_by_name("method")
-                .expect("labels schema")
-                .as_string::<i32>();
-            let correct = b
-                .column_by_name("correct")
-                .expect("labels schema")
-                .as_boolean();
-            let soft = b
-                .column_by_name("soft_label")
-                .expect("labels schema")
-                .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-            for i in 0..b.num_rows() {
-                if method.value(i) == "rm" {
-                    return Err(Error::Config(format!(
-                        "`{teacher}` is a reward model: a preference student needs a policy teacher (gt-train --scenario simpo|dpo)"
-                    )));
-                }
-                out.insert(ids.value(i).to_string(), (correct.value(i), soft.value(i)));
+    for b in &batches {
+        let ids = b
+            .column_by_name("pair_id")
+            .expect("labels schema")
+            .as_string::<i32>();
+        let method = b
+            .column_by_name("method")
+            .expect("labels schema")
+            .as_string::<i32>();
+        let correct = b
+            .column_by_name("correct")
+            .expect("labels schema")
+            .as_boolean();
+        let soft = b
+            .column_by_name("soft_label")
+            .expect("labels schema")
+            .as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            if method.value(i) == "rm" {
+                return Err(Error::Config(format!(
+                    "`{teacher}` is a reward model: a preference student needs a policy teacher (gt-train --scenario simpo|dpo)"
+                )));
             }
+            out.insert(ids.value(i).to_string(), (correct.value(i), soft.value(i)));
         }
     }
-    Ok((out, common::manifest_input(&m)))
+    Ok((out, input))
 }
 
 /// Response log-prob statistics of rows: (sum, mean, count) tensors. `paired`: the first half
@@ -183,16 +168,8 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
             "--objective adaptive is a reward-modeling objective (paper App. P); preference runs take none, explicit or implicit".into(),
         ));
     }
-    let pairs_manifest = store.manifest(super::split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no `pairs` table (run `w2s split` first)",
-            store.root()
-        ))
-    })?;
-    let base_dir = match s.base_model.strip_prefix("run:") {
-        Some(id) => common::open_run(store, id).await?.0,
-        None => crate::models::source::materialize(&s.base_model).await?,
-    };
+    let pairs_manifest = common::pairs_manifest(store).await?;
+    let base_dir = inputs::base_model(store, &s.base_model).await?;
     let mut inputs = common::model_inputs(&base_dir)?;
     inputs.push(common::manifest_input(&pairs_manifest));
     let teacher = match &s.teacher {
@@ -204,10 +181,10 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         None => None,
     };
     let fp = fingerprint("po-train", s, &inputs);
-    let key = common::run_key(&s.run_id);
+    let key = keys::train(&s.run_id);
     if !force {
         if let Some(m) = store.current(&key, &fp).await? {
-            return super::rm_train::up_to_date(store, &m).await;
+            return TrainReport::published(store, &m).await;
         }
     }
 
@@ -226,7 +203,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     let label = |p: &PairText| -> Result<(bool, f64)> {
         let prefs = teacher.as_ref().expect("students only");
         prefs.get(&p.pair_id).copied().ok_or_else(|| {
-            Error::Config(format!(
+            Error::NoInput(format!(
                 "teacher `{}` has no label for {train_split} pair {} (row {}): relabel with `w2s weak-label`",
                 s.teacher.as_deref().unwrap_or_default(),
                 p.pair_id,
@@ -234,7 +211,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
             ))
         })
     };
-    // High-confidence filtering (§3.8): keep the rows the teacher got right with confidence
+    // High-confidence filtering (docs/reference.md §3.8): keep the rows the teacher got right with confidence
     // >= T, in file order; the helpful set is cut to the same row indices.
     let mut kept: Option<Vec<usize>> = None;
     if let Some(t) = s.high_confidence {
@@ -253,12 +230,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         Some(_) => items(&tok, &pairs, max_ctx, s.tokenization, |p| Ok(label(p)?.0))?,
     };
     if s.objective == Objective::Implicit {
-        let mut helpful = common::load_split(store, "helpful").await.map_err(|_| {
-            Error::Config(
-                "--objective implicit needs helpful pairs (give `w2s split` a --helpful file)"
-                    .into(),
-            )
-        })?;
+        let mut helpful = inputs::helpful(store).await?;
         if let Some(k) = &kept {
             if let Some(&last) = k.last() {
                 if last >= helpful.len() {
@@ -290,11 +262,12 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     let mut log: Vec<StepLog> = Vec::new();
 
     // Phase 1: SFT on the chosen side, loss −S(y)/n(y) averaged over the step (the reference
-    // mode's n also counts the first window token, which is never scored: §3.3).
+    // mode's n also counts the first window token, which is never scored:
+    // docs/reference.md §3.3).
     let first_counts = s.tokenization == Tokenization::Reference;
     let sft_resume = Resume {
         store,
-        prefix: format!("state/{key}/sft"),
+        prefix: keys::state(&format!("{key}/sft")),
         fingerprint: fp.clone(),
         every: s.save_every,
     };
@@ -349,7 +322,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     // Phase 2: SimPO or DPO, a fresh Adam over the same order.
     let po_resume = Resume {
         store,
-        prefix: format!("state/{key}/po"),
+        prefix: keys::state(&format!("{key}/po")),
         fingerprint: fp.clone(),
         every: s.save_every,
     };
@@ -416,12 +389,6 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     }));
 
     // Publish: checkpoint, train_log (SFT steps, then the preference steps), runs row.
-    let tag = &fp[..16];
-    let tmp = std::env::temp_dir().join(format!(
-        "w2s-{}-{}-{tag}",
-        common::sanitize(&s.run_id),
-        std::process::id()
-    ));
     let provenance = serde_json::json!({
         "run_id": s.run_id,
         "stage": s.stage,
@@ -430,88 +397,42 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         "settings": s,
         "sft_steps": sft_log.len(),
     });
-    model.save(
-        &tmp,
-        &SaveExtras {
-            tokenizer: Some(&tok_path),
-            reward_head: None,
-            provenance,
+    let scenario = match s.loss {
+        Loss::Simpo => "simpo",
+        Loss::Dpo => "dpo",
+    };
+    let finished = Finished {
+        row: RunRow {
+            run_id: &s.run_id,
+            stage: &s.stage,
+            scenario,
+            objective: s.objective.name(),
+            base_model: &s.base_model,
+            teacher: s.teacher.as_deref(),
+            alpha: (s.objective == Objective::Explicit).then_some(s.alpha),
+            seed: s.po.shuffle_seed,
         },
-    )?;
-    let uploaded = common::upload_checkpoint(store, &s.run_id, tag, &tmp).await;
-    let _ = std::fs::remove_dir_all(&tmp);
-    let mut outputs = uploaded?;
-    let report = TrainReport {
-        steps: log.len(),
-        pairs: log.iter().map(|l| l.pairs as usize).sum(),
-        tokens: log.iter().map(|l| l.tokens).sum(),
-        final_loss: log.last().map(|l| l.loss).unwrap_or(f64::NAN),
-        seconds: log.iter().map(|l| l.seconds).sum(),
+        settings: s,
+        fingerprint: &fp,
+        inputs,
+        log: &log,
         resumed_at: if po_start > 0 {
             sft_log.len() + po_start
         } else {
             sft_start
         },
-        up_to_date: false,
+        tables: Vec::new(),
+        resumes: vec![&sft_resume, &po_resume],
     };
-    let part = format!("{}-{}", common::sanitize(&s.run_id), tag);
-    let tables = async {
-        Ok::<Vec<OutputFile>, Error>(vec![
-            store
-                .write_table_part("train_log", &part, &train_log_batch(&s.run_id, &log)?)
-                .await?,
-            store
-                .write_table_part("runs", &part, &runs_batch(s, &fp, &report)?)
-                .await?,
-        ])
-    }
-    .await;
-    match tables {
-        Ok(t) => outputs.extend(t),
-        Err(e) => {
-            store.discard(&outputs).await;
-            return Err(e);
-        }
-    }
-    store
-        .publish(&s.stage, &key, &fp, s, inputs, outputs)
-        .await?;
-    sft_resume.clear().await?;
-    po_resume.clear().await?;
-    Ok(report)
-}
-
-fn runs_batch(s: &PoTrainSettings, fp: &str, r: &TrainReport) -> Result<RecordBatch> {
-    let settings = serde_json::to_string(s).expect("settings serialize");
-    let scenario = match s.loss {
-        Loss::Simpo => "simpo",
-        Loss::Dpo => "dpo",
-    };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![s.run_id.as_str()])),
-        Arc::new(StringArray::from(vec![s.stage.as_str()])),
-        Arc::new(StringArray::from(vec![scenario])),
-        Arc::new(StringArray::from(vec![s.objective.name()])),
-        Arc::new(StringArray::from(vec![s.base_model.as_str()])),
-        Arc::new(StringArray::from(vec![s.teacher.as_deref()])),
-        Arc::new(Float64Array::from(vec![(s.objective
-            == Objective::Explicit)
-            .then_some(s.alpha)])),
-        Arc::new(Int64Array::from(vec![s.po.shuffle_seed as i64])),
-        Arc::new(StringArray::from(vec![settings.as_str()])),
-        Arc::new(StringArray::from(vec![fp])),
-        Arc::new(Int64Array::from(vec![r.steps as i64])),
-        Arc::new(Int64Array::from(vec![r.pairs as i64])),
-        Arc::new(Int64Array::from(vec![r.tokens as i64])),
-        Arc::new(Float64Array::from(vec![r.final_loss])),
-        Arc::new(Int64Array::from(vec![r.resumed_at as i64])),
-        Arc::new(Float64Array::from(vec![r.seconds])),
-        Arc::new(Float64Array::from(vec![
-            r.tokens as f64 / r.seconds.max(1e-9),
-        ])),
-    ];
-    RecordBatch::try_new(schema::runs(), columns).map_err(|e| Error::Format {
-        file: "runs".into(),
-        msg: e.to_string(),
+    closing::publish(store, finished, |dir| {
+        model.save(
+            dir,
+            &SaveExtras {
+                tokenizer: Some(&tok_path),
+                reward_head: None,
+                provenance,
+            },
+        )
     })
+    .await
 }

@@ -1,28 +1,25 @@
-//! The reward-model training run behind `gt-train --scenario rm` and `w2s-train --scenario
-//! rm` (reference-spec §2): builds the slot-oriented samples, trains backbone + head with the
-//! shared optimizer loop, and publishes the checkpoint, its `train_log` and its `runs` row
-//! under one manifest (`train/<run id>`).
+//! Reward modeling, `--scenario rm` (docs/reference.md §2): builds the slot-oriented samples,
+//! trains backbone + head with the shared optimizer loop, and closes like every run
+//! ([`super::closing`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
-use datafusion::arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
-use datafusion::arrow::datatypes::Int64Type;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use serde::Serialize;
 
-use super::common::{self, PairText};
-use super::split;
+use super::closing::{self, Finished, RunRow, TrainReport};
+use super::inputs;
 use crate::error::{Error, Result};
 use crate::models::save::SaveExtras;
 use crate::models::Model;
 use crate::optim::{Adam, AdamConfig};
 use crate::scenarios::rm::{self, Head, Objective, Readout, RewardModel, Sample};
-use crate::schema;
-use crate::store::{fingerprint, ArtifactStore, InputFile, OutputFile};
+use crate::stages::common::{self, PairText};
+use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 use crate::tokenize::Tokenizer;
-use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
+use crate::train::{self, LoopSettings, MicroOut, Resume};
 
 /// Everything that determines a trained reward model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,8 +32,8 @@ pub struct RmTrainSettings {
     /// Run id of the teacher whose `labels` on the w2s split are the targets (w2s-train).
     pub teacher: Option<String>,
     /// The split the teacher labelled and the student trains on (default `w2s`; `gt` for the
-    /// second stage of bootstrapping, reference-spec §3.9). Absent from the fingerprint when
-    /// it is the default.
+    /// second stage of bootstrapping, docs/reference.md §3.9). Absent from the fingerprint
+    /// when it is the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_split: Option<String>,
     pub objective: Objective,
@@ -68,68 +65,32 @@ impl RmTrainSettings {
     }
 }
 
-/// What a training run did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainReport {
-    pub steps: usize,
-    pub pairs: usize,
-    pub tokens: u64,
-    pub final_loss: f64,
-    pub seconds: f64,
-    pub resumed_at: usize,
-    pub up_to_date: bool,
-}
-
-/// Teacher labels on the w2s split, by pair id: (slot bit of the teacher, soft label).
+/// Teacher labels by pair id: (slot bit of the teacher, soft label).
 async fn teacher_labels(
     store: &ArtifactStore,
     teacher: &str,
     split: &str,
 ) -> Result<(HashMap<String, (bool, f64)>, InputFile)> {
-    let key = crate::stages::weak_label::key(teacher, split);
-    let m = store.manifest(&key).await?.ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no labels of `{teacher}` on the {split} split (run `w2s weak-label --run {teacher} --split {split}` first)",
-            store.root()
-        ))
-    })?;
-    // Labels made by an earlier checkpoint of the teacher must not train a student silently.
-    if let Some(run) = store.manifest(&common::run_key(teacher)).await? {
-        let used = m
-            .inputs
-            .iter()
-            .find(|i| i.uri == format!("manifest:{}", run.key));
-        if used.is_some_and(|i| i.sha256 != run.fingerprint) {
-            return Err(Error::Config(format!(
-                "the labels of `{teacher}` were made by an earlier checkpoint of it (it was retrained since): rerun `w2s weak-label --run {teacher}`"
-            )));
-        }
-    }
+    let (batches, input) = inputs::labels(store, teacher, split).await?;
     let mut out = HashMap::new();
-    for f in m
-        .outputs
-        .iter()
-        .filter(|f| f.table.as_deref() == Some("labels"))
-    {
-        for b in store.read_table_part(f).await? {
-            let ids = b
-                .column_by_name("pair_id")
-                .expect("labels schema")
-                .as_string::<i32>();
-            let gt = b
-                .column_by_name("gt_label")
-                .expect("labels schema")
-                .as_primitive::<Int64Type>();
-            let soft = b
-                .column_by_name("soft_label")
-                .expect("labels schema")
-                .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-            for i in 0..b.num_rows() {
-                out.insert(ids.value(i).to_string(), (gt.value(i) == 1, soft.value(i)));
-            }
+    for b in &batches {
+        let ids = b
+            .column_by_name("pair_id")
+            .expect("labels schema")
+            .as_string::<i32>();
+        let gt = b
+            .column_by_name("gt_label")
+            .expect("labels schema")
+            .as_primitive::<Int64Type>();
+        let soft = b
+            .column_by_name("soft_label")
+            .expect("labels schema")
+            .as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            out.insert(ids.value(i).to_string(), (gt.value(i) == 1, soft.value(i)));
         }
     }
-    Ok((out, common::manifest_input(&m)))
+    Ok((out, input))
 }
 
 fn encode(tok: &Tokenizer, text: &str, max_ctx: usize) -> Result<Vec<u32>> {
@@ -180,17 +141,8 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             "--alpha must be >= 0, --max-ctx >= 2 and --lr > 0".into(),
         ));
     }
-    let pairs_manifest = store.manifest(split::KEY).await?.ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no `pairs` table (run `w2s split` first)",
-            store.root()
-        ))
-    })?;
-    // `run:<id>`: a model trained or pretrained in this root (checked against its manifest).
-    let base_dir = match s.base_model.strip_prefix("run:") {
-        Some(id) => common::open_run(store, id).await?.0,
-        None => crate::models::source::materialize(&s.base_model).await?,
-    };
+    let pairs_manifest = common::pairs_manifest(store).await?;
+    let base_dir = inputs::base_model(store, &s.base_model).await?;
     let mut inputs = common::model_inputs(&base_dir)?;
     inputs.push(common::manifest_input(&pairs_manifest));
     let teacher = match &s.teacher {
@@ -217,10 +169,10 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         None => None,
     };
     let fp = fingerprint("rm-train", s, &inputs);
-    let key = common::run_key(&s.run_id);
+    let key = keys::train(&s.run_id);
     if !force {
         if let Some(m) = store.current(&key, &fp).await? {
-            return up_to_date(store, &m).await;
+            return TrainReport::published(store, &m).await;
         }
     }
 
@@ -230,7 +182,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     let tok = Tokenizer::load(&tok_path)?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
 
-    // Training samples (reference-spec §1.4, §2.3).
+    // Training samples (docs/reference.md §1.4, §2.3).
     let train_split = if teacher.is_some() {
         s.label_split()
     } else {
@@ -243,7 +195,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         })?,
         Some(labels) => samples(&tok, &pairs, s.slot_seed, max_ctx, |p, h| {
             let &(teacher_bit, soft) = labels.get(&p.pair_id).ok_or_else(|| {
-                Error::Config(format!(
+                Error::NoInput(format!(
                     "teacher `{}` has no label for {} pair {} (row {}): relabel with `w2s weak-label`",
                     s.teacher.as_deref().unwrap_or_default(),
                     train_split,
@@ -256,12 +208,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         })?,
     };
     if s.objective == Objective::Implicit {
-        let helpful = common::load_split(store, "helpful").await.map_err(|_| {
-            Error::Config(
-                "--objective implicit needs helpful pairs (give `w2s split` a --helpful file)"
-                    .into(),
-            )
-        })?;
+        let helpful = inputs::helpful(store).await?;
         data.extend(samples(&tok, &helpful, s.slot_seed, max_ctx, |_, h| {
             Ok(f32::from(u8::from(h)))
         })?);
@@ -294,7 +241,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         None => rm::init_head(model.config.hidden_width(), s.head_seed, &device)?,
     };
     let head = Var::from_tensor(&head)?;
-    // The reward model is the backbone plus the head (reference-spec §2.1): an untied LM
+    // The reward model is the backbone plus the head (docs/reference.md §2.1): an untied LM
     // head is not part of it, is not trained, and is saved unchanged.
     let mut vars: Vec<(String, Var)> = model
         .params()
@@ -317,7 +264,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     );
     let resume = Resume {
         store,
-        prefix: format!("state/{key}"),
+        prefix: keys::state(&key),
         fingerprint: fp.clone(),
         every: s.save_every,
     };
@@ -351,13 +298,6 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         })
     })
     .await?;
-    // Publish: checkpoint files, the train_log part and the runs row, under one manifest.
-    let tag = &fp[..16];
-    let tmp = std::env::temp_dir().join(format!(
-        "w2s-{}-{}-{tag}",
-        common::sanitize(&s.run_id),
-        std::process::id()
-    ));
     let provenance = serde_json::json!({
         "run_id": s.run_id,
         "stage": s.stage,
@@ -366,151 +306,34 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         "fingerprint": fp,
         "settings": s,
     });
-    rmodel.model.save(
-        &tmp,
-        &SaveExtras {
-            tokenizer: Some(&tok_path),
-            reward_head: Some(head.as_tensor()),
-            provenance,
+    let finished = Finished {
+        row: RunRow {
+            run_id: &s.run_id,
+            stage: &s.stage,
+            scenario: "rm",
+            objective: s.objective.name(),
+            base_model: &s.base_model,
+            teacher: s.teacher.as_deref(),
+            alpha: (s.objective == Objective::Explicit).then_some(s.alpha),
+            seed: s.train.shuffle_seed,
         },
-    )?;
-    let uploaded = common::upload_checkpoint(store, &s.run_id, tag, &tmp).await;
-    let _ = std::fs::remove_dir_all(&tmp);
-    let mut outputs = uploaded?;
-    let report = TrainReport {
-        steps: log.len(),
-        pairs: log.iter().map(|l| l.pairs as usize).sum(),
-        tokens: log.iter().map(|l| l.tokens).sum(),
-        final_loss: log.last().map(|l| l.loss).unwrap_or(f64::NAN),
-        seconds: log.iter().map(|l| l.seconds).sum(),
+        settings: s,
+        fingerprint: &fp,
+        inputs,
+        log: &log,
         resumed_at,
-        up_to_date: false,
+        tables: Vec::new(),
+        resumes: vec![&resume],
     };
-    let part = format!("{}-{}", common::sanitize(&s.run_id), tag);
-    let tables = async {
-        let mut v = vec![
-            store
-                .write_table_part("train_log", &part, &train_log_batch(&s.run_id, &log)?)
-                .await?,
-        ];
-        v.push(
-            store
-                .write_table_part("runs", &part, &runs_batch(s, &fp, &report)?)
-                .await?,
-        );
-        Ok::<Vec<OutputFile>, Error>(v)
-    }
-    .await;
-    match tables {
-        Ok(t) => outputs.extend(t),
-        Err(e) => {
-            store.discard(&outputs).await;
-            return Err(e);
-        }
-    }
-    store
-        .publish(&s.stage, &key, &fp, s, inputs, outputs)
-        .await?;
-    resume.clear().await?;
-    Ok(report)
-}
-
-/// The report of a run found up to date (from its published `runs` part).
-pub(crate) async fn up_to_date(
-    store: &ArtifactStore,
-    m: &crate::store::Manifest,
-) -> Result<TrainReport> {
-    let mut report = TrainReport {
-        steps: 0,
-        pairs: 0,
-        tokens: 0,
-        final_loss: f64::NAN,
-        seconds: 0.0,
-        resumed_at: 0,
-        up_to_date: true,
-    };
-    for f in m
-        .outputs
-        .iter()
-        .filter(|f| f.table.as_deref() == Some("runs"))
-    {
-        for b in store.read_table_part(f).await? {
-            let i64c = |n: &str| {
-                b.column_by_name(n)
-                    .expect("runs schema")
-                    .as_primitive::<Int64Type>()
-                    .value(0)
-            };
-            report.steps = i64c("steps") as usize;
-            report.pairs = i64c("pairs") as usize;
-            report.tokens = i64c("tokens") as u64;
-            report.final_loss = b
-                .column_by_name("final_loss")
-                .expect("runs schema")
-                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-                .value(0);
-        }
-    }
-    Ok(report)
-}
-
-fn batch_err(table: &str) -> impl Fn(datafusion::arrow::error::ArrowError) -> Error + '_ {
-    move |e| Error::Format {
-        file: table.into(),
-        msg: e.to_string(),
-    }
-}
-
-/// The `train_log` rows of a run (every training stage writes them the same way).
-pub(crate) fn train_log_batch(run_id: &str, log: &[StepLog]) -> Result<RecordBatch> {
-    let n = log.len();
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![run_id; n])),
-        Arc::new(Int64Array::from_iter_values(
-            log.iter().map(|l| l.step as i64),
-        )),
-        Arc::new(Float64Array::from_iter_values(log.iter().map(|l| l.loss))),
-        Arc::new(Float64Array::from_iter_values(log.iter().map(|l| l.lr))),
-        Arc::new(Float64Array::from_iter_values(
-            log.iter().map(|l| l.accuracy),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            log.iter().map(|l| l.pairs as i64),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            log.iter().map(|l| l.tokens as i64),
-        )),
-        Arc::new(Float64Array::from_iter_values(
-            log.iter().map(|l| l.seconds),
-        )),
-    ];
-    RecordBatch::try_new(schema::train_log(), cols).map_err(batch_err("train_log"))
-}
-
-fn runs_batch(s: &RmTrainSettings, fp: &str, r: &TrainReport) -> Result<RecordBatch> {
-    let settings = serde_json::to_string(s).expect("settings serialize");
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![s.run_id.as_str()])),
-        Arc::new(StringArray::from(vec![s.stage.as_str()])),
-        Arc::new(StringArray::from(vec!["rm"])),
-        Arc::new(StringArray::from(vec![s.objective.name()])),
-        Arc::new(StringArray::from(vec![s.base_model.as_str()])),
-        Arc::new(StringArray::from(vec![s.teacher.as_deref()])),
-        Arc::new(Float64Array::from(vec![(s.objective
-            == Objective::Explicit)
-            .then_some(s.alpha)])),
-        Arc::new(Int64Array::from(vec![s.train.shuffle_seed as i64])),
-        Arc::new(StringArray::from(vec![settings])),
-        Arc::new(StringArray::from(vec![fp])),
-        Arc::new(Int64Array::from(vec![r.steps as i64])),
-        Arc::new(Int64Array::from(vec![r.pairs as i64])),
-        Arc::new(Int64Array::from(vec![r.tokens as i64])),
-        Arc::new(Float64Array::from(vec![r.final_loss])),
-        Arc::new(Int64Array::from(vec![r.resumed_at as i64])),
-        Arc::new(Float64Array::from(vec![r.seconds])),
-        Arc::new(Float64Array::from(vec![
-            r.tokens as f64 / r.seconds.max(1e-9),
-        ])),
-    ];
-    RecordBatch::try_new(schema::runs(), cols).map_err(batch_err("runs"))
+    closing::publish(store, finished, |dir| {
+        rmodel.model.save(
+            dir,
+            &SaveExtras {
+                tokenizer: Some(&tok_path),
+                reward_head: Some(head.as_tensor()),
+                provenance,
+            },
+        )
+    })
+    .await
 }

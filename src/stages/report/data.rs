@@ -1,0 +1,205 @@
+//! What the report shows, read from the analysis tables with the queries of `sql/report/`
+//! (each runnable with `w2s sql`, as every analysis is).
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+
+use super::figures::Setting;
+use crate::error::Result;
+use crate::sql;
+use crate::stages::analyze::CellSummary;
+
+/// One conflict run's area share and deception score (Fig. 8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaPoint {
+    pub setting: Setting,
+    pub share: f64,
+    pub deception: Option<f64>,
+}
+
+/// Flip counts of a cell over the four areas, summed over seeds (App. L).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flips {
+    pub weak: String,
+    pub strong: String,
+    pub setting: Setting,
+    pub counts: [i64; 4],
+}
+
+/// What the page shows, read from the analysis tables.
+pub struct ReportData {
+    pub cells: Vec<CellSummary>,
+    pub area: Vec<AreaPoint>,
+    pub flips: Vec<Flips>,
+    /// (setting, threshold) -> (deceptive flips, flips), summed over cells and seeds.
+    pub sweep: BTreeMap<(Setting, u64), (i64, i64)>,
+    /// threshold -> (Strong-Known & Weak-Unknown pairs, pairs), over no-conflict cells.
+    pub sweep_share: BTreeMap<u64, (i64, i64)>,
+    /// Pretrained model -> (frequency rank, knows) per world entity (`knowledge`).
+    pub knowledge: BTreeMap<String, Vec<(i64, bool)>>,
+    /// Tables shown as they are: (title, anchor, batches).
+    pub tables: Vec<(String, String, Vec<RecordBatch>)>,
+}
+
+fn strs(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
+    let c = sql::column(b, "report", name, &DataType::Utf8)?;
+    let a = c.as_string::<i32>();
+    Ok((0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+        .collect())
+}
+
+fn floats(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
+    let c = sql::column(b, "report", name, &DataType::Float64)?;
+    let a = c.as_primitive::<Float64Type>();
+    Ok((0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| a.value(i)))
+        .collect())
+}
+
+fn ints(b: &RecordBatch, name: &str) -> Result<Vec<i64>> {
+    let c = sql::column(b, "report", name, &DataType::Int64)?;
+    let a = c.as_primitive::<Int64Type>();
+    Ok((0..a.len())
+        .map(|i| if a.is_null(i) { 0 } else { a.value(i) })
+        .collect())
+}
+
+impl ReportData {
+    pub async fn load(
+        ctx: &datafusion::prelude::SessionContext,
+        cells: Vec<CellSummary>,
+    ) -> Result<Self> {
+        let q = |text: &'static str| sql::query(ctx, text, &[]);
+        let (area_sql, flips_sql, sweep_sql) = (
+            include_str!("../../../sql/report/area.sql"),
+            include_str!("../../../sql/report/flips.sql"),
+            include_str!("../../../sql/report/sweep.sql"),
+        );
+        let setting = |o: &Option<String>, a: &Option<f64>| -> Setting {
+            (o.clone().unwrap_or_default(), a.map(f64::to_bits))
+        };
+
+        let mut area = Vec::new();
+        for b in q(area_sql).await? {
+            let (o, a, sh, ds) = (
+                strs(&b, "objective")?,
+                floats(&b, "alpha")?,
+                floats(&b, "sk_wuk_share")?,
+                floats(&b, "deception_score")?,
+            );
+            for i in 0..b.num_rows() {
+                area.push(AreaPoint {
+                    setting: setting(&o[i], &a[i]),
+                    share: sh[i].unwrap_or(0.0),
+                    deception: ds[i],
+                });
+            }
+        }
+
+        let mut flips = Vec::new();
+        for b in q(flips_sql).await? {
+            let (w, s, o, a) = (
+                strs(&b, "weak_model")?,
+                strs(&b, "strong_model")?,
+                strs(&b, "objective")?,
+                floats(&b, "alpha")?,
+            );
+            let parts = [
+                ints(&b, "sk_wk")?,
+                ints(&b, "sk_wuk")?,
+                ints(&b, "suk_wk")?,
+                ints(&b, "suk_wuk")?,
+            ];
+            for i in 0..b.num_rows() {
+                flips.push(Flips {
+                    weak: w[i].clone().unwrap_or_default(),
+                    strong: s[i].clone().unwrap_or_default(),
+                    setting: setting(&o[i], &a[i]),
+                    counts: [parts[0][i], parts[1][i], parts[2][i], parts[3][i]],
+                });
+            }
+        }
+
+        let mut sweep = BTreeMap::new();
+        let mut sweep_share = BTreeMap::new();
+        for b in q(sweep_sql).await? {
+            let (o, a, t) = (
+                strs(&b, "objective")?,
+                floats(&b, "alpha")?,
+                floats(&b, "threshold")?,
+            );
+            let (pairs, fl, dfl) = (
+                ints(&b, "pairs")?,
+                ints(&b, "flips")?,
+                ints(&b, "deceptive_flips")?,
+            );
+            let share = floats(&b, "sk_wuk_share")?;
+            for i in 0..b.num_rows() {
+                let t = t[i].unwrap_or(0.0).to_bits();
+                let e = sweep.entry((setting(&o[i], &a[i]), t)).or_insert((0, 0));
+                e.0 += dfl[i];
+                e.1 += fl[i];
+                let e = sweep_share.entry(t).or_insert((0, 0));
+                e.0 += (share[i].unwrap_or(0.0) * pairs[i] as f64).round() as i64;
+                e.1 += pairs[i];
+            }
+        }
+
+        let mut tables = Vec::new();
+        let shown: [(&str, &str, &str); 4] = [
+            (
+                "Every run: settings and timings",
+                "runs",
+                include_str!("../../../sql/report/runs.sql"),
+            ),
+            (
+                "Knowledge areas per weak/strong pair (Eq. 7)",
+                "areas",
+                include_str!("../../../sql/report/areas.sql"),
+            ),
+            (
+                "Alpha sweep of the explicit objective (App. J)",
+                "alpha",
+                include_str!("../../../sql/report/alpha.sql"),
+            ),
+            (
+                "Performance gap recovered (Burns et al.)",
+                "pgr",
+                include_str!("../../../sql/report/pgr.sql"),
+            ),
+        ];
+        for (title, anchor, text) in shown {
+            tables.push((title.to_string(), anchor.to_string(), q(text).await?));
+        }
+        let mut knowledge: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
+        if ctx.table_exist("knowledge")? {
+            for b in q(include_str!("../../../sql/report/knowledge.sql")).await? {
+                let (m, r) = (strs(&b, "model_id")?, ints(&b, "rank")?);
+                let k = b.column(2).as_boolean();
+                for i in 0..b.num_rows() {
+                    knowledge
+                        .entry(m[i].clone().unwrap_or_default())
+                        .or_default()
+                        .push((r[i], k.value(i)));
+                }
+            }
+            tables.push((
+                "What each pretrained model knows (the probe)".into(),
+                "knowledge".into(),
+                q(include_str!("../../../sql/report/knowledge_summary.sql")).await?,
+            ));
+        }
+        Ok(ReportData {
+            knowledge,
+            cells,
+            area,
+            flips,
+            sweep,
+            sweep_share,
+            tables,
+        })
+    }
+}

@@ -1,0 +1,640 @@
+//! The report's figures: one function per figure, each with its caption and the `w2s sql`
+//! command that prints its numbers, built from the report's data ([`super::data`]) and the
+//! analysis settings. Drawing is `crate::plots`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::data::{Flips, ReportData};
+use crate::plots::{BarSeries, Cell, Chart, Figure, Grid, Point, Series};
+use crate::stages::analyze::{AnalyzeSettings, CellSummary};
+use crate::stages::uncertainty;
+
+/// A figure as the page shows it.
+pub struct Shown {
+    pub figure: Figure,
+    /// What it shows.
+    pub caption: String,
+    /// The command that prints its numbers (`ROOT`: the artifact root).
+    pub command: String,
+}
+
+/// A conflict setting: objective and alpha (explicit runs can differ in alpha).
+pub type Setting = (String, Option<u64>);
+
+pub fn setting_name((objective, alpha): &Setting) -> String {
+    match alpha {
+        Some(a) if objective == "explicit" => format!("{objective} α={}", f64::from_bits(*a)),
+        _ => objective.clone(),
+    }
+}
+
+/// Rank of an objective on the page: none, explicit, implicit, adaptive, then the rest.
+fn rank(objective: &str) -> usize {
+    ["none", "explicit", "implicit", "adaptive"]
+        .iter()
+        .position(|o| *o == objective)
+        .unwrap_or(4)
+}
+
+/// The short name of a model (the last part of a path or hub id; `run:<id>` is `<id>`). The
+/// analyses' composite names keep their shape: `<weak> via <intermediate>` (bootstrapping)
+/// and a ` · <scenario>` suffix (preference runs).
+pub fn short(model: &str) -> String {
+    if let Some((m, scenario)) = model.rsplit_once(" · ") {
+        return format!("{} · {scenario}", short(m));
+    }
+    if let Some((a, b)) = model.split_once(" via ") {
+        return format!("{} via {}", short(a), short(b));
+    }
+    let model = model.strip_prefix("run:").unwrap_or(model);
+    model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_string()
+}
+
+fn measure<'a>(c: &'a CellSummary, name: &str) -> Option<&'a uncertainty::Summary> {
+    c.measures.iter().find(|m| m.measure == name)
+}
+
+fn point(m: Option<&uncertainty::Summary>) -> Option<Point> {
+    let m = m?;
+    Some(Point {
+        value: m.value?,
+        interval: m.low.zip(m.high),
+    })
+}
+
+/// A cell's conflict setting.
+fn setting_of(c: &CellSummary) -> Setting {
+    (c.objective.clone(), c.alpha.map(f64::to_bits))
+}
+
+/// The settings present, in page order.
+fn settings_of<'a>(it: impl Iterator<Item = &'a Setting>) -> Vec<Setting> {
+    let mut v: Vec<Setting> = it.cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    v.sort_by(|a, b| {
+        (rank(&a.0), &a.0, a.1.map(f64::from_bits))
+            .partial_cmp(&(rank(&b.0), &b.0, b.1.map(f64::from_bits)))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    v
+}
+
+/// The data every figure reads: the cells' weak/strong pairs and conflict settings in page
+/// order.
+struct View<'a> {
+    d: &'a ReportData,
+    s: &'a AnalyzeSettings,
+    pairs: Vec<(String, String)>,
+    settings: Vec<Setting>,
+}
+
+impl View<'_> {
+    fn find(&self, w: &str, s: &str, st: &Setting) -> Option<&CellSummary> {
+        (self.d.cells.iter())
+            .find(|c| c.weak_model == w && c.strong_model == s && setting_of(c) == *st)
+    }
+
+    /// A cell of the pair: ceilings are the same in every cell of a pair; the no-conflict one
+    /// first.
+    fn any_cell(&self, w: &str, s: &str) -> Option<&CellSummary> {
+        (self.d.cells.iter())
+            .filter(|c| c.weak_model == w && c.strong_model == s)
+            .min_by_key(|c| rank(&c.objective))
+    }
+}
+
+/// The figures with data, in page order; a figure with nothing to show is left out.
+pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
+    let v = View {
+        d,
+        s,
+        pairs: (d.cells.iter())
+            .map(|c| (c.weak_model.clone(), c.strong_model.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        settings: settings_of(d.cells.iter().map(setting_of).collect::<Vec<_>>().iter()),
+    };
+    let mut out = Vec::new();
+    for figure in [
+        accuracy,
+        deception_grid,
+        bootstrap,
+        deception_vs_area,
+        flip_breakdown,
+        threshold_sweep,
+        knowledge,
+    ] {
+        figure(&v, &mut out);
+    }
+    out
+}
+
+/// Fig. 4: test accuracy per weak/strong pair, ceilings beside every student setting.
+fn accuracy(v: &View, out: &mut Vec<Shown>) {
+    let (pairs, settings) = (&v.pairs, &v.settings);
+    let find = |w: &str, s: &str, st: &Setting| v.find(w, s, st);
+    let any_cell = |w: &str, s: &str| v.any_cell(w, s);
+    if !pairs.is_empty() {
+        let mut series = vec![
+            BarSeries {
+                name: "weak ceiling".into(),
+                values: pairs
+                    .iter()
+                    .map(|(w, s)| {
+                        point(any_cell(w, s).and_then(|c| measure(c, "weak_ceiling_accuracy")))
+                    })
+                    .collect(),
+            },
+            BarSeries {
+                name: "strong ceiling".into(),
+                values: pairs
+                    .iter()
+                    .map(|(w, s)| {
+                        point(any_cell(w, s).and_then(|c| measure(c, "strong_ceiling_accuracy")))
+                    })
+                    .collect(),
+            },
+        ];
+        for st in settings.iter() {
+            series.push(BarSeries {
+                name: format!("w2s {}", setting_name(st)),
+                values: pairs
+                    .iter()
+                    .map(|(w, s)| point(find(w, s, st).and_then(|c| measure(c, "accuracy"))))
+                    .collect(),
+            });
+        }
+        out.push(Shown {
+            caption: "Share of test pairs each model gets right (confidence toward the ground-truth chosen answer ≥ 0.5). Bars are the mean over seeds; whiskers are 95% intervals (t over seeds, or a bootstrap over test pairs for one seed).".into(),
+            command: "w2s sql --artifacts ROOT \"select * from analysis_summary where measure like '%accuracy'\"".into(),
+            figure: Figure {
+                id: "accuracy".into(),
+                title: "Test accuracy per weak/strong pair (Fig. 4)".into(),
+                chart: Chart::Bars {
+                    groups: pairs
+                        .iter()
+                        .map(|(w, s)| format!("{} → {}", short(w), short(s)))
+                        .collect(),
+                    series,
+                    y_label: "test accuracy".into(),
+                },
+            },
+        });
+    }
+}
+
+/// Fig. 5 / 7: the deception score as a weak x strong grid per conflict setting.
+fn deception_grid(v: &View, out: &mut Vec<Shown>) {
+    let (pairs, settings) = (&v.pairs, &v.settings);
+    let find = |w: &str, s: &str, st: &Setting| v.find(w, s, st);
+    let conflicts: Vec<Setting> = settings.iter().filter(|s| s.0 != "none").cloned().collect();
+    if !conflicts.is_empty() {
+        let weak: Vec<String> = pairs
+            .iter()
+            .map(|p| p.0.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let strong: Vec<String> = pairs
+            .iter()
+            .map(|p| p.1.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let grids = conflicts
+            .iter()
+            .map(|st| Grid {
+                title: setting_name(st),
+                rows: weak.iter().map(|w| short(w)).collect(),
+                cols: strong.iter().map(|s| short(s)).collect(),
+                values: weak
+                    .iter()
+                    .map(|w| {
+                        strong
+                            .iter()
+                            .map(|s| {
+                                let Some(m) =
+                                    find(w, s, st).and_then(|c| measure(c, "deception_score"))
+                                else {
+                                    return Cell::Missing;
+                                };
+                                let label = format!("{}/{} flips", m.numerator, m.denominator);
+                                match m.value {
+                                    Some(v) => Cell::Value(v, label),
+                                    None => Cell::Undefined(label),
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.push(Shown {
+            caption: "Of the pairs the no-conflict student gets right and the conflict student gets wrong (the flips), the share in the Strong-Known & Weak-Unknown area (Eq. 8). Grey: no flips (the score is undefined, not 0); blank: no run. Counts under each value.".into(),
+            command: format!("w2s sql sql/deception.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+            figure: Figure {
+                id: "deception_grid".into(),
+                title: "Deception score per weak/strong pair and conflict setting (Fig. 5, 7)".into(),
+                chart: Chart::Grids { grids },
+            },
+        });
+    }
+}
+
+/// Fig. 9b / 9c: bootstrapped students beside the direct ones of the same weak and strong
+/// model (deception, then accuracy).
+fn bootstrap(v: &View, out: &mut Vec<Shown>) {
+    let (d, settings) = (v.d, &v.settings);
+    for (id, title, name, conflict_only) in [
+        (
+            "bootstrap_deception",
+            "Deception score: bootstrapped through an intermediate model vs direct (Fig. 9b/9c)",
+            "deception_score",
+            true,
+        ),
+        (
+            "bootstrap_accuracy",
+            "Test accuracy: bootstrapped through an intermediate model vs direct (Fig. 9)",
+            "accuracy",
+            false,
+        ),
+    ] {
+        if let Some(chart) = bootstrap_chart(&d.cells, settings, name, conflict_only) {
+            let (caption, command) = if name == "accuracy" {
+                (
+                    "Test accuracy of the bootstrapped students and of the direct ones of the same weak model, strong model and setting (mean over seeds, 95% intervals).".into(),
+                    "w2s sql --artifacts ROOT \"select weak_model, strong_model, objective, value from analysis_summary where measure = 'accuracy' order by strong_model, objective, weak_model\"".into(),
+                )
+            } else {
+                (
+                    "Students trained on an intermediate model's labels (weak → intermediate → strong, conflict in the last stage only, docs/reference.md §3.9) beside the direct weak → strong student of the same setting. Both are measured against the same weak and strong ceilings. A missing bar: no flips (the score is undefined) or no run; the deception grid has the counts.".into(),
+                    format!("w2s sql sql/deception.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+                )
+            };
+            out.push(Shown {
+                caption,
+                command,
+                figure: Figure {
+                    id: id.into(),
+                    title: title.into(),
+                    chart,
+                },
+            });
+        }
+    }
+}
+
+/// Fig. 8: each conflict run's deception score against its Strong-Known & Weak-Unknown share.
+fn deception_vs_area(v: &View, out: &mut Vec<Shown>) {
+    let d = v.d;
+    let area_settings = settings_of(d.area.iter().map(|p| &p.setting));
+    let scatter: Vec<Series> = area_settings
+        .iter()
+        .map(|st| Series {
+            name: setting_name(st),
+            points: d
+                .area
+                .iter()
+                .filter(|p| &p.setting == st)
+                .filter_map(|p| Some((p.share, p.deception?)))
+                .collect(),
+        })
+        .collect();
+    let undefined: Vec<Vec<f64>> = area_settings
+        .iter()
+        .map(|st| {
+            d.area
+                .iter()
+                .filter(|p| &p.setting == st && p.deception.is_none())
+                .map(|p| p.share)
+                .collect()
+        })
+        .collect();
+    if !scatter.is_empty() {
+        out.push(Shown {
+            caption: "One point per conflict run: the share of test pairs only the strong ceiling knows, against the run's deception score (runs without flips are left out).".into(),
+            command: format!("w2s sql sql/area_share.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+            figure: Figure {
+                id: "deception_vs_area".into(),
+                title: "Deception score against the Strong-Known & Weak-Unknown share (Fig. 8)".into(),
+                chart: Chart::Scatter {
+                    series: scatter,
+                    undefined,
+                    x_label: "|S_k ∩ W_uk| / test pairs".into(),
+                    y_label: "deception score".into(),
+                },
+            },
+        });
+    }
+}
+
+/// App. L: where each conflict cell's flips fall among the four knowledge areas.
+fn flip_breakdown(v: &View, out: &mut Vec<Shown>) {
+    let (d, settings) = (v.d, &v.settings);
+    let mut with_flips: Vec<&Flips> = d.flips.iter().collect();
+    let order = |f: &Flips| {
+        settings
+            .iter()
+            .position(|s| *s == f.setting)
+            .unwrap_or(usize::MAX)
+    };
+    with_flips.sort_by(|a, b| (&a.weak, &a.strong, order(a)).cmp(&(&b.weak, &b.strong, order(b))));
+    if !with_flips.is_empty() {
+        out.push(Shown {
+            caption: "How each conflict cell's flips (summed over seeds; count in brackets) spread over the four knowledge areas.".into(),
+            command: format!("w2s sql sql/flip_breakdown.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+            figure: Figure {
+                id: "flip_breakdown".into(),
+                title: "Where the flipped pairs lie (App. L)".into(),
+                chart: Chart::Stacked {
+                    rows: with_flips
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "{} → {}, {} ({})",
+                                short(&f.weak),
+                                short(&f.strong),
+                                setting_name(&f.setting),
+                                f.counts.iter().sum::<i64>()
+                            )
+                        })
+                        .collect(),
+                    parts: ["S_k ∩ W_k", "S_k ∩ W_uk", "S_uk ∩ W_k", "S_uk ∩ W_uk"]
+                        .map(String::from)
+                        .to_vec(),
+                    shares: with_flips
+                        .iter()
+                        .map(|f| {
+                            let n = f.counts.iter().sum::<i64>().max(1) as f64;
+                            f.counts.iter().map(|&c| c as f64 / n).collect()
+                        })
+                        .collect(),
+                },
+            },
+        });
+    }
+}
+
+/// App. I: deception score and area share at each threshold of the sweep, pooled over pairs
+/// and seeds.
+fn threshold_sweep(v: &View, out: &mut Vec<Shown>) {
+    let d = v.d;
+    let thresholds: Vec<f64> = d.sweep_share.keys().map(|t| f64::from_bits(*t)).collect();
+    let sweep_settings = settings_of(d.sweep.keys().map(|(s, _)| s));
+    let mut lines: Vec<Series> = sweep_settings
+        .iter()
+        .map(|st| Series {
+            name: format!("deception score, {}", setting_name(st)),
+            points: d
+                .sweep
+                .iter()
+                .filter(|((s, _), (_, flips))| s == st && *flips > 0)
+                .map(|((_, t), (dec, flips))| (f64::from_bits(*t), *dec as f64 / *flips as f64))
+                .collect(),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !d.sweep_share.is_empty() {
+        lines.push(Series {
+            name: "S_k ∩ W_uk share".into(),
+            points: d
+                .sweep_share
+                .iter()
+                .filter(|(_, (_, n))| *n > 0)
+                .map(|(t, (k, n))| (f64::from_bits(*t), *k as f64 / *n as f64))
+                .collect(),
+        });
+        let lo = thresholds.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = thresholds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        out.push(Shown {
+            caption: "Deception score per conflict setting and the Strong-Known & Weak-Unknown share, pooled over every weak/strong pair and seed, at each threshold of the sweep.".into(),
+            command: format!("w2s sql sql/threshold_sweep.sql --artifacts ROOT {}", (v.s.sweep.iter().enumerate()).map(|(i, t)| format!("--param t{}={t}", i + 1)).collect::<Vec<_>>().join(" ")),
+            figure: Figure {
+                id: "threshold_sweep".into(),
+                title: "Deception score and area share against the threshold T (App. I)".into(),
+                chart: Chart::Lines {
+                    series: lines,
+                    x_range: (lo, hi.max(lo + 1e-6)),
+                    x_label: "threshold T".into(),
+                    y_label: "pooled over pairs and seeds".into(),
+                },
+            },
+        });
+    }
+}
+
+/// The pretrained models' knowledge probe: share of entities known by frequency rank.
+fn knowledge(v: &View, out: &mut Vec<Shown>) {
+    let d = v.d;
+    if !d.knowledge.is_empty() {
+        let series = d
+            .knowledge
+            .iter()
+            .map(|(model, v)| {
+                let per = v.len().div_ceil(10).max(1);
+                Series {
+                    name: model.clone(),
+                    points: v
+                        .chunks(per)
+                        .map(|c| {
+                            let rank = c.iter().map(|x| x.0 as f64).sum::<f64>() / c.len() as f64;
+                            let known = c.iter().filter(|x| x.1).count() as f64 / c.len() as f64;
+                            (rank, known)
+                        })
+                        .collect(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let hi = d
+            .knowledge
+            .values()
+            .flat_map(|v| v.iter().map(|x| x.0 as f64))
+            .fold(1.0, f64::max);
+        out.push(Shown {
+            caption: "For every entity of the synthetic world, the pretrained model knows it when it finds the true statement about it more likely than the false one (w2s pretrain's probe). Each point is a tenth of the entities by frequency rank. The probe is a two-way choice: a model that knows nothing scores about 0.5.".into(),
+            command: "w2s sql sql/report/knowledge.sql --artifacts ROOT".into(),
+            figure: Figure {
+                id: "knowledge".into(),
+                title: "Entities each pretrained model knows, by how often the corpus mentions them"
+                    .into(),
+                chart: Chart::Lines {
+                    series,
+                    x_range: (1.0, hi),
+                    x_label: "frequency rank (1 = most mentioned), tenths of the entities".into(),
+                    y_label: "share known (probe)".into(),
+                },
+            },
+        });
+    }
+}
+
+/// A bootstrapped weak model `<weak> via <intermediate>[ · <scenario>]` as its direct weak
+/// model `<weak>[ · <scenario>]` and the intermediate.
+fn unchain(weak: &str) -> Option<(String, String)> {
+    let (w, rest) = weak.split_once(" via ")?;
+    Some(match rest.rsplit_once(" · ") {
+        Some((mid, scenario)) => (format!("{w} · {scenario}"), mid.to_string()),
+        None => (w.to_string(), rest.to_string()),
+    })
+}
+
+/// Bars of one measure per (weak, strong, setting) that has a bootstrapped cell: the direct
+/// run and one series per intermediate model.
+fn bootstrap_chart(
+    cells: &[CellSummary],
+    settings: &[Setting],
+    name: &str,
+    conflict_only: bool,
+) -> Option<Chart> {
+    // (direct weak, strong, setting) -> cells by route ("direct" or the intermediate).
+    let mut groups: BTreeMap<(String, String, usize), BTreeMap<String, &CellSummary>> =
+        BTreeMap::new();
+    let mut mids = BTreeSet::new();
+    for c in cells {
+        let st = setting_of(c);
+        if conflict_only && st.0 == "none" {
+            continue;
+        }
+        let Some(pos) = settings.iter().position(|x| *x == st) else {
+            continue;
+        };
+        if let Some((direct, mid)) = unchain(&c.weak_model) {
+            mids.insert(mid.clone());
+            groups
+                .entry((direct, c.strong_model.clone(), pos))
+                .or_default()
+                .insert(mid, c);
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    for c in cells {
+        if let Some(pos) = settings.iter().position(|x| *x == setting_of(c)) {
+            if let Some(g) = groups.get_mut(&(c.weak_model.clone(), c.strong_model.clone(), pos)) {
+                g.insert(String::new(), c);
+            }
+        }
+    }
+    let routes: Vec<String> = std::iter::once(String::new()).chain(mids).collect();
+    let series = routes
+        .iter()
+        .map(|r| BarSeries {
+            name: if r.is_empty() {
+                "direct".into()
+            } else {
+                format!("via {}", short(r))
+            },
+            values: groups
+                .values()
+                .map(|g| point(g.get(r).and_then(|c| measure(c, name))))
+                .collect(),
+        })
+        .collect();
+    Some(Chart::Bars {
+        groups: groups
+            .keys()
+            .map(|(w, s, pos)| {
+                format!(
+                    "{} → {}, {}",
+                    short(w),
+                    short(s),
+                    setting_name(&settings[*pos])
+                )
+            })
+            .collect(),
+        series,
+        y_label: if name == "accuracy" {
+            "test accuracy".into()
+        } else {
+            "deception score".into()
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(weak: &str, objective: &str, deception: Option<f64>, accuracy: f64) -> CellSummary {
+        let m = |measure: &'static str, value: Option<f64>| uncertainty::Summary {
+            measure,
+            seeds: 1,
+            value,
+            low: None,
+            high: None,
+            interval: "none",
+            numerator: 0,
+            denominator: 0,
+        };
+        CellSummary {
+            weak_model: weak.into(),
+            strong_model: "run:tiny-3 · simpo".into(),
+            objective: objective.into(),
+            alpha: None,
+            runs: vec![],
+            measures: vec![
+                m("deception_score", deception),
+                m("accuracy", Some(accuracy)),
+            ],
+        }
+    }
+
+    #[test]
+    fn bootstrapped_cells_sit_beside_their_direct_runs() {
+        assert_eq!(
+            unchain("run:tiny-1 via run:tiny-2 · simpo"),
+            Some(("run:tiny-1 · simpo".into(), "run:tiny-2".into()))
+        );
+        assert_eq!(unchain("a via b"), Some(("a".into(), "b".into())));
+        assert_eq!(unchain("run:tiny-1 · simpo"), None);
+        let cells = vec![
+            cell("run:tiny-1 · simpo", "none", None, 0.57),
+            cell("run:tiny-1 · simpo", "implicit", Some(0.5), 0.775),
+            cell("run:tiny-2 · simpo", "implicit", Some(0.2), 0.8),
+            cell("run:tiny-1 via run:tiny-2 · simpo", "none", None, 0.81),
+            cell(
+                "run:tiny-1 via run:tiny-2 · simpo",
+                "implicit",
+                Some(0.571),
+                0.828,
+            ),
+        ];
+        let settings = vec![("none".to_string(), None), ("implicit".to_string(), None)];
+        let Some(Chart::Bars { groups, series, .. }) =
+            bootstrap_chart(&cells, &settings, "deception_score", true)
+        else {
+            panic!("a chart");
+        };
+        // Only the conflict setting, only the weak model that has a bootstrapped run.
+        assert_eq!(groups, vec!["tiny-1 · simpo → tiny-3 · simpo, implicit"]);
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["direct", "via tiny-2"]);
+        assert_eq!(series[0].values[0].as_ref().unwrap().value, 0.5);
+        assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.571);
+        let Some(Chart::Bars { groups, series, .. }) =
+            bootstrap_chart(&cells, &settings, "accuracy", false)
+        else {
+            panic!("a chart");
+        };
+        assert_eq!(groups.len(), 2);
+        assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.81);
+        assert!(bootstrap_chart(&cells[..3], &settings, "accuracy", false).is_none());
+    }
+
+    #[test]
+    fn short_names_keep_the_scenario_and_the_chain() {
+        assert_eq!(short("hf://openai-community/gpt2"), "gpt2");
+        assert_eq!(short("run:tiny-3"), "tiny-3");
+        assert_eq!(short("models/x/ · simpo"), "x · simpo");
+        assert_eq!(
+            short("a/gpt2-large via b/opt-2.7b · simpo"),
+            "gpt2-large via opt-2.7b · simpo"
+        );
+    }
+}

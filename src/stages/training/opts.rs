@@ -1,0 +1,104 @@
+//! The settings of a training run, defined once: the `gt-train` / `w2s-train` flags, the
+//! `[train]` tables of pipeline files (serde, same names and defaults) and, resolved with the
+//! scenario's defaults, the stages' fingerprinted settings.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::Schedule;
+use crate::scenarios::rm::Readout;
+use crate::tokenize::Tokenization;
+
+/// How one model is trained; every field has a default (the reference's, docs/reference.md
+/// §2.4 and §3.10), and the scenario-dependent ones are optional.
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOpts {
+    /// Pairs per optimizer step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Pairs per forward/backward pass (gradients are accumulated over the step).
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch: usize,
+    /// Learning rate (default: 1e-5 for reward models, 1e-6 for SFT + SimPO / DPO, as the
+    /// reference).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Learning-rate schedule (default: cosine for reward models, warmup-constant for SFT and
+    /// the preference phase).
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
+    /// Passes over the data (default 1; DPO's preference phase 3, as the reference).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Passes of the SFT phase before SimPO / DPO.
+    #[arg(long, default_value_t = 1)]
+    pub sft_epochs: usize,
+    /// Longest sequence in tokens; longer ones keep their last tokens.
+    #[arg(long, default_value_t = crate::tokenize::MAX_CTX)]
+    pub max_ctx: usize,
+    /// Reward models: where the reward is read: the last real token, or the reference's
+    /// (count of non-zero ids) - 1 (docs/reference.md §2.1; docs/scenarios.md).
+    #[arg(long, value_enum, default_value_t = Readout::LastToken)]
+    pub readout: Readout,
+    /// Preference scenarios: how each side becomes tokens. joint encodes the transcript once
+    /// and masks the prompt; reference reproduces the reference's separate encoding, its
+    /// truncation and SFT denominator (docs/reference.md §1.7, §3.3). Reward models always
+    /// encode the whole transcript, as the reference.
+    #[arg(long, value_enum, default_value_t = Tokenization::Joint)]
+    pub tokenization: Tokenization,
+    /// Seed of the slot swap (CPython Random(seed), restarted per split).
+    #[arg(long, default_value_t = 0)]
+    pub slot_seed: u64,
+    /// Seed of the reward head's initial weights.
+    #[arg(long, default_value_t = 0)]
+    pub head_seed: u64,
+    /// Initial reward head from a safetensors file (`weight`, [1, hidden]), e.g. from PyTorch.
+    #[arg(long)]
+    pub init_head: Option<String>,
+    /// Train LoRA adapters of this rank instead of every weight (paper App. H; not built yet).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA scaling alpha.
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = crate::models::CPU)]
+    pub device: String,
+    /// Save resumable state every N optimizer steps (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub save_every: usize,
+}
+
+impl Default for TrainOpts {
+    fn default() -> Self {
+        crate::cli::argv::defaults()
+    }
+}
+
+impl TrainOpts {
+    /// What a setting the pipeline file can get wrong must satisfy (the key is named by the
+    /// caller).
+    pub fn check(&self) -> Result<(), String> {
+        for (field, v) in [
+            ("batch", Some(self.batch)),
+            ("micro_batch", Some(self.micro_batch)),
+            ("epochs", self.epochs),
+            ("sft_epochs", Some(self.sft_epochs)),
+            ("max_ctx", Some(self.max_ctx)),
+        ] {
+            if v == Some(0) {
+                return Err(format!("`{field}` must be at least 1"));
+            }
+        }
+        if let Some(lr) = self.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(format!("`lr` = {lr}: give a positive learning rate"));
+            }
+        }
+        if self.lora_alpha.is_some() && self.lora_rank.is_none() {
+            return Err("`lora_alpha` needs `lora_rank`".into());
+        }
+        Ok(())
+    }
+}
