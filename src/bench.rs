@@ -421,6 +421,28 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct OneArgs {
+    #[arg(long, value_enum)]
+    pub arch: Arch,
+    #[arg(long, value_enum)]
+    pub task: Task,
+    /// The checkpoint folder (`bench engine` writes it).
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, default_value = crate::models::CPU)]
+    pub device: String,
+}
+
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointArgs {
+    #[arg(long, value_enum)]
+    pub arch: Arch,
+    /// Parent folder: the checkpoint is written to OUT/<arch>.
+    #[arg(long)]
+    pub out: String,
+}
+
 /// What `w2s bench engine` measures.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
 pub struct EngineOpts {

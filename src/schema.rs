@@ -8,6 +8,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 /// Split names, in the order rows are written.
 pub const SPLITS: [&str; 4] = ["gt", "w2s", "test", "helpful"];
 
+/// The split a teacher labels and a student trains on (`gt` in bootstrapping's second stage).
+pub const LABEL_SPLIT: &str = "w2s";
+
 /// `pairs`: one row per preference pair, written by `w2s split`.
 pub fn pairs() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -133,6 +133,81 @@ fn with_table_hint(ctx: &SessionContext, e: datafusion::error::DataFusionError) 
     Error::Query(e)
 }
 
+/// What `w2s sql` is asked: a query (inline or a `.sql` file), bound parameters, where the
+/// result goes and in which format.
+#[derive(clap::Args, Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Request {
+    /// The query, or a path to a .sql file.
+    pub query: Option<String>,
+    /// Read the query from this file.
+    #[arg(long, conflicts_with = "query")]
+    pub file: Option<String>,
+    /// A bound parameter, NAME=VALUE, used as $NAME in the query. Repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Write the result here (local path or URL) instead of printing it.
+    #[arg(long, short)]
+    pub output: Option<String>,
+    /// Output format (default: from --output's extension, else a printed table).
+    #[arg(long, value_enum)]
+    pub format: Option<OutFormat>,
+}
+
+impl Request {
+    /// The SQL text: `--file`, a `.sql` path given as the query, or the query itself.
+    pub fn text(&self) -> Result<String> {
+        match (&self.file, &self.query) {
+            (Some(f), _) => read_file(f),
+            (None, Some(q))
+                if q.trim_end().ends_with(".sql") && std::path::Path::new(q).is_file() =>
+            {
+                read_file(q)
+            }
+            (None, Some(q)) => Ok(q.clone()),
+            (None, None) => Err(Error::Config("give a query or --file".into())),
+        }
+    }
+
+    /// The output format: `--format`, else from `--output`'s extension, else a table.
+    pub fn out_format(&self) -> OutFormat {
+        self.format
+            .or_else(|| self.output.as_deref().and_then(OutFormat::from_path))
+            .unwrap_or(OutFormat::Table)
+    }
+}
+
+/// Runs a request over the tables of `store`: the rendered result is written to `--output`
+/// (then `None` is returned) or returned for printing.
+pub async fn run(store: &ArtifactStore, r: &Request) -> Result<Option<Vec<u8>>> {
+    let text = r.text()?;
+    let params = (r.params.iter())
+        .map(|p| parse_param(p))
+        .collect::<Result<Vec<_>>>()?;
+    let format = r.out_format();
+    if r.output.is_none() && format == OutFormat::Parquet {
+        return Err(Error::Config("--format parquet needs --output FILE".into()));
+    }
+    let ctx = context(store).await?;
+    let batches = query(&ctx, &text, &params).await?;
+    let mut bytes = render(&batches, format)?;
+    let Some(out) = &r.output else {
+        if format == OutFormat::Table {
+            bytes.push(b'\n');
+        }
+        return Ok(Some(bytes));
+    };
+    let dest = crate::store::resolve(out)?;
+    use object_store::ObjectStoreExt;
+    dest.store
+        .put(&dest.path, bytes.into())
+        .await
+        .map_err(|source| Error::Store {
+            uri: out.clone(),
+            source,
+        })?;
+    Ok(None)
+}
+
 /// The text of a `.sql` file.
 pub fn read_file(path: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {

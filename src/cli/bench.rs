@@ -1,10 +1,10 @@
 //! `w2s bench`: the engine against PyTorch (docs/performance.md).
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde::Serialize;
 
-use crate::bench::{self, Arch, EngineOpts, Task};
+use crate::bench::{self, CheckpointArgs, EngineOpts, OneArgs};
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -17,28 +17,6 @@ pub enum BenchCommand {
     One(OneArgs),
     /// Write the seeded random checkpoint of a shape into a folder (what bench/e2e.sh trains).
     Checkpoint(CheckpointArgs),
-}
-
-#[derive(Args, Debug, Clone, PartialEq, Serialize)]
-pub struct OneArgs {
-    #[arg(long, value_enum)]
-    pub arch: Arch,
-    #[arg(long, value_enum)]
-    pub task: Task,
-    /// The checkpoint folder (`bench engine` writes it).
-    #[arg(long)]
-    pub model: String,
-    #[arg(long, default_value = crate::models::CPU)]
-    pub device: String,
-}
-
-#[derive(Args, Debug, Clone, PartialEq, Serialize)]
-pub struct CheckpointArgs {
-    #[arg(long, value_enum)]
-    pub arch: Arch,
-    /// Parent folder: the checkpoint is written to OUT/<arch>.
-    #[arg(long)]
-    pub out: String,
 }
 
 pub fn run(c: BenchCommand) -> Result<()> {

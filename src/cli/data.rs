@@ -2,14 +2,12 @@
 
 use anyhow::Result;
 use clap::Args;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::ArtifactsArg;
-use crate::sql::{self, OutFormat};
+use crate::sql;
 use crate::stages::split::{self, SplitOpts, SplitSettings};
-use crate::store::{resolve, ArtifactStore};
-use crate::Error;
+use crate::store::ArtifactStore;
 
 #[derive(Args, Debug, Clone, PartialEq, Serialize)]
 pub struct SplitArgs {
@@ -29,23 +27,12 @@ pub struct SplitArgs {
 
 #[derive(Args, Debug, Clone, PartialEq, Serialize)]
 pub struct SqlArgs {
-    /// The query, or a path to a .sql file.
-    pub query: Option<String>,
-    /// Read the query from this file.
-    #[arg(long, conflicts_with = "query")]
-    pub file: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub root: ArtifactsArg,
-    /// A bound parameter, NAME=VALUE, used as $NAME in the query. Repeatable.
-    #[arg(long = "param", value_name = "NAME=VALUE")]
-    pub params: Vec<String>,
-    /// Write the result here (local path or URL) instead of printing it.
-    #[arg(long, short)]
-    pub output: Option<String>,
-    /// Output format (default: from --output's extension, else a printed table).
-    #[arg(long, value_enum)]
-    pub format: Option<OutFormat>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub request: sql::Request,
 }
 
 pub async fn split(a: SplitArgs) -> Result<()> {
@@ -92,49 +79,10 @@ pub async fn split(a: SplitArgs) -> Result<()> {
 }
 
 pub async fn sql(a: SqlArgs) -> Result<()> {
-    let text = match (&a.file, &a.query) {
-        (Some(f), _) => sql::read_file(f)?,
-        (None, Some(q)) if q.trim_end().ends_with(".sql") && std::path::Path::new(q).is_file() => {
-            sql::read_file(q)?
-        }
-        (None, Some(q)) => q.clone(),
-        (None, None) => return Err(Error::Config("give a query or --file".into()).into()),
-    };
-    let params = a
-        .params
-        .iter()
-        .map(|p| sql::parse_param(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let format = a
-        .format
-        .or_else(|| a.output.as_deref().and_then(OutFormat::from_path))
-        .unwrap_or(OutFormat::Table);
-    if a.output.is_none() && format == OutFormat::Parquet {
-        return Err(Error::Config("--format parquet needs --output FILE".into()).into());
-    }
     let store = ArtifactStore::open(&a.root.artifacts)?;
-    let ctx = sql::context(&store).await?;
-    let batches = sql::query(&ctx, &text, &params).await?;
-    let bytes = sql::render(&batches, format)?;
-    match &a.output {
-        Some(out) => {
-            let r = resolve(out)?;
-            r.store
-                .put(&r.path, bytes.into())
-                .await
-                .map_err(|source| Error::Store {
-                    uri: out.clone(),
-                    source,
-                })?;
-        }
-        None => {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&bytes)?;
-            if format == OutFormat::Table {
-                writeln!(stdout)?;
-            }
-        }
+    if let Some(bytes) = sql::run(&store, &a.request).await? {
+        use std::io::Write;
+        std::io::stdout().lock().write_all(&bytes)?;
     }
     Ok(())
 }

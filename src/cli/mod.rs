@@ -13,14 +13,15 @@ mod pipeline;
 mod train;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+pub use crate::pipeline::args::{PipelineArgs, PlanArgs, PlanFormat, RunArgs};
+pub use crate::store::ArtifactsArg;
 pub use bench::BenchCommand;
 pub use data::{SplitArgs, SqlArgs};
 pub use eval::{AnalyzeArgs, ReportArgs, ScoreArgs, WeakLabelArgs};
 pub use models::{ConvertArgs, LoraMergeArgs};
-pub use pipeline::{PipelineArgs, PlanArgs, PlanFormat, RunArgs};
 pub use train::{GtTrainArgs, PretrainArgs, W2sTrainArgs};
 
 #[derive(Parser, Debug, Clone, PartialEq)]
@@ -111,14 +112,6 @@ impl Command {
             _ => None,
         }
     }
-}
-
-/// The artifact root every stage reads and writes.
-#[derive(Args, Debug, Clone, PartialEq, Serialize)]
-pub struct ArtifactsArg {
-    /// Artifact root: a local folder, file://, or s3://bucket/prefix.
-    #[arg(long, env = "W2S_ARTIFACTS", default_value = "artifacts")]
-    pub artifacts: String,
 }
 
 /// Runs one parsed command line.

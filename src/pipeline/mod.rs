@@ -2,6 +2,7 @@
 //! invocations ([`plan`]) that `w2s run` executes, skipping what is up to date ([`record`],
 //! [`exec`]); [`planned`] is a file planned against its root. See docs/pipelines.md.
 
+pub mod args;
 pub mod exec;
 mod overrides;
 pub mod plan;

@@ -53,7 +53,7 @@ pub struct Request {
     #[arg(long)]
     pub model: Option<String>,
     /// The split to label.
-    #[arg(long, default_value = crate::stages::training::LABEL_SPLIT)]
+    #[arg(long, default_value = crate::schema::LABEL_SPLIT)]
     pub split: String,
     /// Seed of the slot swap (must match the student's).
     #[arg(long, default_value_t = 0)]
@@ -210,8 +210,8 @@ async fn label_policy(
     let tok = Tokenizer::load(&dir.join("tokenizer.json"))?;
     let max_ctx = s.max_ctx.min(model.config.max_positions());
     let pairs = common::load_split(store, &s.split).await?;
-    let (kind, trained) = super::score::policy_kind(dir);
-    let scored = super::score::policy_scores(
+    let (kind, trained) = super::policy::policy_kind(dir);
+    let scored = super::policy::policy_scores(
         &model,
         &tok,
         &pairs,

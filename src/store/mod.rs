@@ -86,6 +86,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The artifact root every stage reads and writes, as a flag.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct ArtifactsArg {
+    /// Artifact root: a local folder, file://, or s3://bucket/prefix.
+    #[arg(long, env = "W2S_ARTIFACTS", default_value = "artifacts")]
+    pub artifacts: String,
+}
+
 /// An artifact root with everything stages need to publish and read.
 #[derive(Clone)]
 pub struct ArtifactStore {

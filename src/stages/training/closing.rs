@@ -43,6 +43,22 @@ impl TrainReport {
         }
     }
 
+    /// The report of run `key` if it is published under fingerprint `fp` (and not `force`d).
+    pub async fn current(
+        store: &ArtifactStore,
+        key: &str,
+        fp: &str,
+        force: bool,
+    ) -> Result<Option<TrainReport>> {
+        if force {
+            return Ok(None);
+        }
+        match store.current(key, fp).await? {
+            Some(m) => Ok(Some(TrainReport::published(store, &m).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// The report of a run found up to date, from its published `runs` part.
     pub async fn published(store: &ArtifactStore, m: &Manifest) -> Result<TrainReport> {
         let mut report = TrainReport::of(&[], 0);

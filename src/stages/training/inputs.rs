@@ -1,13 +1,21 @@
 //! What a training run reads besides its settings: its base model, the splits it trains on
 //! and its teacher's labels, each with the input record that enters the run's fingerprint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::HashMap;
+
+use candle_core::Var;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
 use crate::error::{Error, Result};
+use crate::models::Model;
+use crate::optim::{Adam, AdamConfig};
 use crate::stages::common::{self, PairText};
 use crate::store::{keys, ArtifactStore, InputFile};
+use crate::tokenize::Tokenizer;
+use crate::train::Resume;
 
 /// The base model's folder: `run:<id>` is a model trained or pretrained in this root (checked
 /// against its manifest), anything else a location `models::source` materializes.
@@ -18,13 +26,27 @@ pub async fn base_model(store: &ArtifactStore, location: &str) -> Result<PathBuf
     }
 }
 
-/// The label parts of `teacher` on `split`, refusing labels an earlier checkpoint of the
-/// teacher made (it was retrained since), with the input record of the labels.
+/// One of a teacher's labels (a row of `labels`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherLabel {
+    /// The ground truth in the teacher's slot orientation (reward models).
+    pub gt_label: bool,
+    /// σ(margin): toward the teacher's chosen slot (reward models) or toward the ground-truth
+    /// chosen side (policies).
+    pub soft: f64,
+    /// The teacher's hard label agrees with the ground truth.
+    pub correct: bool,
+    /// `rm`, `simpo` or `dpo`: what kind of model made it.
+    pub method: String,
+}
+
+/// The labels of `teacher` on `split` by pair id, refusing labels an earlier checkpoint of
+/// the teacher made (it was retrained since), with the input record of the labels.
 pub async fn labels(
     store: &ArtifactStore,
     teacher: &str,
     split: &str,
-) -> Result<(Vec<RecordBatch>, InputFile)> {
+) -> Result<(HashMap<String, TeacherLabel>, InputFile)> {
     let m = store.manifest(&keys::labels(teacher, split)).await?.ok_or_else(|| {
         Error::NoInput(format!(
             "{}: no labels of `{teacher}` on the {split} split (run `w2s weak-label --run {teacher} --split {split}` first)",
@@ -42,15 +64,33 @@ pub async fn labels(
             )));
         }
     }
-    let mut batches = Vec::new();
+    let mut out = HashMap::new();
     for f in m
         .outputs
         .iter()
         .filter(|f| f.table.as_deref() == Some("labels"))
     {
-        batches.extend(store.read_table_part(f).await?);
+        for b in store.read_table_part(f).await? {
+            let col = |n: &str| b.column_by_name(n).expect("labels schema");
+            let ids = col("pair_id").as_string::<i32>();
+            let gt = col("gt_label").as_primitive::<Int64Type>();
+            let soft = col("soft_label").as_primitive::<Float64Type>();
+            let correct = col("correct").as_boolean();
+            let method = col("method").as_string::<i32>();
+            for i in 0..b.num_rows() {
+                out.insert(
+                    ids.value(i).to_string(),
+                    TeacherLabel {
+                        gt_label: gt.value(i) == 1,
+                        soft: soft.value(i),
+                        correct: correct.value(i),
+                        method: method.value(i).to_string(),
+                    },
+                );
+            }
+        }
     }
-    Ok((batches, common::manifest_input(&m)))
+    Ok((out, common::manifest_input(&m)))
 }
 
 /// The helpful pairs the implicit conflict mixes in.
@@ -60,4 +100,75 @@ pub async fn helpful(store: &ArtifactStore) -> Result<Vec<PairText>> {
             "--objective implicit needs helpful pairs (give `w2s split` a --helpful file)".into(),
         )
     })
+}
+
+/// A base model checked and identified: its folder and the inputs of the run's fingerprint
+/// (the model's files, the split's manifest).
+pub async fn base_and_split(
+    store: &ArtifactStore,
+    location: &str,
+) -> Result<(PathBuf, Vec<InputFile>)> {
+    let pairs = common::pairs_manifest(store).await?;
+    let dir = base_model(store, location).await?;
+    let mut inputs = common::model_inputs(&dir)?;
+    inputs.push(common::manifest_input(&pairs));
+    Ok((dir, inputs))
+}
+
+/// A base model loaded for training, with its tokenizer and the longest usable sequence.
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tokenizer,
+    pub tok_path: PathBuf,
+    pub max_ctx: usize,
+}
+
+/// Loads the model of `dir` on `device` for training (every weight a variable).
+pub fn load(dir: &Path, device: &str, max_ctx: usize) -> Result<Loaded> {
+    let device = crate::models::parse_device(device)?;
+    let model = Model::load(dir, &device)?;
+    let tok_path = dir.join("tokenizer.json");
+    let tok = Tokenizer::load(&tok_path)?;
+    let max_ctx = max_ctx.min(model.config.max_positions());
+    Ok(Loaded {
+        model,
+        tok,
+        tok_path,
+        max_ctx,
+    })
+}
+
+/// The split a run trains on: `gt` for a ceiling, the labelled split for a student.
+pub fn train_split<'a>(teacher: Option<&str>, label_split: &'a str) -> &'a str {
+    if teacher.is_some() {
+        label_split
+    } else {
+        "gt"
+    }
+}
+
+/// A fresh Adam over `vars` at `lr`, and the resumable state of the phase published under
+/// `key` (`train/<run>`, or `train/<run>/sft` for a phase).
+pub fn phase<'a>(
+    store: &'a ArtifactStore,
+    key: &str,
+    fingerprint: &str,
+    every: usize,
+    vars: &[(String, Var)],
+    lr: f64,
+) -> (Adam, Resume<'a>) {
+    let adam = Adam::named(
+        vars.to_vec(),
+        AdamConfig {
+            lr,
+            ..AdamConfig::default()
+        },
+    );
+    let resume = Resume {
+        store,
+        prefix: keys::state(key),
+        fingerprint: fingerprint.into(),
+        every,
+    };
+    (adam, resume)
 }

@@ -29,8 +29,7 @@ use crate::train::LoopSettings;
 
 /// The paper's weight of the explicit conflict term.
 pub const ALPHA: f64 = 0.5;
-/// The split a teacher labels and a student trains on (`gt` in bootstrapping's second stage).
-pub const LABEL_SPLIT: &str = "w2s";
+pub use crate::schema::LABEL_SPLIT;
 
 /// The training scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]

@@ -13,8 +13,6 @@
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Float64Type;
 use serde::Serialize;
 
 use super::closing::{self, Finished, RunRow, TrainReport};
@@ -23,13 +21,12 @@ use crate::error::{Error, Result};
 use crate::models::readout::sequence_logprobs;
 use crate::models::save::SaveExtras;
 use crate::models::Model;
-use crate::optim::{Adam, AdamConfig};
 use crate::scenarios::po::{self, Loss, PairStats};
 use crate::scenarios::rm::Objective;
 use crate::stages::common::{self, PairText};
 use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 use crate::tokenize::{Tokenization, Tokenizer};
-use crate::train::{self, LoopSettings, MicroOut, Resume, StepLog};
+use crate::train::{self, LoopSettings, MicroOut, StepLog};
 
 /// Everything that determines a trained policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -118,34 +115,15 @@ async fn teacher_preferences(
     teacher: &str,
     split: &str,
 ) -> Result<(HashMap<String, (bool, f64)>, InputFile)> {
-    let (batches, input) = inputs::labels(store, teacher, split).await?;
-    let mut out = HashMap::new();
-    for b in &batches {
-        let ids = b
-            .column_by_name("pair_id")
-            .expect("labels schema")
-            .as_string::<i32>();
-        let method = b
-            .column_by_name("method")
-            .expect("labels schema")
-            .as_string::<i32>();
-        let correct = b
-            .column_by_name("correct")
-            .expect("labels schema")
-            .as_boolean();
-        let soft = b
-            .column_by_name("soft_label")
-            .expect("labels schema")
-            .as_primitive::<Float64Type>();
-        for i in 0..b.num_rows() {
-            if method.value(i) == "rm" {
-                return Err(Error::Config(format!(
-                    "`{teacher}` is a reward model: a preference student needs a policy teacher (gt-train --scenario simpo|dpo)"
-                )));
-            }
-            out.insert(ids.value(i).to_string(), (correct.value(i), soft.value(i)));
-        }
+    let (labels, input) = inputs::labels(store, teacher, split).await?;
+    if labels.values().any(|l| l.method == "rm") {
+        return Err(Error::Config(format!(
+            "`{teacher}` is a reward model: a preference student needs a policy teacher (gt-train --scenario simpo|dpo)"
+        )));
     }
+    let out = (labels.into_iter())
+        .map(|(id, l)| (id, (l.correct, l.soft)))
+        .collect();
     Ok((out, input))
 }
 
@@ -168,10 +146,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
             "--objective adaptive is a reward-modeling objective (paper App. P); preference runs take none, explicit or implicit".into(),
         ));
     }
-    let pairs_manifest = common::pairs_manifest(store).await?;
-    let base_dir = inputs::base_model(store, &s.base_model).await?;
-    let mut inputs = common::model_inputs(&base_dir)?;
-    inputs.push(common::manifest_input(&pairs_manifest));
+    let (base_dir, mut inputs) = inputs::base_and_split(store, &s.base_model).await?;
     let teacher = match &s.teacher {
         Some(t) => {
             let (prefs, input) = teacher_preferences(store, t, s.label_split()).await?;
@@ -182,23 +157,17 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     };
     let fp = fingerprint("po-train", s, &inputs);
     let key = keys::train(&s.run_id);
-    if !force {
-        if let Some(m) = store.current(&key, &fp).await? {
-            return TrainReport::published(store, &m).await;
-        }
+    if let Some(done) = TrainReport::current(store, &key, &fp, force).await? {
+        return Ok(done);
     }
+    let inputs::Loaded {
+        model,
+        tok,
+        tok_path,
+        max_ctx,
+    } = inputs::load(&base_dir, &s.device, s.max_ctx)?;
 
-    let device = crate::models::parse_device(&s.device)?;
-    let model = Model::load(&base_dir, &device)?;
-    let tok_path = base_dir.join("tokenizer.json");
-    let tok = Tokenizer::load(&tok_path)?;
-    let max_ctx = s.max_ctx.min(model.config.max_positions());
-
-    let train_split = if teacher.is_some() {
-        s.label_split()
-    } else {
-        "gt"
-    };
+    let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
     let mut pairs = common::load_split(store, train_split).await?;
     let label = |p: &PairText| -> Result<(bool, f64)> {
         let prefs = teacher.as_ref().expect("students only");
@@ -265,18 +234,13 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     // mode's n also counts the first window token, which is never scored:
     // docs/reference.md §3.3).
     let first_counts = s.tokenization == Tokenization::Reference;
-    let sft_resume = Resume {
+    let (mut adam, sft_resume) = inputs::phase(
         store,
-        prefix: keys::state(&format!("{key}/sft")),
-        fingerprint: fp.clone(),
-        every: s.save_every,
-    };
-    let mut adam = Adam::named(
-        vars.clone(),
-        AdamConfig {
-            lr: s.sft.lr,
-            ..AdamConfig::default()
-        },
+        &format!("{key}/sft"),
+        &fp,
+        s.save_every,
+        &vars,
+        s.sft.lr,
     );
     let batch_n = s.sft.batch as f64;
     let sft_sizes: Vec<usize> = data.iter().map(|x| x.c.0.len() + x.c.1.len()).collect();
@@ -320,18 +284,15 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     };
 
     // Phase 2: SimPO or DPO, a fresh Adam over the same order.
-    let po_resume = Resume {
+    // One optimizer at a time: the SFT phase's moments go before the preference phase's.
+    drop(adam);
+    let (mut adam, po_resume) = inputs::phase(
         store,
-        prefix: keys::state(&format!("{key}/po")),
-        fingerprint: fp.clone(),
-        every: s.save_every,
-    };
-    let mut adam = Adam::named(
-        vars.clone(),
-        AdamConfig {
-            lr: s.po.lr,
-            ..AdamConfig::default()
-        },
+        &format!("{key}/po"),
+        &fp,
+        s.save_every,
+        &vars,
+        s.po.lr,
     );
     let batch_n = s.po.batch as f64;
     let explicit = (s.objective == Objective::Explicit).then_some(s.alpha);

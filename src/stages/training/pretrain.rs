@@ -25,10 +25,10 @@ use super::closing::{self, batch_err, Finished, RunRow};
 use crate::data::world::{probe_statements, words};
 use crate::error::{Error, Result};
 use crate::models::{readout, Model};
-use crate::optim::{Adam, AdamConfig, Schedule};
+use crate::optim::Schedule;
 use crate::stages::common;
 use crate::store::{fingerprint, keys, ArtifactStore};
-use crate::train::{self, LoopSettings, MicroOut, Resume};
+use crate::train::{self, LoopSettings, MicroOut};
 
 /// The end-of-text token: separates statements and starts every sequence.
 pub const EOS: &str = "<|endoftext|>";
@@ -370,19 +370,8 @@ pub async fn run(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut adam = Adam::named(
-        vars.clone(),
-        AdamConfig {
-            lr: s.train.lr,
-            ..AdamConfig::default()
-        },
-    );
-    let resume = Resume {
-        store,
-        prefix: keys::state(&key),
-        fingerprint: fp.clone(),
-        every: s.save_every,
-    };
+    let (mut adam, resume) =
+        super::inputs::phase(store, &key, &fp, s.save_every, &vars, s.train.lr);
     let batch = s.train.batch as f64;
     let ones = Tensor::ones(
         (s.train.micro_batch, s.ctx),

@@ -5,21 +5,17 @@
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use serde::Serialize;
 
 use super::closing::{self, Finished, RunRow, TrainReport};
 use super::inputs;
 use crate::error::{Error, Result};
 use crate::models::save::SaveExtras;
-use crate::models::Model;
-use crate::optim::{Adam, AdamConfig};
 use crate::scenarios::rm::{self, Head, Objective, Readout, RewardModel, Sample};
 use crate::stages::common::{self, PairText};
 use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 use crate::tokenize::Tokenizer;
-use crate::train::{self, LoopSettings, MicroOut, Resume};
+use crate::train::{self, LoopSettings, MicroOut};
 
 /// Everything that determines a trained reward model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,25 +67,10 @@ async fn teacher_labels(
     teacher: &str,
     split: &str,
 ) -> Result<(HashMap<String, (bool, f64)>, InputFile)> {
-    let (batches, input) = inputs::labels(store, teacher, split).await?;
-    let mut out = HashMap::new();
-    for b in &batches {
-        let ids = b
-            .column_by_name("pair_id")
-            .expect("labels schema")
-            .as_string::<i32>();
-        let gt = b
-            .column_by_name("gt_label")
-            .expect("labels schema")
-            .as_primitive::<Int64Type>();
-        let soft = b
-            .column_by_name("soft_label")
-            .expect("labels schema")
-            .as_primitive::<Float64Type>();
-        for i in 0..b.num_rows() {
-            out.insert(ids.value(i).to_string(), (gt.value(i) == 1, soft.value(i)));
-        }
-    }
+    let (labels, input) = inputs::labels(store, teacher, split).await?;
+    let out = (labels.into_iter())
+        .map(|(id, l)| (id, (l.gt_label, l.soft)))
+        .collect();
     Ok((out, input))
 }
 
@@ -141,10 +122,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             "--alpha must be >= 0, --max-ctx >= 2 and --lr > 0".into(),
         ));
     }
-    let pairs_manifest = common::pairs_manifest(store).await?;
-    let base_dir = inputs::base_model(store, &s.base_model).await?;
-    let mut inputs = common::model_inputs(&base_dir)?;
-    inputs.push(common::manifest_input(&pairs_manifest));
+    let (base_dir, mut inputs) = inputs::base_and_split(store, &s.base_model).await?;
     let teacher = match &s.teacher {
         Some(t) => {
             let (labels, input) = teacher_labels(store, t, s.label_split()).await?;
@@ -170,24 +148,19 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     };
     let fp = fingerprint("rm-train", s, &inputs);
     let key = keys::train(&s.run_id);
-    if !force {
-        if let Some(m) = store.current(&key, &fp).await? {
-            return TrainReport::published(store, &m).await;
-        }
+    if let Some(done) = TrainReport::current(store, &key, &fp, force).await? {
+        return Ok(done);
     }
-
-    let device = crate::models::parse_device(&s.device)?;
-    let model = Model::load(&base_dir, &device)?;
-    let tok_path = base_dir.join("tokenizer.json");
-    let tok = Tokenizer::load(&tok_path)?;
-    let max_ctx = s.max_ctx.min(model.config.max_positions());
+    let inputs::Loaded {
+        model,
+        tok,
+        tok_path,
+        max_ctx,
+    } = inputs::load(&base_dir, &s.device, s.max_ctx)?;
+    let device = model.device().clone();
 
     // Training samples (docs/reference.md §1.4, §2.3).
-    let train_split = if teacher.is_some() {
-        s.label_split()
-    } else {
-        "gt"
-    };
+    let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
     let pairs = common::load_split(store, train_split).await?;
     let mut data = match &teacher {
         None => samples(&tok, &pairs, s.slot_seed, max_ctx, |_, h| {
@@ -255,19 +228,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         head: Head::Trainable(head.clone()),
         readout: s.readout,
     };
-    let mut adam = Adam::named(
-        vars.clone(),
-        AdamConfig {
-            lr: s.train.lr,
-            ..AdamConfig::default()
-        },
-    );
-    let resume = Resume {
-        store,
-        prefix: keys::state(&key),
-        fingerprint: fp.clone(),
-        every: s.save_every,
-    };
+    let (mut adam, resume) = inputs::phase(store, &key, &fp, s.save_every, &vars, s.train.lr);
     let batch = s.train.batch as f32;
     let alpha = s.alpha as f32;
     let sizes: Vec<usize> = data.iter().map(|x| x.a.len() + x.b.len()).collect();
