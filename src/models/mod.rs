@@ -202,11 +202,11 @@ impl Model {
         &self.device
     }
 
-    /// A frozen copy of the current weights (own storage: later updates of `self` do not
-    /// reach it), e.g. DPO's reference model.
+    /// A frozen copy of the current function (own storage: later updates of `self` do not
+    /// reach it; LoRA adapters folded into their base weights), e.g. DPO's reference model.
     pub fn frozen_copy(&self) -> Result<Model> {
         let mut tensors = std::collections::HashMap::new();
-        for (k, t) in &self.tensors {
+        for (k, t) in &self.merged_tensors()? {
             tensors.insert(k.clone(), t.copy()?.detach());
         }
         let weights = Weights::from_tensors("frozen copy".into(), tensors).frozen();

@@ -40,9 +40,13 @@ pub(crate) fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> 
 }
 
 impl Model {
-    /// Writes the model to `dir` (replacing an existing checkpoint there).
+    /// Writes the model to `dir` (replacing an existing checkpoint there), with any LoRA
+    /// adapters folded into their base weights: the checkpoint is the function trained.
     pub fn save(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
-        self.save_tensors(dir, extras, self.tensors())
+        match self.lora_spec() {
+            None => self.save_tensors(dir, extras, self.tensors()),
+            Some(_) => self.save_tensors(dir, extras, &self.merged_tensors()?),
+        }
     }
 
     /// Writes the model with `tensors` as its weights.

@@ -125,6 +125,16 @@ pub fn model_inputs(dir: &Path) -> Result<Vec<InputFile>> {
         })
         .collect();
     files.sort();
+    hash_files(&files)
+}
+
+/// The named files of a folder (each must exist) as inputs.
+pub fn model_inputs_named(dir: &Path, names: &[&str]) -> Result<Vec<InputFile>> {
+    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    hash_files(&files)
+}
+
+fn hash_files(files: &[PathBuf]) -> Result<Vec<InputFile>> {
     files
         .iter()
         .map(|p| {

@@ -430,6 +430,71 @@ fn bad_pipeline_files_are_named_by_key() {
     assert!(!root.exists(), "nothing was created for a bad file");
 }
 
+/// The paper's LoRA pipeline (App. H: SimPO, Llama students trained as LoRA adapters) on the
+/// oracle's small data files with fixture checkpoints: GPT-2 and OPT teachers, the tiny Llama
+/// student with rank-8 adapters (its ceiling too), no conflict and the implicit one.
+#[test]
+fn the_lora_pipeline_runs_on_fixture_checkpoints() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rm_run");
+    let fixture = |name: &str| s(&crate::common::fixture_model(name)).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/paper-llama-lora.toml");
+    let sets = [
+        format!("artifacts={}", s(&root)),
+        format!("data.gt={}", s(&data.join("gt.jsonl"))),
+        format!("data.w2s={}", s(&data.join("w2s.jsonl"))),
+        format!("data.test={}", s(&data.join("test.jsonl"))),
+        format!("data.helpful={}", s(&data.join("helpful.jsonl"))),
+        "data.n_gt=12".into(),
+        "data.n_w2s=12".into(),
+        "data.n_test=6".into(),
+        "data.n_helpful=12".into(),
+        format!("model.*.path={}", fixture("llama")),
+        format!("model.gpt2-large.path={}", fixture("gpt2")),
+        format!("model.gpt2-xl.path={}", fixture("opt")),
+        r#"grid.strong=["llama-3-8b"]"#.into(),
+        r#"grid.objectives=["none", "implicit"]"#.into(),
+        "train.device=cpu".into(),
+        "score.device=cpu".into(),
+        "train.batch=4".into(),
+        "train.max_ctx=48".into(),
+        "train.lr=1e-3".into(),
+        "model.llama-3-8b.train.lr=1e-3".into(),
+        "analysis.bootstrap=20".into(),
+    ];
+    let mut args = vec!["run".to_string(), s(&file).to_string()];
+    for x in &sets {
+        args.extend(["--set".to_string(), x.clone()]);
+    }
+    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let out = ok(w2s(&argv));
+    // 3 ceilings, 2 labels, 4 students, 7 scores, split, report.
+    assert!(out.contains("paper-llama-lora: 18 steps ran"), "{out}");
+    assert!(out.contains("--lora-rank 8"), "{out}");
+    // The Llama runs are LoRA runs: their settings say so and each published an adapter.
+    let lora_runs = query(
+        &root,
+        "select count(*) from runs where settings like '%\"r\":8%'",
+    );
+    assert_eq!(lora_runs, "count(*)\n5\n", "the ceiling and 4 students");
+    let adapters = files_under(&root)
+        .into_iter()
+        .filter(|f| f.ends_with("-adapter/adapter_model.safetensors"))
+        .count();
+    assert_eq!(adapters, 5);
+    let tests: usize = query(&root, "select count(*) from pairs where split = 'test'")
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        query(&root, "select count(*) from scores"),
+        format!("count(*)\n{}\n", 7 * tests)
+    );
+}
+
 /// The paper's reward-modeling, SimPO and DPO pipelines on the real HH-RLHF stand-in with tiny
 /// fixture checkpoints for the rungs (skipped when ../shared/data is absent, as on a fresh
 /// clone): 32 pairs per split, two teachers, one student, no conflict and the explicit one

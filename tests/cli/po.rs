@@ -14,6 +14,13 @@ fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
+/// The LoRA oracle (tools/fixtures/make_lora_run.py) and the PEFT adapter its runs start from.
+fn lora_fixture() -> (serde_json::Value, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora_run");
+    let exp = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    (exp, dir.join("init").display().to_string())
+}
+
 fn expected() -> serde_json::Value {
     fixture("expected.json")
 }
@@ -88,11 +95,12 @@ fn test_margins(root: &Path, run: &str) -> Vec<f64> {
     )
 }
 
-/// Which fixture model and tokenization a scenario runs with.
+/// Which fixture model and tokenization a scenario runs with, and further training flags.
 struct Setup {
     model: &'static str,
     tokenization: &'static str,
     expected: serde_json::Value,
+    extra: Vec<String>,
 }
 
 fn scenario(kind: &str) {
@@ -102,6 +110,7 @@ fn scenario(kind: &str) {
             model: "gpt2",
             tokenization: "joint",
             expected: expected(),
+            extra: vec![],
         },
     )
 }
@@ -125,6 +134,7 @@ fn run_scenario(kind: &str, setup: Setup) {
             setup.tokenization,
         ]);
         a.extend(ARGS);
+        a.extend(setup.extra.iter().map(String::as_str));
         ok(w2s(&a))
     };
     train(&["gt-train", "--run-id", "weak"]);
@@ -232,6 +242,7 @@ fn simpo_with_reference_tokenization_matches_the_oracle_on_llama() {
             model: "llama",
             tokenization: "reference",
             expected: fixture("reference_llama.json"),
+            extra: vec![],
         },
     );
 }
@@ -244,7 +255,123 @@ fn dpo_with_reference_tokenization_matches_the_oracle_on_llama() {
             model: "llama",
             tokenization: "reference",
             expected: fixture("reference_llama.json"),
+            extra: vec![],
         },
+    );
+}
+
+/// LoRA: SFT then SimPO or DPO training PEFT-initialised adapters on the frozen Llama fixture,
+/// against PEFT (per-step losses within 1e-4; DPO's reference is the SFT policy). The run
+/// publishes the merged checkpoint, which labelling and scoring read like any other, and the
+/// adapter in PEFT's layout, which folded into the base gives the same model.
+fn lora_scenario(kind: &str) {
+    let (expected, init) = lora_fixture();
+    let extra = [
+        "--lora-rank",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--lora-init",
+        &init,
+    ];
+    run_scenario(
+        kind,
+        Setup {
+            model: "llama",
+            tokenization: "reference",
+            expected,
+            extra: extra.iter().map(|x| x.to_string()).collect(),
+        },
+    );
+}
+
+#[test]
+fn simpo_with_lora_matches_peft_on_llama() {
+    lora_scenario("simpo");
+}
+
+#[test]
+fn dpo_with_lora_matches_peft_on_llama() {
+    lora_scenario("dpo");
+}
+
+#[test]
+fn a_lora_run_publishes_its_adapter_beside_the_merged_checkpoint() {
+    let (_, init) = lora_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    split_oracle_data(&root);
+    let llama = fixture_model("llama").display().to_string();
+    let mut a = vec![
+        "gt-train",
+        "--artifacts",
+        s(&root),
+        "--scenario",
+        "simpo",
+        "--model",
+        &llama,
+        "--run-id",
+        "lora",
+        "--tokenization",
+        "reference",
+        "--lora-rank",
+        "8",
+        "--lora-init",
+        &init,
+    ];
+    a.extend(ARGS);
+    ok(w2s(&a));
+    let models = root.join("models/lora");
+    let folders: Vec<String> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let adapter = folders.iter().find(|f| f.ends_with("-adapter")).unwrap();
+    let ckpt = folders.iter().find(|f| !f.ends_with("-adapter")).unwrap();
+    let adapter = models.join(adapter);
+    assert!(adapter.join("adapter_model.safetensors").exists());
+    assert!(!models.join(ckpt).join("adapter_config.json").exists());
+    // Base + published adapter, folded by `w2s lora-merge`, scores as the run's checkpoint.
+    let merged = dir.path().join("merged");
+    ok(w2s(&[
+        "lora-merge",
+        "--model",
+        &llama,
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&merged),
+    ]));
+    let run = test_margins(&root, "lora");
+    ok(w2s(&[
+        "score",
+        "--artifacts",
+        s(&root),
+        "--model",
+        s(&merged),
+        "--run-id",
+        "folded",
+        "--tokenization",
+        "reference",
+        "--max-ctx",
+        "48",
+    ]));
+    let folded = column(
+        &root,
+        "select margin from scores where run_id = 'folded' order by split_index",
+    );
+    close("folded adapter margins", &folded, &run, 1e-4);
+    // The adapter counts among the run's inputs: another start is another run.
+    let o = w2s(&{
+        let mut b = a.clone();
+        b.retain(|x| *x != "--lora-init" && *x != init.as_str());
+        b
+    });
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !out.contains("up to date"),
+        "a fresh adapter is a different run: it trains ({out})"
     );
 }
 

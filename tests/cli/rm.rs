@@ -532,7 +532,7 @@ fn misuse_gets_clear_errors() {
         "select distinct method from labels where run_id = 'x'",
     ]));
     assert_eq!(methods, "method\nsimpo\n");
-    // What is not built, high-confidence filtering of a reward model's labels, a batch larger
+    // A LoRA rank of 0, high-confidence filtering of a reward model's labels, a batch larger
     // than the data, a bad head file.
     let o = w2s(&[
         "gt-train",
@@ -541,9 +541,10 @@ fn misuse_gets_clear_errors() {
         "--model",
         &model,
         "--lora-rank",
-        "8",
+        "0",
     ]);
-    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--lora-rank 0"), "{}", stderr(&o));
     let o = w2s(&[
         "w2s-train",
         "--artifacts",
@@ -670,4 +671,92 @@ fn labels_of_a_retrained_teacher_are_refused_until_relabelled() {
         !again.contains("up to date"),
         "the student retrains on the new labels: {again}"
     );
+}
+
+/// A reward model trained as LoRA adapters (the head trains with them): the run publishes
+/// the merged checkpoint with its head, labels and scores like any other, and its adapter.
+#[test]
+fn a_lora_reward_model_trains_labels_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    split_oracle_data(&root);
+    let r = root.to_str().unwrap();
+    let model = crate::common::fixture_model("llama").display().to_string();
+    let o = w2s(&[
+        "gt-train",
+        "--artifacts",
+        r,
+        "--model",
+        &model,
+        "--run-id",
+        "t",
+        "--batch",
+        "4",
+        "--lr",
+        "1e-3",
+        "--max-ctx",
+        "48",
+        "--lora-rank",
+        "4",
+        "--lora-targets",
+        "q_proj,v_proj",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for cmd in [
+        vec![
+            "weak-label",
+            "--artifacts",
+            r,
+            "--run",
+            "t",
+            "--max-ctx",
+            "48",
+        ],
+        vec![
+            "score",
+            "--artifacts",
+            r,
+            "--run-id",
+            "t",
+            "--max-ctx",
+            "48",
+        ],
+    ] {
+        let o = w2s(&cmd);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let models = root.join("models/t");
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let ckpt = dirs
+        .iter()
+        .find(|d| !d.ends_with("adapter") && !d.display().to_string().ends_with("-adapter"))
+        .unwrap();
+    assert!(ckpt.join("reward_head.safetensors").exists());
+    let adapter = dirs
+        .iter()
+        .find(|d| d.display().to_string().ends_with("-adapter"))
+        .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 8.0, "alpha defaults to twice the rank");
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    // The merged weights differ from the base where adapters were trained, nowhere else.
+    let base =
+        w2s::models::Model::load(std::path::Path::new(&model), &candle_core::Device::Cpu).unwrap();
+    let trained = w2s::models::Model::load(ckpt, &candle_core::Device::Cpu).unwrap();
+    for (k, t) in base.tensors() {
+        let d: f32 = (t - &trained.tensors()[k])
+            .and_then(|x| x.abs()?.flatten_all()?.max(0)?.to_scalar())
+            .unwrap();
+        let adapted = k.ends_with("q_proj.weight") || k.ends_with("v_proj.weight");
+        assert_eq!(d > 0.0, adapted, "{k}: changed by {d}");
+    }
 }

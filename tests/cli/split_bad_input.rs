@@ -252,20 +252,3 @@ fn bad_arguments_are_clear() {
         stderr(&o)
     );
 }
-
-#[test]
-fn pending_stages_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = w2s(&[
-        "gt-train",
-        "--artifacts",
-        dir.path().to_str().unwrap(),
-        "--model",
-        "x",
-        "--lora-rank",
-        "8",
-    ]);
-    assert_eq!(o.status.code(), Some(69));
-    assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("LoRA training"), "{}", stderr(&o));
-}

@@ -12,6 +12,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::models::save::SaveExtras;
+use crate::models::Model;
 use crate::schema;
 use crate::stages::common;
 use crate::store::{keys, ArtifactStore, InputFile, Manifest, OutputFile};
@@ -135,7 +137,7 @@ pub async fn publish<S: Serialize>(
     ));
     let saved = save(&tmp);
     let uploaded = match saved {
-        Ok(()) => common::upload_checkpoint(store, run_id, tag, &tmp).await,
+        Ok(()) => upload(store, run_id, tag, &tmp).await,
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&tmp);
@@ -182,6 +184,51 @@ pub async fn publish<S: Serialize>(
         r.clear().await?;
     }
     Ok(report)
+}
+
+/// Saves a trained model into `dir` in Hugging Face layout (LoRA adapters folded in, so every
+/// later stage reads it like any checkpoint) and, under LoRA, the adapters alone in PEFT's
+/// layout into `dir/adapter` (published beside the checkpoint as `<tag>-adapter`).
+pub fn save_model(model: &Model, dir: &Path, extras: &SaveExtras) -> Result<()> {
+    model.save(dir, extras)?;
+    if model.lora_spec().is_some() {
+        model.save_adapter(&dir.join(ADAPTER))?;
+    }
+    Ok(())
+}
+
+/// The folder of a run's LoRA adapter, beside its checkpoint.
+pub const ADAPTER: &str = "adapter";
+
+/// Uploads the checkpoint files of `dir` to `models/<run>/<tag>/` and each subfolder `<sub>`
+/// to `models/<run>/<tag>-<sub>/`; on a failure what was uploaded is discarded.
+async fn upload(
+    store: &ArtifactStore,
+    run_id: &str,
+    tag: &str,
+    dir: &Path,
+) -> Result<Vec<OutputFile>> {
+    let mut outputs = common::upload_checkpoint(store, run_id, tag, dir).await?;
+    let mut subs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subs.sort();
+    for sub in subs {
+        let name = sub.file_name().and_then(|n| n.to_str()).unwrap_or("sub");
+        match common::upload_checkpoint(store, run_id, &format!("{tag}-{name}"), &sub).await {
+            Ok(files) => outputs.extend(files),
+            Err(e) => {
+                store.discard(&outputs).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(outputs)
 }
 
 pub(crate) fn batch_err(

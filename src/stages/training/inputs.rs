@@ -9,6 +9,7 @@ use candle_core::Var;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
+use super::LoraSettings;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::optim::{Adam, AdamConfig};
@@ -123,10 +124,39 @@ pub struct Loaded {
     pub max_ctx: usize,
 }
 
-/// Loads the model of `dir` on `device` for training (every weight a variable).
-pub fn load(dir: &Path, device: &str, max_ctx: usize) -> Result<Loaded> {
+/// Loads the model of `dir` on `device` for training: every weight a variable, or under LoRA
+/// the adapters alone (fresh, or the `init` folder's), the base frozen.
+pub fn load(
+    dir: &Path,
+    device: &str,
+    max_ctx: usize,
+    lora: Option<&LoraSettings>,
+) -> Result<Loaded> {
     let device = crate::models::parse_device(device)?;
-    let model = Model::load(dir, &device)?;
+    let model = match lora {
+        None => Model::load(dir, &device)?,
+        Some(LoraSettings { spec, init: None }) => Model::load_lora(dir, &device, spec.clone())?,
+        Some(LoraSettings {
+            spec,
+            init: Some(init),
+        }) => {
+            let m = Model::load_with_adapter(dir, Path::new(init), &device)?;
+            let got = m.lora_spec().expect("an adapter");
+            let targets_match = spec.targets.is_empty() || {
+                let (mut a, mut b) = (spec.targets.clone(), got.targets.clone());
+                a.sort();
+                b.sort();
+                a == b
+            };
+            if got.r != spec.r || got.alpha != spec.alpha || !targets_match {
+                return Err(Error::Config(format!(
+                    "{init}: the adapter has rank {}, alpha {} and targets {:?}, the run asks for rank {}, alpha {} and targets {:?}",
+                    got.r, got.alpha, got.targets, spec.r, spec.alpha, spec.targets
+                )));
+            }
+            m
+        }
+    };
     let tok_path = dir.join("tokenizer.json");
     let tok = Tokenizer::load(&tok_path)?;
     let max_ctx = max_ctx.min(model.config.max_positions());
@@ -171,4 +201,15 @@ pub fn phase<'a>(
         every,
     };
     (adam, resume)
+}
+
+/// The input records of a LoRA run's starting adapter (its files' checksums).
+pub fn lora_inputs(lora: Option<&LoraSettings>) -> Result<Vec<InputFile>> {
+    match lora.and_then(|l| l.init.as_deref()) {
+        None => Ok(Vec::new()),
+        Some(dir) => common::model_inputs_named(
+            Path::new(dir),
+            &["adapter_config.json", "adapter_model.safetensors"],
+        ),
+    }
 }

@@ -18,7 +18,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 pub use closing::TrainReport;
-pub use opts::TrainOpts;
+pub use opts::{LoraSettings, TrainOpts};
 
 use crate::error::{Error, Result};
 use crate::optim::Schedule;
@@ -193,11 +193,10 @@ async fn train(
     student: Option<&Student>,
     force: bool,
 ) -> Result<TrainReport> {
-    if run.opts.lora_rank.is_some() {
-        return Err(Error::NotImplemented {
-            what: format!("{stage} --lora-rank"),
-            why: "LoRA training is not built yet (`w2s lora-merge` folds an adapter trained elsewhere into its base model)".into(),
-        });
+    if run.opts.lora_rank == Some(0) {
+        return Err(Error::Config(format!(
+            "{stage} --lora-rank 0: give a rank of at least 1"
+        )));
     }
     match run.scenario {
         Scenario::Rm => rm::run(store, &rm_settings(stage, run, run_id, student), force).await,
@@ -259,6 +258,7 @@ fn rm_settings(
         slot_seed: o.slot_seed,
         head_seed: o.head_seed,
         init_head: o.init_head.clone(),
+        lora: o.lora(),
         device: o.device.clone(),
         save_every: o.save_every,
     }
@@ -294,6 +294,7 @@ fn po_settings(
         ),
         max_ctx: o.max_ctx,
         tokenization: o.tokenization,
+        lora: o.lora(),
         device: o.device.clone(),
         save_every: o.save_every,
     }

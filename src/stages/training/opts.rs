@@ -5,6 +5,8 @@
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::models::weights::LoraSpec;
+
 use crate::optim::Schedule;
 use crate::scenarios::rm::Readout;
 use crate::tokenize::Tokenization;
@@ -56,12 +58,24 @@ pub struct TrainOpts {
     /// Initial reward head from a safetensors file (`weight`, [1, hidden]), e.g. from PyTorch.
     #[arg(long)]
     pub init_head: Option<String>,
-    /// Train LoRA adapters of this rank instead of every weight (paper App. H; not built yet).
+    /// Train LoRA adapters of this rank instead of every weight (paper App. H: 8). The base
+    /// stays frozen; the run publishes the adapter (PEFT layout) and the merged checkpoint.
     #[arg(long)]
     pub lora_rank: Option<usize>,
-    /// LoRA scaling alpha.
+    /// LoRA scaling alpha (default: twice the rank, the paper's 16 at rank 8).
     #[arg(long, requires = "lora_rank")]
     pub lora_alpha: Option<f64>,
+    /// Module-name suffixes that get adapters, PEFT style (default: every attention and MLP
+    /// projection of the family, as the paper).
+    #[arg(long, value_delimiter = ',', requires = "lora_rank")]
+    pub lora_targets: Vec<String>,
+    /// Seed of the adapters' initial `A` (B starts at zero).
+    #[arg(long, default_value_t = 0)]
+    pub lora_seed: u64,
+    /// Start from this adapter folder (PEFT layout: adapter_config.json,
+    /// adapter_model.safetensors) instead of a fresh one, e.g. one PEFT initialised.
+    #[arg(long, requires = "lora_rank")]
+    pub lora_init: Option<String>,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = crate::models::CPU)]
     pub device: String,
@@ -76,7 +90,31 @@ impl Default for TrainOpts {
     }
 }
 
+/// LoRA of a run, as its settings record it (and fingerprint it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoraSettings {
+    #[serde(flatten)]
+    pub spec: LoraSpec,
+    /// The adapter folder the run starts from (its files enter the run's inputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+}
+
 impl TrainOpts {
+    /// The LoRA of these options, if a rank is given.
+    pub fn lora(&self) -> Option<LoraSettings> {
+        let r = self.lora_rank?;
+        Some(LoraSettings {
+            spec: LoraSpec {
+                r,
+                alpha: self.lora_alpha.unwrap_or(2.0 * r as f64),
+                targets: self.lora_targets.clone(),
+                seed: self.lora_seed,
+            },
+            init: self.lora_init.clone(),
+        })
+    }
+
     /// What a setting the pipeline file can get wrong must satisfy (the key is named by the
     /// caller).
     pub fn check(&self) -> Result<(), String> {
@@ -96,8 +134,13 @@ impl TrainOpts {
                 return Err(format!("`lr` = {lr}: give a positive learning rate"));
             }
         }
-        if self.lora_alpha.is_some() && self.lora_rank.is_none() {
-            return Err("`lora_alpha` needs `lora_rank`".into());
+        let lora_set =
+            self.lora_alpha.is_some() || !self.lora_targets.is_empty() || self.lora_init.is_some();
+        if lora_set && self.lora_rank.is_none() {
+            return Err("`lora_alpha`, `lora_targets` and `lora_init` need `lora_rank`".into());
+        }
+        if self.lora_rank == Some(0) {
+            return Err("`lora_rank` must be at least 1".into());
         }
         Ok(())
     }

@@ -53,6 +53,9 @@ pub struct PoTrainSettings {
     /// How pair sides are tokenized (absent from the fingerprint when the default).
     #[serde(skip_serializing_if = "Tokenization::is_joint")]
     pub tokenization: Tokenization,
+    /// LoRA adapters trained instead of every weight (absent from the fingerprint without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<super::LoraSettings>,
     pub device: String,
     #[serde(skip)]
     pub save_every: usize,
@@ -147,6 +150,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         ));
     }
     let (base_dir, mut inputs) = inputs::base_and_split(store, &s.base_model).await?;
+    inputs.extend(inputs::lora_inputs(s.lora.as_ref())?);
     let teacher = match &s.teacher {
         Some(t) => {
             let (prefs, input) = teacher_preferences(store, t, s.label_split()).await?;
@@ -165,7 +169,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         tok,
         tok_path,
         max_ctx,
-    } = inputs::load(&base_dir, &s.device, s.max_ctx)?;
+    } = inputs::load(&base_dir, &s.device, s.max_ctx, s.lora.as_ref())?;
 
     let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
     let mut pairs = common::load_split(store, train_split).await?;
@@ -386,7 +390,8 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         resumes: vec![&sft_resume, &po_resume],
     };
     closing::publish(store, finished, |dir| {
-        model.save(
+        closing::save_model(
+            &model,
             dir,
             &SaveExtras {
                 tokenizer: Some(&tok_path),

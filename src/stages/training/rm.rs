@@ -46,6 +46,9 @@ pub struct RmTrainSettings {
     pub head_seed: u64,
     /// A safetensors file with the initial head (`weight`, `[1, H]`), e.g. exported from PyTorch.
     pub init_head: Option<String>,
+    /// LoRA adapters trained instead of the backbone (absent from the fingerprint without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<super::LoraSettings>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Save resumable state every this many optimizer steps (0: never). Not part of the
@@ -123,6 +126,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         ));
     }
     let (base_dir, mut inputs) = inputs::base_and_split(store, &s.base_model).await?;
+    inputs.extend(inputs::lora_inputs(s.lora.as_ref())?);
     let teacher = match &s.teacher {
         Some(t) => {
             let (labels, input) = teacher_labels(store, t, s.label_split()).await?;
@@ -156,7 +160,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         tok,
         tok_path,
         max_ctx,
-    } = inputs::load(&base_dir, &s.device, s.max_ctx)?;
+    } = inputs::load(&base_dir, &s.device, s.max_ctx, s.lora.as_ref())?;
     let device = model.device().clone();
 
     // Training samples (docs/reference.md §1.4, §2.3).
@@ -287,7 +291,8 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         resumes: vec![&resume],
     };
     closing::publish(store, finished, |dir| {
-        rmodel.model.save(
+        closing::save_model(
+            &rmodel.model,
             dir,
             &SaveExtras {
                 tokenizer: Some(&tok_path),
