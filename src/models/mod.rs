@@ -2,6 +2,7 @@
 //! layout folders, with a backward pass through every op (see `ops`).
 
 pub mod config;
+pub mod frozen;
 pub mod fused;
 pub mod gpt2;
 pub mod linear;

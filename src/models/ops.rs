@@ -7,7 +7,11 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 /// `x @ w^T + b` for `x` of any rank (PyTorch `nn.Linear` layout: `w` is `[out, in]`).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.broadcast_matmul(&w.t()?)?;
+    let y = if super::frozen::applies(x, w) {
+        super::frozen::matmul_t(x, w)?
+    } else {
+        x.broadcast_matmul(&w.t()?)?
+    };
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
@@ -16,7 +20,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// `x @ w + b` (GPT-2's `Conv1D` layout: `w` is `[in, out]`).
 pub fn conv1d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.broadcast_matmul(w)?.broadcast_add(b)
+    let y = if super::frozen::applies(x, w) {
+        super::frozen::matmul(x, w)?
+    } else {
+        x.broadcast_matmul(w)?
+    };
+    y.broadcast_add(b)
 }
 
 /// Layer norm over the last dimension (biased variance, as PyTorch). Fused on the CPU in f32.

@@ -1,0 +1,163 @@
+//! Projections through a frozen weight whose backward gives the input's gradient alone.
+//!
+//! candle's matmul backward always computes both operands' gradients and keeps the weight's in
+//! the gradient store until the end of `backward()`, even for a plain (untracked) weight, and a
+//! broadcast weight's gradient is first materialised at the broadcast size. Under LoRA every
+//! base projection and the LM head are frozen: that is a full-size gradient per weight, the
+//! memory LoRA is meant to save, and a third of the backward's matmul work. Here the weight is
+//! held by the op instead of being one of its arguments, so the graph never reaches it: the
+//! backward is dy · W (Linear) or dy · Wᵀ (Conv1D), nothing else. Forward and backward compute
+//! exactly what the composed ops do (the same matmuls), on contiguous f32 CPU tensors; other
+//! devices and dtypes keep the composed path.
+
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Storage, Tensor};
+
+/// How the frozen weight multiplies.
+#[derive(Clone, Copy)]
+enum Side {
+    /// `w` is `[out, in]`: `y = x wᵀ`.
+    Transposed,
+    /// `w` is `[in, out]`: `y = x w`.
+    Plain,
+}
+
+struct FrozenProj {
+    w: Tensor,
+    side: Side,
+}
+
+impl FrozenProj {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self.side {
+            Side::Transposed => x.broadcast_matmul(&self.w.t()?),
+            Side::Plain => x.broadcast_matmul(&self.w),
+        }
+    }
+}
+
+impl CustomOp1 for FrozenProj {
+    fn name(&self) -> &'static str {
+        "frozen-proj"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("frozen-proj: f32 only");
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("frozen-proj: contiguous input only");
+        };
+        // Plain tensors on both sides: no graph is built here.
+        let x = Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu)?;
+        let y = self.apply(&x)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (ys, yl) = y.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(yv)) = &*ys else {
+            candle_core::bail!("frozen-proj: f32 CPU result expected");
+        };
+        let (a, b) = yl.contiguous_offsets().expect("contiguous");
+        Ok((CpuStorage::F32(yv[a..b].to_vec()), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = match self.side {
+            Side::Transposed => grad.broadcast_matmul(&self.w)?,
+            Side::Plain => grad.broadcast_matmul(&self.w.t()?)?,
+        };
+        Ok(Some(dx))
+    }
+}
+
+/// Whether `x · w` should go through the frozen op: `w` a plain weight no gradient should
+/// reach, `x` part of a graph (training), contiguous f32 on the CPU.
+pub fn applies(x: &Tensor, w: &Tensor) -> bool {
+    !w.track_op() && x.track_op() && super::fused::applies(&[x, w])
+}
+
+/// `x · wᵀ` with `w` `[out, in]` frozen.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenProj {
+        w: w.clone(),
+        side: Side::Transposed,
+    })
+}
+
+/// `x · w` with `w` `[in, out]` frozen.
+pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenProj {
+        w: w.clone(),
+        side: Side::Plain,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn seeded(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (((i as u64 * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_and_the_input_the_same_one() {
+        let x = Var::from_tensor(&seeded(&[2, 5, 6], 1)).unwrap();
+        for (w, transposed) in [(seeded(&[4, 6], 2), true), (seeded(&[6, 4], 3), false)] {
+            let (fast, slow) = if transposed {
+                (
+                    matmul_t(x.as_tensor(), &w).unwrap(),
+                    x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap(),
+                )
+            } else {
+                (
+                    matmul(x.as_tensor(), &w).unwrap(),
+                    x.as_tensor().broadcast_matmul(&w).unwrap(),
+                )
+            };
+            assert!(applies(x.as_tensor(), &w));
+            let d = (&fast - &slow).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "same forward");
+            let loss = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap();
+            let gf = loss(&fast).backward().unwrap();
+            let gs = loss(&slow).backward().unwrap();
+            let dx = (gf.get(x.as_tensor()).unwrap() - gs.get(x.as_tensor()).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(dx < 1e-5, "input gradient differs by {dx}");
+            assert!(gf.get(&w).is_none());
+        }
+        // A plain matmul keeps a full-size gradient for the frozen weight; the frozen op none.
+        let x2 = Var::from_tensor(&seeded(&[5, 6], 5)).unwrap();
+        let w = seeded(&[6, 4], 3);
+        let g = x2
+            .as_tensor()
+            .matmul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(g.get(&w).map(|t| t.dims().to_vec()), Some(vec![6, 4]));
+        let g = matmul(x2.as_tensor(), &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(&w).is_none() && g.get(x2.as_tensor()).is_some());
+        // Not for scoring (no graph) nor for trained weights.
+        let w = seeded(&[4, 6], 2);
+        assert!(!applies(&seeded(&[2, 6], 4), &w));
+        let wv = Var::from_tensor(&w).unwrap();
+        assert!(!applies(x.as_tensor(), wv.as_tensor()));
+    }
+}
