@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # LoRA memory bench (docs/performance.md, "LoRA"): one `w2s gt-train --scenario simpo
 # --lora-rank 8` of a GPT-2-small-architecture policy (random init) on the first N real pairs,
-# run by two w2s binaries one after the other, with peak RSS and wall time of each, and a full
-# fine-tuning run of the same shape for scale.
+# run by two w2s binaries one after the other, with peak RSS and wall time of each; then the
+# same with full fine-tuning.
 #
 #   A=/path/to/baseline/w2s bash bench/lora_memory.sh       # B defaults to target/release/w2s
 #
@@ -43,9 +43,12 @@ run() { # name binary extra-args...
 {
     run lora-A "$A" --lora-rank 8
     run lora-B "$B" --lora-rank 8
+    run full-A "$A"
     run full-B "$B"
 } > "$WORK/results.txt"
-cmp -s "$WORK/lora-A.losses" "$WORK/lora-B.losses" && same=yes || same=no
+same=yes
+cmp -s "$WORK/lora-A.losses" "$WORK/lora-B.losses" || same=no
+cmp -s "$WORK/full-A.losses" "$WORK/full-B.losses" || same=no
 "$PY" - "$WORK/results.txt" "$same" <<'PYEOF'
 import sys
 rows = {l.split()[0]: (float(l.split()[1]), int(l.split()[2])) for l in open(sys.argv[1])}
@@ -53,6 +56,8 @@ print("| run | seconds | peak RSS MiB |")
 print("|---|---|---|")
 for k, (s, r) in rows.items():
     print(f"| {k} | {s:.1f} | {r} |")
-(a_s, a_r), (b_s, b_r) = rows["lora-A"], rows["lora-B"]
-print(f"\nLoRA B/A: peak RSS {b_r / a_r:.2f}, time {b_s / a_s:.2f}; identical losses: {sys.argv[2]}")
+for kind in ["lora", "full"]:
+    (a_s, a_r), (b_s, b_r) = rows[f"{kind}-A"], rows[f"{kind}-B"]
+    print(f"{kind} B/A: peak RSS {b_r / a_r:.2f}, time {b_s / a_s:.2f}")
+print(f"identical losses A and B: {sys.argv[2]}")
 PYEOF

@@ -1,4 +1,5 @@
-//! Projections through a frozen weight whose backward gives the input's gradient alone.
+//! Ops with a frozen operand (a projection's weight, the attention bias, the rotary tables)
+//! whose backward gives the other operand's gradient alone.
 //!
 //! candle's matmul backward always computes both operands' gradients and keeps the weight's in
 //! the gradient store until the end of `backward()`, even for a plain (untracked) weight, and a
@@ -6,19 +7,25 @@
 //! base projection and the LM head are frozen: that is a full-size gradient per weight, the
 //! memory LoRA is meant to save, and a third of the backward's matmul work. Here the weight is
 //! held by the op instead of being one of its arguments, so the graph never reaches it: the
-//! backward is dy · W (Linear) or dy · Wᵀ (Conv1D), nothing else. Forward and backward compute
-//! exactly what the composed ops do (the same matmuls), on contiguous f32 CPU tensors; other
-//! devices and dtypes keep the composed path.
+//! backward is dy · W (Linear) or dy · Wᵀ (Conv1D), nothing else. The same holds for a
+//! broadcast add or multiply by a constant: the additive attention bias (`[B, 1, T, T]`, whose
+//! gradient candle keeps at `[B, H, T, T]` per layer) and the rotary `cos` / `sin` tables.
+//! Forward and backward compute exactly what the composed ops do (the same candle ops), on
+//! contiguous f32 CPU tensors; other devices and dtypes keep the composed path.
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Storage, Tensor};
 
-/// How the frozen weight multiplies.
+/// How the frozen operand combines with the input.
 #[derive(Clone, Copy)]
 enum Side {
     /// `w` is `[out, in]`: `y = x wᵀ`.
     Transposed,
     /// `w` is `[in, out]`: `y = x w`.
     Plain,
+    /// `y = x + c`, `c` broadcast to `x`.
+    Add,
+    /// `y = x · c` elementwise, `c` broadcast to `x`.
+    Mul,
 }
 
 struct FrozenProj {
@@ -31,6 +38,8 @@ impl FrozenProj {
         match self.side {
             Side::Transposed => x.broadcast_matmul(&self.w.t()?),
             Side::Plain => x.broadcast_matmul(&self.w),
+            Side::Add => x.broadcast_add(&self.w),
+            Side::Mul => x.broadcast_mul(&self.w),
         }
     }
 }
@@ -63,6 +72,8 @@ impl CustomOp1 for FrozenProj {
         let dx = match self.side {
             Side::Transposed => grad.broadcast_matmul(&self.w)?,
             Side::Plain => grad.broadcast_matmul(&self.w.t()?)?,
+            Side::Add => grad.clone(),
+            Side::Mul => grad.broadcast_mul(&self.w)?,
         };
         Ok(Some(dx))
     }
@@ -87,6 +98,28 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(FrozenProj {
         w: w.clone(),
         side: Side::Plain,
+    })
+}
+
+/// `x + c` (broadcast) with `c` constant.
+pub fn add(x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if !applies(x, c) {
+        return x.broadcast_add(c);
+    }
+    x.contiguous()?.apply_op1(FrozenProj {
+        w: c.clone(),
+        side: Side::Add,
+    })
+}
+
+/// `x · c` (elementwise, broadcast) with `c` constant.
+pub fn mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if !applies(x, c) {
+        return x.broadcast_mul(c);
+    }
+    x.contiguous()?.apply_op1(FrozenProj {
+        w: c.clone(),
+        side: Side::Mul,
     })
 }
 
@@ -154,6 +187,34 @@ mod tests {
             .backward()
             .unwrap();
         assert!(g.get(&w).is_none() && g.get(x2.as_tensor()).is_some());
+        // Constant operands of broadcast ops: same values and input gradients, none kept for
+        // the constant.
+        let c = seeded(&[5, 6], 7);
+        for (fast, slow) in [
+            (
+                add(x.as_tensor(), &c).unwrap(),
+                x.as_tensor().broadcast_add(&c).unwrap(),
+            ),
+            (
+                mul(x.as_tensor(), &c).unwrap(),
+                x.as_tensor().broadcast_mul(&c).unwrap(),
+            ),
+        ] {
+            let d = (&fast - &slow).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+            let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = (gf.get(x.as_tensor()).unwrap() - gs.get(x.as_tensor()).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(dx < 1e-5, "input gradient differs by {dx}");
+            assert!(gf.get(&c).is_none());
+        }
         // Not for scoring (no graph) nor for trained weights.
         let w = seeded(&[4, 6], 2);
         assert!(!applies(&seeded(&[2, 6], 4), &w));

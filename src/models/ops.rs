@@ -110,7 +110,7 @@ pub fn attention_bias(mask: &[Vec<u32>], window: Option<usize>, device: &Device)
 
 /// Scaled dot-product attention over `[B, H, T, d]` tensors with an additive bias.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+    let scores = super::frozen::add(&(q.matmul(&k.t()?)? * scale)?, bias)?;
     softmax(&scores)?.matmul(v)
 }
 
@@ -145,8 +145,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)?
-        .broadcast_add(&rotated.broadcast_mul(sin)?)
+    super::frozen::mul(x, cos)?.broadcast_add(&super::frozen::mul(&rotated, sin)?)
 }
 
 /// Token embedding lookup: `ids` `[B, T]` (u32) into `table` `[V, d]`, giving `[B, T, d]`.
