@@ -85,42 +85,37 @@ pub fn applies(x: &Tensor, w: &Tensor) -> bool {
     !w.track_op() && x.track_op() && super::fused::applies(&[x, w])
 }
 
+/// `x` combined with the constant `c` as `side` says, through the op that holds `c`.
+fn held(x: &Tensor, c: &Tensor, side: Side) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenProj { w: c.clone(), side })
+}
+
 /// `x · wᵀ` with `w` `[out, in]` frozen.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenProj {
-        w: w.clone(),
-        side: Side::Transposed,
-    })
+    held(x, w, Side::Transposed)
 }
 
 /// `x · w` with `w` `[in, out]` frozen.
 pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenProj {
-        w: w.clone(),
-        side: Side::Plain,
-    })
+    held(x, w, Side::Plain)
 }
 
 /// `x + c` (broadcast) with `c` constant.
 pub fn add(x: &Tensor, c: &Tensor) -> Result<Tensor> {
-    if !applies(x, c) {
-        return x.broadcast_add(c);
+    if applies(x, c) {
+        held(x, c, Side::Add)
+    } else {
+        x.broadcast_add(c)
     }
-    x.contiguous()?.apply_op1(FrozenProj {
-        w: c.clone(),
-        side: Side::Add,
-    })
 }
 
 /// `x · c` (elementwise, broadcast) with `c` constant.
 pub fn mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
-    if !applies(x, c) {
-        return x.broadcast_mul(c);
+    if applies(x, c) {
+        held(x, c, Side::Mul)
+    } else {
+        x.broadcast_mul(c)
     }
-    x.contiguous()?.apply_op1(FrozenProj {
-        w: c.clone(),
-        side: Side::Mul,
-    })
 }
 
 #[cfg(test)]
