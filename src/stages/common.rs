@@ -138,14 +138,11 @@ fn hash_files(files: &[PathBuf]) -> Result<Vec<InputFile>> {
     files
         .iter()
         .map(|p| {
-            let bytes = std::fs::read(p).map_err(|source| Error::Io {
-                path: p.display().to_string(),
-                source,
-            })?;
+            let (bytes, sha256) = crate::store::sha256_file(p)?;
             Ok(InputFile {
                 uri: p.display().to_string(),
-                bytes: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
+                bytes,
+                sha256,
             })
         })
         .collect()
@@ -227,11 +224,8 @@ pub async fn open_run(store: &ArtifactStore, run_id: &str) -> Result<(PathBuf, M
     let dir = crate::models::source::materialize(store.url_of(folder).as_str()).await?;
     for f in m.outputs.iter().filter(|f| f.path.starts_with(folder)) {
         let p = dir.join(&f.path[folder.len()..]);
-        let bytes = std::fs::read(&p).map_err(|source| Error::Io {
-            path: p.display().to_string(),
-            source,
-        })?;
-        if bytes.len() as u64 != f.bytes || sha256_hex(&bytes) != f.sha256 {
+        let (bytes, sha256) = crate::store::sha256_file(&p)?;
+        if bytes != f.bytes || sha256 != f.sha256 {
             return Err(Error::Format {
                 file: p.display().to_string(),
                 msg: "checkpoint file does not match the checksum in its manifest (corrupt or truncated)".into(),

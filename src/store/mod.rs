@@ -86,6 +86,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Size and hex sha256 of a local file, read in 1 MiB blocks (a checkpoint of many GiB is
+/// never held in memory to be hashed).
+pub fn sha256_file(path: &std::path::Path) -> Result<(u64, String)> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(io)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
 /// The artifact root every stage reads and writes, as a flag.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
 pub struct ArtifactsArg {
@@ -478,6 +501,22 @@ pub fn decode_parquet(bytes: Bytes) -> std::result::Result<Vec<RecordBatch>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_hashes_in_blocks_as_its_bytes_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let bytes: Vec<u8> = (0..(5 << 19) + 7).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            (bytes.len() as u64, sha256_hex(&bytes))
+        );
+        let e = sha256_file(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
