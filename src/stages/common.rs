@@ -8,12 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 
 use crate::error::{Error, Result};
-use crate::store::{keys, sha256_hex, ArtifactStore, InputFile, Manifest, OutputFile};
+use crate::store::{keys, ArtifactStore, InputFile, Manifest, OutputFile};
 
 /// The error of a root that has no `pairs` table yet.
 fn no_pairs(store: &ArtifactStore) -> Error {
@@ -180,23 +179,22 @@ pub async fn upload_checkpoint(
     let mut out = Vec::new();
     for p in names {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let bytes = std::fs::read(&p).map_err(|source| Error::Io {
-            path: p.display().to_string(),
-            source,
-        })?;
         let path = format!("models/{}/{tag}/{name}", sanitize(run_id));
-        let file = OutputFile {
-            table: None,
-            path: path.clone(),
-            bytes: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
-            rows: None,
+        // Streamed: a checkpoint of many GiB is never read whole into memory.
+        let (bytes, sha256) = match store.put_file(&path, &p).await {
+            Ok(x) => x,
+            Err(e) => {
+                store.discard(&out).await;
+                return Err(e);
+            }
         };
-        if let Err(e) = store.put(&path, Bytes::from(bytes)).await {
-            store.discard(&out).await;
-            return Err(e);
-        }
-        out.push(file);
+        out.push(OutputFile {
+            table: None,
+            path,
+            bytes,
+            sha256,
+            rows: None,
+        });
     }
     Ok(out)
 }

@@ -196,6 +196,51 @@ impl ArtifactStore {
             .map_err(|e| self.err(rel, e))
     }
 
+    /// Writes the local file `local` to `rel` without holding it in memory: read and hashed in
+    /// 8 MiB blocks, sent as a multipart upload (on S3 the object appears at once when the
+    /// upload completes; on local disk it is a staged file renamed into place). Returns its
+    /// size and sha256.
+    pub async fn put_file(&self, rel: &str, local: &std::path::Path) -> Result<(u64, String)> {
+        use std::io::Read;
+        crate::fault::hit("put").map_err(|source| Error::Io {
+            path: self.url_of(rel).to_string(),
+            source,
+        })?;
+        let io = |source| Error::Io {
+            path: local.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::File::open(local).map_err(io)?;
+        let upload =
+            (self.store.put_multipart(&Path::from(rel)).await).map_err(|e| self.err(rel, e))?;
+        const BLOCK: usize = 8 << 20;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, BLOCK);
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; BLOCK];
+        let read = loop {
+            let k = match f.read(&mut buf) {
+                Ok(k) => k,
+                Err(e) => break Err(io(e)),
+            };
+            if k == 0 {
+                break Ok(());
+            }
+            h.update(&buf[..k]);
+            n += k as u64;
+            if let Err(e) = w.wait_for_capacity(2).await {
+                break Err(self.err(rel, e));
+            }
+            w.write(&buf[..k]);
+        };
+        if let Err(e) = read {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        w.finish().await.map_err(|e| self.err(rel, e))?;
+        Ok((n, hex::encode(h.finalize())))
+    }
+
     /// Writes an object only if none exists at `rel`; `false` if one does (the atomic
     /// create of a lock).
     pub async fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool> {
