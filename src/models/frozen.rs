@@ -123,6 +123,12 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     fn seeded(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n)
@@ -147,19 +153,14 @@ mod tests {
                 )
             };
             assert!(applies(x.as_tensor(), &w));
-            let d = (&fast - &slow).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "same forward");
+            assert_eq!(max_diff(&fast, &slow), 0.0, "same forward");
             let loss = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap();
             let gf = loss(&fast).backward().unwrap();
             let gs = loss(&slow).backward().unwrap();
-            let dx = (gf.get(x.as_tensor()).unwrap() - gs.get(x.as_tensor()).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let dx = max_diff(
+                gf.get(x.as_tensor()).unwrap(),
+                gs.get(x.as_tensor()).unwrap(),
+            );
             assert!(dx < 1e-5, "input gradient differs by {dx}");
             assert!(gf.get(&w).is_none());
         }
@@ -195,18 +196,13 @@ mod tests {
                 x.as_tensor().broadcast_mul(&c).unwrap(),
             ),
         ] {
-            let d = (&fast - &slow).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+            assert_eq!(max_diff(&fast, &slow), 0.0);
             let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            let dx = (gf.get(x.as_tensor()).unwrap() - gs.get(x.as_tensor()).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let dx = max_diff(
+                gf.get(x.as_tensor()).unwrap(),
+                gs.get(x.as_tensor()).unwrap(),
+            );
             assert!(dx < 1e-5, "input gradient differs by {dx}");
             assert!(gf.get(&c).is_none());
         }
