@@ -106,10 +106,6 @@ pub enum Error {
     /// An artifact an earlier stage publishes is missing (the message names the stage to run).
     #[error("{0}")]
     NoInput(String),
-
-    /// The command exists in the CLI but its stage has not been built yet.
-    #[error("`w2s {what}` is not implemented yet: {why}")]
-    NotImplemented { what: String, why: String },
 }
 
 impl Error {
@@ -126,7 +122,6 @@ impl Error {
             Error::Data { .. } | Error::Format { .. } | Error::Model { .. } => 65, // EX_DATAERR
             Error::Config(_) => 64,                                                // EX_USAGE
             Error::NoInput(_) => 66,                                               // EX_NOINPUT
-            Error::NotImplemented { .. } => 69,                                    // EX_UNAVAILABLE
             Error::Store { .. } | Error::Io { .. } => 74,                          // EX_IOERR
             Error::Busy(_) => 75,                                                  // EX_TEMPFAIL
             Error::Step { code, .. } => *code,

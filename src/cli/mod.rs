@@ -96,22 +96,6 @@ impl Command {
         }
         self
     }
-
-    /// The artifact root a stage command writes to.
-    pub fn artifacts(&self) -> Option<&str> {
-        match self {
-            Command::Split(a) => Some(a.root.artifacts.as_str()),
-            Command::Pretrain(a) => Some(a.root.artifacts.as_str()),
-            Command::GtTrain(a) => Some(a.root.artifacts.as_str()),
-            Command::WeakLabel(a) => Some(a.root.artifacts.as_str()),
-            Command::W2sTrain(a) => Some(a.root.artifacts.as_str()),
-            Command::Score(a) => Some(a.root.artifacts.as_str()),
-            Command::Analyze(a) => Some(a.root.artifacts.as_str()),
-            Command::Report(a) => Some(a.analysis.root.artifacts.as_str()),
-            Command::Sql(a) => Some(a.root.artifacts.as_str()),
-            _ => None,
-        }
-    }
 }
 
 /// Runs one parsed command line.
