@@ -27,6 +27,9 @@ use crate::scenarios::rm::{Head, Readout, RewardModel};
 pub enum Arch {
     /// GPT-2 small: 12 layers, d 768, 12 heads, vocab 50257; sequences of 256, 2 pairs a step.
     Gpt2Small,
+    /// GPT-2 medium: 24 layers, d 1024, 16 heads, vocab 50257; sequences of 512, 1 pair a step
+    /// (the recompute memory bench; not in the default engine comparison).
+    Gpt2Medium,
     /// The quickstart's largest rung: 2 layers, d 64, 4 heads, vocab 1000; sequences of 64,
     /// 16 pairs a step.
     Tiny,
@@ -36,6 +39,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::Gpt2Small => "gpt2-small",
+            Arch::Gpt2Medium => "gpt2-medium",
             Arch::Tiny => "tiny",
         }
     }
@@ -51,6 +55,15 @@ impl Arch {
                 seq: 256,
                 pairs: 2,
                 steps: 2,
+            },
+            Arch::Gpt2Medium => Shape {
+                layers: 24,
+                width: 1024,
+                heads: 16,
+                vocab: 50257,
+                seq: 512,
+                pairs: 1,
+                steps: 1,
             },
             Arch::Tiny => Shape {
                 layers: 2,

@@ -43,6 +43,9 @@ struct Slot {
     /// Steps taken by this parameter (PyTorch counts per parameter; a parameter without a
     /// gradient is skipped and its count does not advance).
     steps: u64,
+    /// Casts of this (f32 master) parameter the model computes with under mixed precision,
+    /// rewritten in place from the master after every update.
+    mirrors: Vec<Tensor>,
 }
 
 /// One parameter's optimizer state, for checkpoints.
@@ -114,6 +117,64 @@ impl candle_core::InplaceOp1 for InPlace<'_> {
     }
 }
 
+/// Rewrites a slot's compute-dtype casts from its master, in place (the casts stay the same
+/// graph nodes, so the model's tensors keep pointing at them).
+fn refresh(slot: &Slot) -> Result<()> {
+    for cast in &slot.mirrors {
+        cast.inplace_op2(slot.var.as_tensor(), &CastInto)?;
+    }
+    Ok(())
+}
+
+/// `dst = src as dst's dtype`, in place on `dst`'s storage.
+struct CastInto;
+
+impl CastInto {
+    fn run<S: candle_core::backend::BackendStorage>(
+        dst: &mut S,
+        dl: &candle_core::Layout,
+        src: &S,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        if dl.shape() != sl.shape() || !dl.is_contiguous() {
+            candle_core::bail!("cast-into: shapes {:?} and {:?}", dl.shape(), sl.shape());
+        }
+        let converted = src.to_dtype(sl, dst.dtype())?;
+        converted.copy_strided_src(
+            dst,
+            dl.start_offset(),
+            &candle_core::Layout::contiguous(sl.shape()),
+        )
+    }
+}
+
+impl candle_core::InplaceOp2 for CastInto {
+    fn name(&self) -> &'static str {
+        "cast-into"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut candle_core::CpuStorage,
+        dl: &candle_core::Layout,
+        src: &candle_core::CpuStorage,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        Self::run(dst, dl, src, sl)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dl: &candle_core::Layout,
+        src: &candle_core::CudaStorage,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        Self::run(dst, dl, src, sl)
+    }
+}
+
 /// `torch.optim.Adam` (single-tensor implementation, as PyTorch uses on CPU), with gradient
 /// accumulation over micro-batches as `loss.backward()` into `.grad` does in PyTorch.
 pub struct Adam {
@@ -146,6 +207,7 @@ impl Adam {
                     v: vec![0.0; n],
                     grad: None,
                     steps: 0,
+                    mirrors: Vec::new(),
                 }
             })
             .collect();
@@ -154,6 +216,27 @@ impl Adam {
 
     pub fn lr(&self) -> f64 {
         self.cfg.lr
+    }
+
+    /// Registers the compute-dtype casts of master parameters (`Model::mirrors`): after each
+    /// update of a master its casts are rewritten from it. Casts of variables this optimizer
+    /// does not hold are ignored.
+    pub fn mirror(&mut self, pairs: &[(Var, Tensor)]) {
+        for (var, cast) in pairs {
+            if let Some(slot) =
+                (self.slots.iter_mut()).find(|s| s.var.as_tensor().id() == var.as_tensor().id())
+            {
+                slot.mirrors.push(cast.clone());
+            }
+        }
+    }
+
+    /// Rewrites every registered cast from its master (after restoring saved parameters).
+    pub fn refresh_mirrors(&self) -> Result<()> {
+        for slot in &self.slots {
+            refresh(slot)?;
+        }
+        Ok(())
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -228,6 +311,7 @@ impl Adam {
                 let new = Tensor::from_vec(p, t.shape(), t.device())?.to_dtype(t.dtype())?;
                 slot.var.set(&new)?;
             }
+            refresh(slot)?;
         }
         Ok(())
     }

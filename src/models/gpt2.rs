@@ -7,7 +7,7 @@ use super::config::Gpt2Config;
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
-use super::Attend;
+use super::{Attend, Shared};
 use crate::error::Result;
 
 struct Block {
@@ -60,37 +60,50 @@ impl Gpt2 {
         })
     }
 
-    /// Final hidden states `[B, T, d]` (after `ln_f`).
-    pub fn hidden(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<Tensor> {
+    /// The embedded tokens `[B, T, d]` and what every block of this forward shares.
+    pub fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
         let (_, t) = ids.dims2()?;
-        let eps = self.cfg.layer_norm_epsilon;
-        let h = self.cfg.n_head;
-        let d = self.cfg.n_embd;
         let tok = ops::embed(&self.wte, ids)?;
-        let mut x = match attend {
+        let x = match attend {
             // Positions 0..T whatever the mask, as GPT2Model without position_ids.
             Attend::Mask(_) => tok.broadcast_add(&self.wpe.narrow(0, 0, t)?)?,
             Attend::Packed(p) => (tok + ops::embed(&self.wpe, &ops::ids_tensor(&p.pos, device)?)?)?,
         };
         let bias = attend.bias(None, device)?.to_dtype(x.dtype())?;
+        Ok((x, Shared { bias, rope: None }))
+    }
+
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Block `l` of the residual stream.
+    pub fn layer(&self, l: usize, x: &Tensor, s: &Shared) -> Result<Tensor> {
+        let b = &self.blocks[l];
+        let eps = self.cfg.layer_norm_epsilon;
+        let h = self.cfg.n_head;
+        let d = self.cfg.n_embd;
         let scale = if self.cfg.scale_attn_weights {
             1.0 / ((d / h) as f64).sqrt()
         } else {
             1.0
         };
-        for b in &self.blocks {
-            let a = ops::layer_norm(&x, &b.ln_1.0, &b.ln_1.1, eps)?;
-            let qkv = b.c_attn.forward(&a)?;
-            let q = ops::split_heads(&qkv.narrow(2, 0, d)?, h)?;
-            let k = ops::split_heads(&qkv.narrow(2, d, d)?, h)?;
-            let v = ops::split_heads(&qkv.narrow(2, 2 * d, d)?, h)?;
-            let att = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
-            x = (x + b.c_proj.forward(&att)?)?;
-            let m = ops::layer_norm(&x, &b.ln_2.0, &b.ln_2.1, eps)?;
-            let m = ops::gelu_new(&b.c_fc.forward(&m)?)?;
-            x = (x + b.mlp_proj.forward(&m)?)?;
-        }
-        Ok(ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps)?)
+        let a = ops::layer_norm(x, &b.ln_1.0, &b.ln_1.1, eps)?;
+        let qkv = b.c_attn.forward(&a)?;
+        let q = ops::split_heads(&qkv.narrow(2, 0, d)?, h)?;
+        let k = ops::split_heads(&qkv.narrow(2, d, d)?, h)?;
+        let v = ops::split_heads(&qkv.narrow(2, 2 * d, d)?, h)?;
+        let att = ops::merge_heads(&ops::attention(&q, &k, &v, &s.bias, scale)?)?;
+        let x = (x + b.c_proj.forward(&att)?)?;
+        let m = ops::layer_norm(&x, &b.ln_2.0, &b.ln_2.1, eps)?;
+        let m = ops::gelu_new(&b.c_fc.forward(&m)?)?;
+        Ok((x + b.mlp_proj.forward(&m)?)?)
+    }
+
+    /// Final hidden states `[B, T, d]` (after `ln_f`) from the last block's output.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.layer_norm_epsilon;
+        Ok(ops::layer_norm(x, &self.ln_f.0, &self.ln_f.1, eps)?)
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

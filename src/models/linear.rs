@@ -22,8 +22,13 @@ pub enum Layout {
 
 /// A LoRA adapter on one projection.
 pub struct Lora {
+    /// The trainable matrices (f32 master weights under mixed precision).
     pub a: Var,
     pub b: Var,
+    /// What the forward multiplies by: `a` and `b` themselves, or their tracked casts to the
+    /// compute dtype under mixed precision (refreshed after every optimizer step).
+    pub ac: Tensor,
+    pub bc: Tensor,
     pub scale: f64,
 }
 
@@ -48,8 +53,8 @@ impl Proj {
         match &self.lora {
             None => Ok(y),
             Some(l) => {
-                let low = ops::linear(x, l.a.as_tensor(), None)?;
-                let up = ops::linear(&low, l.b.as_tensor(), None)?;
+                let low = ops::linear(x, &l.ac, None)?;
+                let up = ops::linear(&low, &l.bc, None)?;
                 Ok((y + (up * l.scale)?)?)
             }
         }
@@ -60,7 +65,7 @@ impl Proj {
         let Some(l) = &self.lora else {
             return Ok(self.w.clone());
         };
-        let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?; // [out, in]
+        let delta = (l.bc.matmul(&l.ac)? * l.scale)?; // [out, in]
         Ok(match self.layout {
             Layout::Linear => (&self.w + delta)?,
             Layout::Conv1d => (&self.w + delta.t()?)?,

@@ -8,7 +8,7 @@ use super::config::LlamaConfig;
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
-use super::Attend;
+use super::{Attend, Shared};
 use crate::error::Result;
 
 struct Layer {
@@ -111,7 +111,6 @@ impl Llama {
         })
     }
 
-    /// cos and sin `[T, head_dim]` for positions `0..T`.
     /// cos and sin `[T, d]` at positions 0..T, or `[B, 1, T, d]` at packed positions.
     fn rotary(&self, t: usize, attend: Attend, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
@@ -140,34 +139,48 @@ impl Llama {
         ))
     }
 
-    /// Final hidden states `[B, T, hidden]` (after the final norm).
-    pub fn hidden(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<Tensor> {
+    /// The embedded tokens `[B, T, hidden]` and what every layer of this forward shares (the
+    /// attention bias and the rotary tables).
+    pub fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
         let (_, t) = ids.dims2()?;
+        let x = ops::embed(&self.embed_tokens, ids)?;
+        let dtype = x.dtype();
+        let (cos, sin) = self.rotary(t, attend, device)?;
+        let rope = Some((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?));
+        let bias = attend
+            .bias(self.cfg.sliding_window, device)?
+            .to_dtype(dtype)?;
+        Ok((x, Shared { bias, rope }))
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `l` of the residual stream.
+    pub fn layer(&self, l: usize, x: &Tensor, s: &Shared) -> Result<Tensor> {
+        let l = &self.layers[l];
         let h = self.cfg.num_attention_heads;
         let kvh = self.cfg.kv_heads();
         let eps = self.cfg.rms_norm_eps;
         let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
-        let mut x = ops::embed(&self.embed_tokens, ids)?;
-        let dtype = x.dtype();
-        let (cos, sin) = self.rotary(t, attend, device)?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let bias = attend
-            .bias(self.cfg.sliding_window, device)?
-            .to_dtype(dtype)?;
-        for l in &self.layers {
-            let a = ops::rms_norm(&x, &l.input_norm, eps)?;
-            let q = ops::rope(&ops::split_heads(&l.q.forward(&a)?, h)?, &cos, &sin)?;
-            let k = ops::rope(&ops::split_heads(&l.k.forward(&a)?, kvh)?, &cos, &sin)?;
-            let v = ops::split_heads(&l.v.forward(&a)?, kvh)?;
-            let k = ops::repeat_kv(&k, h / kvh)?;
-            let v = ops::repeat_kv(&v, h / kvh)?;
-            let att = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
-            x = (x + l.o.forward(&att)?)?;
-            let m = ops::rms_norm(&x, &l.post_norm, eps)?;
-            let act = (ops::silu(&l.gate.forward(&m)?)? * l.up.forward(&m)?)?;
-            x = (x + l.down.forward(&act)?)?;
-        }
-        Ok(ops::rms_norm(&x, &self.norm, eps)?)
+        let (cos, sin) = s.rope.as_ref().expect("Llama forwards carry rotary tables");
+        let a = ops::rms_norm(x, &l.input_norm, eps)?;
+        let q = ops::rope(&ops::split_heads(&l.q.forward(&a)?, h)?, cos, sin)?;
+        let k = ops::rope(&ops::split_heads(&l.k.forward(&a)?, kvh)?, cos, sin)?;
+        let v = ops::split_heads(&l.v.forward(&a)?, kvh)?;
+        let k = ops::repeat_kv(&k, h / kvh)?;
+        let v = ops::repeat_kv(&v, h / kvh)?;
+        let att = ops::merge_heads(&ops::attention(&q, &k, &v, &s.bias, scale)?)?;
+        let x = (x + l.o.forward(&att)?)?;
+        let m = ops::rms_norm(&x, &l.post_norm, eps)?;
+        let act = (ops::silu(&l.gate.forward(&m)?)? * l.up.forward(&m)?)?;
+        Ok((x + l.down.forward(&act)?)?)
+    }
+
+    /// Final hidden states `[B, T, hidden]` (after the final norm) from the last layer's output.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::rms_norm(x, &self.norm, self.cfg.rms_norm_eps)?)
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -33,7 +33,18 @@ pub fn default_targets(config: &Config) -> Vec<String> {
 impl Model {
     /// Loads `dir` with fresh LoRA adapters (A Kaiming-uniform from `spec.seed`, B zero).
     /// An empty `spec.targets` means the family's attention and MLP projections.
-    pub fn load_lora(dir: &Path, device: &Device, mut spec: LoraSpec) -> Result<Model> {
+    pub fn load_lora(dir: &Path, device: &Device, spec: LoraSpec) -> Result<Model> {
+        Self::load_lora_as(dir, device, spec, candle_core::DType::F32)
+    }
+
+    /// [`Model::load_lora`] with the frozen base in `dtype` and, for bf16 / f16, the adapters
+    /// as f32 masters computed with in `dtype` (mixed precision).
+    pub fn load_lora_as(
+        dir: &Path,
+        device: &Device,
+        mut spec: LoraSpec,
+        dtype: candle_core::DType,
+    ) -> Result<Model> {
         if spec.r == 0 {
             return Err(Error::Config("LoRA rank r must be at least 1".into()));
         }
@@ -45,7 +56,7 @@ impl Model {
             device,
             true,
             Some((spec.clone(), HashMap::new())),
-            candle_core::DType::F32,
+            dtype,
         )?;
         if m.adapted.is_empty() {
             return Err(Error::Config(format!(
@@ -60,6 +71,16 @@ impl Model {
     /// Loads a base model with a saved adapter folder (`adapter_config.json`,
     /// `adapter_model.safetensors`).
     pub fn load_with_adapter(base: &Path, adapter: &Path, device: &Device) -> Result<Model> {
+        Self::load_with_adapter_as(base, adapter, device, candle_core::DType::F32)
+    }
+
+    /// [`Model::load_with_adapter`] computing in `dtype` (see [`Model::load_lora_as`]).
+    pub fn load_with_adapter_as(
+        base: &Path,
+        adapter: &Path,
+        device: &Device,
+        dtype: candle_core::DType,
+    ) -> Result<Model> {
         let cfg_path = adapter.join("adapter_config.json");
         let file = cfg_path.display().to_string();
         let (_, v) = super::read_json(&cfg_path)?;
@@ -87,13 +108,7 @@ impl Model {
             file: weights.display().to_string(),
             msg: format!("unreadable adapter: {e}"),
         })?;
-        let m = Model::load_opts(
-            base,
-            device,
-            true,
-            Some((spec, init.clone())),
-            candle_core::DType::F32,
-        )?;
+        let m = Model::load_opts(base, device, true, Some((spec, init.clone())), dtype)?;
         for name in init.keys() {
             if !m.params.contains_key(name) {
                 return Err(Error::Model {
@@ -157,11 +172,14 @@ impl Model {
             let a = self.params[&adapter_name(module, "A")].as_tensor();
             let b = self.params[&adapter_name(module, "B")].as_tensor();
             let delta = (b.matmul(a)? * scale)?.detach();
+            // Merged in f32 (the adapters' masters) and stored in the base's dtype.
             let w = &out[&key];
+            let w32 = w.to_dtype(candle_core::DType::F32)?;
             let merged = match layout {
-                Layout::Linear => (w + delta)?,
-                Layout::Conv1d => (w + delta.t()?)?,
-            };
+                Layout::Linear => (w32 + delta)?,
+                Layout::Conv1d => (w32 + delta.t()?)?,
+            }
+            .to_dtype(w.dtype())?;
             out.insert(key, merged);
         }
         Ok(out)

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod opt;
 pub mod pack;
 pub mod readout;
+pub mod recompute;
 pub mod save;
 pub mod source;
 pub mod weights;
@@ -106,6 +107,47 @@ enum Net {
     Llama(llama::Llama),
 }
 
+/// What every layer of one forward pass shares: the additive attention bias and, for the
+/// rotary families, the cos / sin tables. Built once a forward (and kept by a recompute tape).
+pub struct Shared {
+    pub bias: Tensor,
+    pub rope: Option<(Tensor, Tensor)>,
+}
+
+impl Net {
+    fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
+        match self {
+            Net::Gpt2(m) => m.embed(ids, attend, device),
+            Net::Opt(m) => m.embed(ids, attend, device),
+            Net::Llama(m) => m.embed(ids, attend, device),
+        }
+    }
+
+    fn layers(&self) -> usize {
+        match self {
+            Net::Gpt2(m) => m.layers(),
+            Net::Opt(m) => m.layers(),
+            Net::Llama(m) => m.layers(),
+        }
+    }
+
+    fn layer(&self, l: usize, x: &Tensor, s: &Shared) -> Result<Tensor> {
+        match self {
+            Net::Gpt2(m) => m.layer(l, x, s),
+            Net::Opt(m) => m.layer(l, x, s),
+            Net::Llama(m) => m.layer(l, x, s),
+        }
+    }
+
+    fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Net::Gpt2(m) => m.finish(x),
+            Net::Opt(m) => m.finish(x),
+            Net::Llama(m) => m.finish(x),
+        }
+    }
+}
+
 /// How the tokens of a batch see each other and where they sit.
 #[derive(Clone, Copy)]
 pub enum Attend<'a> {
@@ -140,6 +182,17 @@ pub struct Model {
     adapted: Vec<(String, linear::Layout)>,
     lora: Option<weights::LoraSpec>,
     device: Device,
+    /// The dtype the forward computes in (the weights' or, under mixed precision, their casts').
+    dtype: DType,
+    /// Mixed precision: f32 master variables and the casts the forward uses.
+    mirrors: Vec<(Var, Tensor)>,
+    /// Largest weights file `save` writes before sharding (`save::SHARD_BYTES`).
+    pub(crate) shard_bytes: usize,
+    /// Per-layer activation recompute (`--grad-checkpoint`): forwards keep only each layer's
+    /// input, and [`Model::backward`] recomputes one layer at a time.
+    recompute: bool,
+    /// The forwards since the last [`Model::backward`] under recompute.
+    tapes: std::sync::Mutex<Vec<recompute::Tape>>,
 }
 
 impl Model {
@@ -151,6 +204,12 @@ impl Model {
     /// Loads for inference only: weights are not variables, so no autograd graph is kept.
     pub fn load_frozen(dir: &Path, device: &Device) -> Result<Model> {
         Self::load_opts(dir, device, true, None, DType::F32)
+    }
+
+    /// Loads for training in `dtype`: f32 as [`Model::load`]; bf16 / f16 as mixed precision
+    /// (f32 master variables, the forward on their casts, see [`Model::mirrors`]).
+    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
+        Self::load_opts(dir, device, false, None, dtype)
     }
 
     /// Loads for inference with weights in `dtype` (f32 on CPU; bf16 / f16 for CUDA).
@@ -186,6 +245,7 @@ impl Model {
             Config::Opt(c) => Net::Opt(opt::Opt::new(c, &weights)?),
             Config::Llama(c, _) => Net::Llama(llama::Llama::new(c, &weights)?),
         };
+        let dtype = weights.dtype();
         let parts = weights.into_parts();
         Ok(Model {
             config,
@@ -196,11 +256,27 @@ impl Model {
             adapted: parts.adapted,
             lora: parts.lora,
             device: device.clone(),
+            dtype,
+            mirrors: parts.mirrors,
+            shard_bytes: save::SHARD_BYTES,
+            recompute: false,
+            tapes: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The dtype the forward computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Under mixed precision, each f32 master variable and the cast of it the forward uses
+    /// (empty otherwise): the optimizer refreshes the casts after every update.
+    pub fn mirrors(&self) -> &[(Var, Tensor)] {
+        &self.mirrors
     }
 
     /// A frozen copy of the current function (own storage: later updates of `self` do not
@@ -210,7 +286,9 @@ impl Model {
         for (k, t) in &self.merged_tensors()? {
             tensors.insert(k.clone(), t.copy()?.detach());
         }
-        let weights = Weights::from_tensors("frozen copy".into(), tensors).frozen();
+        let weights = Weights::from_tensors("frozen copy".into(), tensors)
+            .with_dtype(self.dtype)
+            .frozen();
         let mut m = Model::from_weights(self.config.clone(), weights, &self.device)?;
         m.raw_config = self.raw_config.clone();
         Ok(m)
@@ -252,11 +330,35 @@ impl Model {
     }
 
     fn forward(&self, ids: &Tensor, attend: Attend) -> Result<Tensor> {
-        match &self.net {
-            Net::Gpt2(m) => m.hidden(ids, attend, &self.device),
-            Net::Opt(m) => m.hidden(ids, attend, &self.device),
-            Net::Llama(m) => m.hidden(ids, attend, &self.device),
+        let (x, shared) = self.net.embed(ids, attend, &self.device)?;
+        if self.recompute && !self.params.is_empty() {
+            let (hidden, tape) = recompute::forward(&self.net, x, shared)?;
+            self.tapes.lock().expect("tapes lock").push(tape);
+            return Ok(hidden);
         }
+        let mut x = x;
+        for l in 0..self.net.layers() {
+            x = self.net.layer(l, &x, &shared)?;
+        }
+        self.net.finish(&x)
+    }
+
+    /// Turns per-layer activation recompute on or off (see [`recompute`]); pending tapes are
+    /// dropped.
+    pub fn set_recompute(&mut self, on: bool) {
+        self.recompute = on;
+        self.tapes.lock().expect("tapes lock").clear();
+    }
+
+    /// The gradients of `loss` for every trainable parameter: `loss.backward()`, and under
+    /// recompute the layers of every forward since the last call, recomputed one at a time.
+    pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let mut grads = recompute::detached(loss.backward()?);
+        let tapes = std::mem::take(&mut *self.tapes.lock().expect("tapes lock"));
+        for tape in tapes.into_iter().rev() {
+            recompute::backward(&self.net, tape, &mut grads)?;
+        }
+        Ok(grads)
     }
 
     /// Next-token logits `[B, T, V]` from hidden states.

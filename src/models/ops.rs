@@ -5,6 +5,11 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+/// Whether `x` is half precision: norms and softmax then compute in f32.
+fn half(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::BF16 | DType::F16)
+}
+
 /// `x @ w^T + b` for `x` of any rank (PyTorch `nn.Linear` layout: `w` is `[out, in]`).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = if super::frozen::applies(x, w) {
@@ -36,8 +41,13 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     layer_norm_composed(x, w, b, eps)
 }
 
-/// Layer norm from candle primitives (CUDA, half precision; the fused kernel's check).
+/// Layer norm from candle primitives (CUDA, half precision; the fused kernel's check). In
+/// half precision it computes in f32 and returns the input's dtype, as PyTorch's kernels do.
 pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if half(x) {
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        return layer_norm_composed(&f(x)?, &f(w)?, &f(b)?, eps)?.to_dtype(x.dtype());
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -45,8 +55,17 @@ pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Resu
     xn.broadcast_mul(w)?.broadcast_add(b)
 }
 
-/// RMS norm over the last dimension (Llama / Mistral).
+/// RMS norm over the last dimension (Llama / Mistral). In half precision the normalisation
+/// runs in f32 and is cast back before the weight, as transformers' `LlamaRMSNorm`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if half(x) {
+        let x32 = x.to_dtype(DType::F32)?;
+        let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let n = x32
+            .broadcast_div(&(ms + eps)?.sqrt()?)?
+            .to_dtype(x.dtype())?;
+        return n.broadcast_mul(w);
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
 }
@@ -60,15 +79,23 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     softmax_composed(x)
 }
 
-/// Softmax from candle primitives (CUDA, half precision; the fused kernel's check).
+/// Softmax from candle primitives (CUDA, half precision; the fused kernel's check). In half
+/// precision it computes in f32 and returns the input's dtype.
 pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
+    if half(x) {
+        return softmax_composed(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// Log-softmax over the last dimension.
+/// Log-softmax over the last dimension, always in f32 (half-precision log-probs over a large
+/// vocabulary lose too much).
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    if half(x) {
+        return log_softmax(&x.to_dtype(DType::F32)?);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

@@ -8,11 +8,14 @@ use super::config::OptConfig;
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
-use super::Attend;
+use super::{Attend, Shared};
 use crate::error::Result;
 
 /// OPT's learned positional embedding is indexed from 2 (fairseq legacy).
 const POSITION_OFFSET: usize = 2;
+
+/// Every OPT layer norm's epsilon (transformers' default; not in config.json).
+const LN_EPS: f64 = 1e-5;
 
 struct Layer {
     q: Proj,
@@ -113,13 +116,9 @@ impl Opt {
         Ok(ops::ids_tensor(&rows, device)?)
     }
 
-    /// Final hidden states `[B, T, word_embed_proj_dim]` (after the final norm and project_out).
-    pub fn hidden(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<Tensor> {
-        let h = self.cfg.num_attention_heads;
-        let d = self.cfg.hidden_size;
-        let scale = 1.0 / ((d / h) as f64).sqrt();
-        let pre = self.cfg.do_layer_norm_before;
-        let eps = 1e-5;
+    /// The embedded tokens `[B, T, hidden]` (after project_in, positions added) and what every
+    /// layer of this forward shares.
+    pub fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
         let mut x = ops::embed(&self.embed_tokens, ids)?;
         if let Some(pin) = &self.project_in {
             x = ops::linear(&x, pin, None)?;
@@ -135,35 +134,55 @@ impl Opt {
         };
         x = (x + ops::embed(&self.embed_positions, &pos)?)?;
         let bias = attend.bias(None, device)?.to_dtype(x.dtype())?;
-        for l in &self.layers {
-            let residual = x.clone();
-            let mut a = if pre {
-                ops::layer_norm(&x, &l.attn_ln.0, &l.attn_ln.1, eps)?
-            } else {
-                x.clone()
-            };
-            let q = ops::split_heads(&l.q.forward(&a)?, h)?;
-            let k = ops::split_heads(&l.k.forward(&a)?, h)?;
-            let v = ops::split_heads(&l.v.forward(&a)?, h)?;
-            a = ops::merge_heads(&ops::attention(&q, &k, &v, &bias, scale)?)?;
-            x = (residual + l.out.forward(&a)?)?;
-            if !pre {
-                x = ops::layer_norm(&x, &l.attn_ln.0, &l.attn_ln.1, eps)?;
-            }
-            let residual = x.clone();
-            let mut m = if pre {
-                ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?
-            } else {
-                x.clone()
-            };
-            m = l.fc1.forward(&m)?.relu()?;
-            x = (residual + l.fc2.forward(&m)?)?;
-            if !pre {
-                x = ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?;
-            }
+        Ok((x, Shared { bias, rope: None }))
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `l` of the residual stream.
+    pub fn layer(&self, l: usize, x: &Tensor, s: &Shared) -> Result<Tensor> {
+        let l = &self.layers[l];
+        let h = self.cfg.num_attention_heads;
+        let d = self.cfg.hidden_size;
+        let scale = 1.0 / ((d / h) as f64).sqrt();
+        let pre = self.cfg.do_layer_norm_before;
+        let eps = LN_EPS;
+        let residual = x.clone();
+        let mut a = if pre {
+            ops::layer_norm(x, &l.attn_ln.0, &l.attn_ln.1, eps)?
+        } else {
+            x.clone()
+        };
+        let q = ops::split_heads(&l.q.forward(&a)?, h)?;
+        let k = ops::split_heads(&l.k.forward(&a)?, h)?;
+        let v = ops::split_heads(&l.v.forward(&a)?, h)?;
+        a = ops::merge_heads(&ops::attention(&q, &k, &v, &s.bias, scale)?)?;
+        let mut x = (residual + l.out.forward(&a)?)?;
+        if !pre {
+            x = ops::layer_norm(&x, &l.attn_ln.0, &l.attn_ln.1, eps)?;
         }
+        let residual = x.clone();
+        let mut m = if pre {
+            ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?
+        } else {
+            x.clone()
+        };
+        m = l.fc1.forward(&m)?.relu()?;
+        x = (residual + l.fc2.forward(&m)?)?;
+        if !pre {
+            x = ops::layer_norm(&x, &l.final_ln.0, &l.final_ln.1, eps)?;
+        }
+        Ok(x)
+    }
+
+    /// Final hidden states `[B, T, word_embed_proj_dim]` (after the final norm and
+    /// project_out) from the last layer's output.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
         if let Some((w, b)) = &self.final_layer_norm {
-            x = ops::layer_norm(&x, w, b, eps)?;
+            x = ops::layer_norm(&x, w, b, LN_EPS)?;
         }
         if let Some(pout) = &self.project_out {
             x = ops::linear(&x, pout, None)?;

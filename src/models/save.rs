@@ -39,6 +39,58 @@ pub(crate) fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>) -> 
     })
 }
 
+/// Largest weights file of a checkpoint; bigger models are sharded with an index, as the
+/// Hugging Face hub's checkpoints are (its long-standing 5 GB default: a 7B model in bf16 is
+/// three shards). Each shard is written, uploaded and read on its own.
+pub const SHARD_BYTES: usize = 5_000_000_000;
+
+/// Writes `tensors` as `model.safetensors` if they fit in one shard of `max_bytes`, else as
+/// `model-0000i-of-0000n.safetensors` shards (greedy in name order; a tensor larger than the
+/// limit gets a shard of its own) with `model.safetensors.index.json` (`metadata.total_size`,
+/// `weight_map`), the layout transformers writes and loads.
+pub(crate) fn write_weights(
+    dir: &Path,
+    tensors: Vec<(String, Tensor)>,
+    max_bytes: usize,
+) -> Result<()> {
+    let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let mut used = 0usize;
+    let (mut total_size, mut total_parameters) = (0usize, 0usize);
+    for (k, t) in tensors {
+        let n = size(&t);
+        total_size += n;
+        total_parameters += t.elem_count();
+        let last = shards.last_mut().expect("one shard");
+        if !last.is_empty() && used + n > max_bytes {
+            shards.push(Vec::new());
+            used = 0;
+        }
+        used += n;
+        shards.last_mut().expect("one shard").push((k, t));
+    }
+    if shards.len() == 1 {
+        let only = shards.pop().expect("one shard");
+        return write_safetensors(&dir.join("model.safetensors"), only);
+    }
+    let count = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let name = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        for (k, _) in &shard {
+            weight_map.insert(k.clone(), serde_json::Value::String(name.clone()));
+        }
+        write_safetensors(&dir.join(&name), shard)?;
+    }
+    let index = serde_json::json!({
+        "metadata": {"total_size": total_size, "total_parameters": total_parameters},
+        "weight_map": weight_map,
+    });
+    let p = dir.join("model.safetensors.index.json");
+    let text = serde_json::to_string_pretty(&index).expect("JSON value") + "\n";
+    std::fs::write(&p, text).map_err(io(&p))
+}
+
 impl Model {
     /// Writes the model to `dir` (replacing an existing checkpoint there), with any LoRA
     /// adapters folded into their base weights: the checkpoint is the function trained.
@@ -85,13 +137,27 @@ impl Model {
         weights: &std::collections::BTreeMap<String, Tensor>,
     ) -> Result<()> {
         let cfg = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&self.raw_config).expect("JSON value");
+        let mut config = self.raw_config.clone();
+        // A half-precision checkpoint says so (transformers' `dtype`, and the older
+        // `torch_dtype` where the config has it); an f32 one keeps its config as loaded.
+        let half = weights.values().find_map(|t| match t.dtype() {
+            candle_core::DType::BF16 => Some("bfloat16"),
+            candle_core::DType::F16 => Some("float16"),
+            _ => None,
+        });
+        if let (Some(name), Some(obj)) = (half, config.as_object_mut()) {
+            obj.insert("dtype".into(), name.into());
+            if obj.contains_key("torch_dtype") {
+                obj.insert("torch_dtype".into(), name.into());
+            }
+        }
+        let text = serde_json::to_string_pretty(&config).expect("JSON value");
         std::fs::write(&cfg, text).map_err(io(&cfg))?;
         let tensors: Vec<(String, Tensor)> = weights
             .iter()
             .map(|(k, t)| (k.clone(), t.detach()))
             .collect();
-        write_safetensors(&dir.join("model.safetensors"), tensors)?;
+        write_weights(dir, tensors, self.shard_bytes)?;
         if let Some(t) = extras.tokenizer {
             let to = dir.join("tokenizer.json");
             std::fs::copy(t, &to).map_err(io(t))?;
@@ -178,5 +244,44 @@ mod tests {
                 .collect();
             assert_eq!(names.len(), 1, "no staging folder left behind: {names:?}");
         }
+    }
+
+    #[test]
+    fn a_model_above_the_shard_size_is_saved_sharded_with_an_index_and_loads_back() {
+        let dev = Device::Cpu;
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+        let mut m = Model::load(&src, &dev).unwrap();
+        let total: usize = (m.tensors().values()).map(|t| t.elem_count() * 4).sum();
+        m.shard_bytes = total / 3;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ckpt");
+        m.save(&out, &SaveExtras::default()).unwrap();
+        assert!(!out.join("model.safetensors").exists());
+        let (_, index) =
+            crate::models::read_json(&out.join("model.safetensors.index.json")).unwrap();
+        assert_eq!(index["metadata"]["total_size"], total);
+        let map = index["weight_map"].as_object().unwrap();
+        assert_eq!(map.len(), m.tensors().len());
+        let mut files: Vec<&str> = map.values().map(|v| v.as_str().unwrap()).collect();
+        files.sort_unstable();
+        files.dedup();
+        assert!(files.len() >= 3, "{files:?}");
+        assert!(files
+            .iter()
+            .all(|f| f.ends_with(&format!("-of-{:05}.safetensors", files.len()))));
+        for f in &files {
+            let bytes = std::fs::metadata(out.join(f)).unwrap().len() as usize;
+            // Header plus at most one shard of data (a lone larger tensor aside).
+            assert!(
+                bytes < total / 3 + 64 * 1024 || files.len() > 3,
+                "{f}: {bytes}"
+            );
+        }
+        let back = Model::load(&out, &dev).unwrap();
+        let ids = ops::ids_tensor(&[vec![1, 5, 9, 30, 7]], &dev).unwrap();
+        let mask = [vec![1; 5]];
+        let a = m.logits(&m.hidden(&ids, &mask).unwrap()).unwrap();
+        let b = back.logits(&back.hidden(&ids, &mask).unwrap()).unwrap();
+        assert_eq!(crate::models::max_abs_diff(&a, &b), 0.0);
     }
 }

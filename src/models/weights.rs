@@ -55,6 +55,9 @@ pub struct Weights {
     adapters: RefCell<BTreeMap<String, Var>>,
     /// Adapted modules and their layouts, for merging.
     adapted: RefCell<Vec<(String, Layout)>>,
+    /// Under mixed precision: each f32 master variable and its tracked cast to the compute
+    /// dtype, which the model multiplies by.
+    mirrors: RefCell<Vec<(Var, Tensor)>>,
 }
 
 /// What a built model keeps of its weights.
@@ -63,6 +66,7 @@ pub struct Parts {
     pub params: BTreeMap<String, Var>,
     pub adapted: Vec<(String, Layout)>,
     pub lora: Option<LoraSpec>,
+    pub mirrors: Vec<(Var, Tensor)>,
 }
 
 impl Weights {
@@ -114,6 +118,7 @@ impl Weights {
             lora_rng: RefCell::new(None),
             adapters: RefCell::new(BTreeMap::new()),
             adapted: RefCell::new(Vec::new()),
+            mirrors: RefCell::new(Vec::new()),
         }
     }
 
@@ -124,7 +129,9 @@ impl Weights {
         self
     }
 
-    /// Hands out weights as `dtype` (bf16 / f16 halve memory; meant for the CUDA backend).
+    /// Hands out weights as `dtype` (bf16 / f16 halve memory). Frozen weights are stored in
+    /// `dtype`; trainable ones (mixed precision) are f32 master variables handed out as their
+    /// tracked casts to `dtype`, so gradients reach the masters in f32.
     pub fn with_dtype(mut self, dtype: DType) -> Weights {
         self.dtype = dtype;
         self
@@ -204,7 +211,7 @@ impl Weights {
                         });
                     }
                 }
-                (a.to_dtype(self.dtype)?, b.to_dtype(self.dtype)?)
+                (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?)
             }
             (None, None) => {
                 let bound = 1.0 / (inp as f64).sqrt();
@@ -217,8 +224,8 @@ impl Weights {
                     })
                     .collect();
                 (
-                    Tensor::from_vec(vals, (spec.r, inp), device)?.to_dtype(self.dtype)?,
-                    Tensor::zeros((out, spec.r), self.dtype, device)?,
+                    Tensor::from_vec(vals, (spec.r, inp), device)?,
+                    Tensor::zeros((out, spec.r), DType::F32, device)?,
                 )
             }
             _ => {
@@ -229,6 +236,7 @@ impl Weights {
             }
         };
         let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+        let (ac, bc) = (self.compute(&a)?, self.compute(&b)?);
         let mut adapters = self.adapters.borrow_mut();
         adapters.insert(na, a.clone());
         adapters.insert(nb, b.clone());
@@ -236,6 +244,8 @@ impl Weights {
         Ok(Lora {
             a,
             b,
+            ac,
+            bc,
             scale: spec.alpha / spec.r as f64,
         })
     }
@@ -272,9 +282,11 @@ impl Weights {
                 ),
             });
         }
+        // Trainable weights are kept in f32 (the masters of mixed precision).
+        let stored = if self.frozen { self.dtype } else { DType::F32 };
         let t = match t.dtype() {
-            d if d == self.dtype => t.clone(),
-            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(self.dtype)?,
+            d if d == stored => t.clone(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(stored)?,
             other => {
                 return Err(Error::Model {
                     file: self.file.clone(),
@@ -297,7 +309,7 @@ impl Weights {
             t.detach()
         } else {
             let var = Var::from_tensor(&t)?;
-            let out = var.as_tensor().clone();
+            let out = self.compute(&var)?;
             self.vars.borrow_mut().insert(name.to_string(), var);
             out
         };
@@ -305,6 +317,22 @@ impl Weights {
             .borrow_mut()
             .insert(name.to_string(), out.clone());
         Ok(out)
+    }
+
+    /// The dtype weights are handed out in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// What the model computes with for a trainable variable: the variable itself, or under
+    /// mixed precision its tracked cast to the compute dtype (recorded as a mirror).
+    fn compute(&self, var: &Var) -> Result<Tensor> {
+        if self.dtype == var.dtype() {
+            return Ok(var.as_tensor().clone());
+        }
+        let c = var.as_tensor().to_dtype(self.dtype)?;
+        self.mirrors.borrow_mut().push((var.clone(), c.clone()));
+        Ok(c)
     }
 
     /// Every tensor handed out, and the trainable variables (base weights, or the adapters
@@ -317,6 +345,7 @@ impl Weights {
             params,
             adapted: self.adapted.into_inner(),
             lora: self.lora,
+            mirrors: self.mirrors.into_inner(),
         }
     }
 }

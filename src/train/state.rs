@@ -204,6 +204,7 @@ impl Resume<'_> {
         }
         adam.restore(slots)
             .map_err(|m| corrupt(self.store, &latest.file, m))?;
+        adam.refresh_mirrors()?;
         Ok(Some((
             latest.step,
             latest.log.iter().map(log_from_bits).collect(),

@@ -6,6 +6,7 @@ mod common;
 mod faults;
 mod pipeline;
 mod po;
+mod precision;
 mod pretrain;
 mod remote;
 mod report;

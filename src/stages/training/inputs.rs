@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
 
-use candle_core::Var;
+use candle_core::{Tensor, Var};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 
@@ -125,22 +125,29 @@ pub struct Loaded {
 }
 
 /// Loads the model of `dir` on `device` for training: every weight a variable, or under LoRA
-/// the adapters alone (fresh, or the `init` folder's), the base frozen.
+/// the adapters alone (fresh, or the `init` folder's), the base frozen; computing in `dtype`
+/// (bf16: mixed precision, see [`Model::load_as`]); `recompute` turns on
+/// per-layer activation recompute (then gradients come from [`Model::backward`]).
 pub fn load(
     dir: &Path,
     device: &str,
     max_ctx: usize,
     lora: Option<&LoraSettings>,
+    recompute: bool,
+    dtype: &str,
 ) -> Result<Loaded> {
     let device = crate::models::parse_device(device)?;
-    let model = match lora {
-        None => Model::load(dir, &device)?,
-        Some(LoraSettings { spec, init: None }) => Model::load_lora(dir, &device, spec.clone())?,
+    let dtype = crate::models::parse_dtype(dtype)?;
+    let mut model = match lora {
+        None => Model::load_as(dir, &device, dtype)?,
+        Some(LoraSettings { spec, init: None }) => {
+            Model::load_lora_as(dir, &device, spec.clone(), dtype)?
+        }
         Some(LoraSettings {
             spec,
             init: Some(init),
         }) => {
-            let m = Model::load_with_adapter(dir, Path::new(init), &device)?;
+            let m = Model::load_with_adapter_as(dir, Path::new(init), &device, dtype)?;
             let got = m.lora_spec().expect("an adapter");
             let targets_match = spec.targets.is_empty() || {
                 let (mut a, mut b) = (spec.targets.clone(), got.targets.clone());
@@ -157,6 +164,7 @@ pub fn load(
             m
         }
     };
+    model.set_recompute(recompute);
     let tok_path = dir.join("tokenizer.json");
     let tok = Tokenizer::load(&tok_path)?;
     let max_ctx = max_ctx.min(model.config.max_positions());
@@ -185,15 +193,17 @@ pub fn phase<'a>(
     fingerprint: &str,
     every: usize,
     vars: &[(String, Var)],
+    mirrors: &[(Var, Tensor)],
     lr: f64,
 ) -> (Adam, Resume<'a>) {
-    let adam = Adam::named(
+    let mut adam = Adam::named(
         vars.to_vec(),
         AdamConfig {
             lr,
             ..AdamConfig::default()
         },
     );
+    adam.mirror(mirrors);
     let resume = Resume {
         store,
         prefix: keys::state(key),

@@ -184,6 +184,12 @@ pub async fn w2s_train(
     Ok((run_id, report))
 }
 
+/// Whether a dtype setting is the default (kept out of fingerprints, so runs from before the
+/// setting existed keep theirs).
+fn is_f32(d: &str) -> bool {
+    d == "f32"
+}
+
 /// The scenario routing shared by both entries.
 async fn train(
     store: &ArtifactStore,
@@ -198,6 +204,8 @@ async fn train(
             "{stage} --lora-rank 0: give a rank of at least 1"
         )));
     }
+    opts::check_dtype(&run.opts.dtype)
+        .map_err(|m| Error::Config(format!("{stage} --dtype {}: {m}", run.opts.dtype)))?;
     match run.scenario {
         Scenario::Rm => rm::run(store, &rm_settings(stage, run, run_id, student), force).await,
         Scenario::Simpo | Scenario::Dpo => {
@@ -259,6 +267,8 @@ fn rm_settings(
         head_seed: o.head_seed,
         init_head: o.init_head.clone(),
         lora: o.lora(),
+        grad_checkpoint: o.grad_checkpoint,
+        dtype: o.dtype.clone(),
         device: o.device.clone(),
         save_every: o.save_every,
     }
@@ -295,6 +305,8 @@ fn po_settings(
         max_ctx: o.max_ctx,
         tokenization: o.tokenization,
         lora: o.lora(),
+        grad_checkpoint: o.grad_checkpoint,
+        dtype: o.dtype.clone(),
         device: o.device.clone(),
         save_every: o.save_every,
     }

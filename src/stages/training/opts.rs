@@ -76,6 +76,17 @@ pub struct TrainOpts {
     /// adapter_model.safetensors) instead of a fresh one, e.g. one PEFT initialised.
     #[arg(long, requires = "lora_rank")]
     pub lora_init: Option<String>,
+    /// Recompute each layer's activations during the backward pass instead of keeping them
+    /// all (gradient checkpointing): activation memory of about one layer plus each layer's
+    /// input, for about one more forward pass of time. Gradients equal the plain path's up to
+    /// rounding.
+    #[arg(long)]
+    pub grad_checkpoint: bool,
+    /// Compute dtype: f32, or bf16 as mixed precision (f32 master weights, Adam moments and
+    /// gradient accumulation; norms, softmax, log-probs, losses and the reward head in f32).
+    /// f16 is refused: without loss scaling its gradients underflow.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = crate::models::CPU)]
     pub device: String,
@@ -98,6 +109,15 @@ pub struct LoraSettings {
     /// The adapter folder the run starts from (its files enter the run's inputs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+}
+
+/// Whether `dtype` can be trained in: f32, or bf16 as mixed precision.
+pub fn check_dtype(dtype: &str) -> Result<(), String> {
+    match dtype {
+        "f32" | "bf16" => Ok(()),
+        "f16" => Err("f16 training needs loss scaling, which w2s does not do; use bf16".into()),
+        _ => Err("expected f32 or bf16".into()),
+    }
 }
 
 impl TrainOpts {
@@ -139,6 +159,7 @@ impl TrainOpts {
         if lora_set && self.lora_rank.is_none() {
             return Err("`lora_alpha`, `lora_targets` and `lora_init` need `lora_rank`".into());
         }
+        check_dtype(&self.dtype).map_err(|m| format!("`dtype` = {}: {m}", self.dtype))?;
         if self.lora_rank == Some(0) {
             return Err("`lora_rank` must be at least 1".into());
         }

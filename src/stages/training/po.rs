@@ -56,6 +56,12 @@ pub struct PoTrainSettings {
     /// LoRA adapters trained instead of every weight (absent from the fingerprint without).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<super::LoraSettings>,
+    /// Per-layer activation recompute (absent from the fingerprint when off).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grad_checkpoint: bool,
+    /// Compute dtype, `f32` or `bf16` (mixed precision; absent from the fingerprint when f32).
+    #[serde(skip_serializing_if = "super::is_f32")]
+    pub dtype: String,
     pub device: String,
     #[serde(skip)]
     pub save_every: usize,
@@ -169,7 +175,14 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         tok,
         tok_path,
         max_ctx,
-    } = inputs::load(&base_dir, &s.device, s.max_ctx, s.lora.as_ref())?;
+    } = inputs::load(
+        &base_dir,
+        &s.device,
+        s.max_ctx,
+        s.lora.as_ref(),
+        s.grad_checkpoint,
+        &s.dtype,
+    )?;
 
     let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
     let mut pairs = common::load_split(store, train_split).await?;
@@ -244,6 +257,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         &fp,
         s.save_every,
         &vars,
+        model.mirrors(),
         s.sft.lr,
     );
     let batch_n = s.sft.batch as f64;
@@ -268,7 +282,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
                 loss: value,
                 correct: 0,
                 tokens: rows.iter().map(|r| r.0.len()).sum(),
-                grads: loss.backward()?,
+                grads: model.backward(&loss)?,
             })
         })
         .await?;
@@ -296,6 +310,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         &fp,
         s.save_every,
         &vars,
+        model.mirrors(),
         s.po.lr,
     );
     let batch_n = s.po.batch as f64;
@@ -343,7 +358,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
                 loss,
                 correct,
                 tokens: rows.iter().map(|r| r.0.len()).sum(),
-                grads: surrogate.backward()?,
+                grads: model.backward(&surrogate)?,
             })
         })
         .await?;

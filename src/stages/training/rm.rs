@@ -49,6 +49,12 @@ pub struct RmTrainSettings {
     /// LoRA adapters trained instead of the backbone (absent from the fingerprint without).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<super::LoraSettings>,
+    /// Per-layer activation recompute (absent from the fingerprint when off).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grad_checkpoint: bool,
+    /// Compute dtype, `f32` or `bf16` (mixed precision; absent from the fingerprint when f32).
+    #[serde(skip_serializing_if = "super::is_f32")]
+    pub dtype: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Save resumable state every this many optimizer steps (0: never). Not part of the
@@ -160,7 +166,14 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         tok,
         tok_path,
         max_ctx,
-    } = inputs::load(&base_dir, &s.device, s.max_ctx, s.lora.as_ref())?;
+    } = inputs::load(
+        &base_dir,
+        &s.device,
+        s.max_ctx,
+        s.lora.as_ref(),
+        s.grad_checkpoint,
+        &s.dtype,
+    )?;
     let device = model.device().clone();
 
     // Training samples (docs/reference.md §1.4, §2.3).
@@ -232,7 +245,15 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         head: Head::Trainable(head.clone()),
         readout: s.readout,
     };
-    let (mut adam, resume) = inputs::phase(store, &key, &fp, s.save_every, &vars, s.train.lr);
+    let (mut adam, resume) = inputs::phase(
+        store,
+        &key,
+        &fp,
+        s.save_every,
+        &vars,
+        rmodel.model.mirrors(),
+        s.train.lr,
+    );
     let batch = s.train.batch as f32;
     let alpha = s.alpha as f32;
     let sizes: Vec<usize> = data.iter().map(|x| x.a.len() + x.b.len()).collect();
@@ -259,7 +280,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             loss,
             correct,
             tokens,
-            grads: surrogate.backward()?,
+            grads: rmodel.model.backward(&surrogate)?,
         })
     })
     .await?;
