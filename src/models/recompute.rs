@@ -158,6 +158,11 @@ mod tests {
             let g: Vec<(String, Tensor)> = (m.params().iter())
                 .map(|(k, v)| {
                     let g = grads.get(v.as_tensor());
+                    // A gradient still attached to its graph would keep the activations alive.
+                    assert!(
+                        !g.is_some_and(|g| g.track_op()),
+                        "{what}: {k}: gradient attached"
+                    );
                     (
                         k.clone(),
                         g.unwrap_or_else(|| panic!("{what}: {k}: no gradient"))
