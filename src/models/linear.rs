@@ -59,16 +59,4 @@ impl Proj {
             }
         }
     }
-
-    /// The base weight with the adapter folded in, in the base layout.
-    pub fn merged_weight(&self) -> Result<Tensor> {
-        let Some(l) = &self.lora else {
-            return Ok(self.w.clone());
-        };
-        let delta = (l.bc.matmul(&l.ac)? * l.scale)?; // [out, in]
-        Ok(match self.layout {
-            Layout::Linear => (&self.w + delta)?,
-            Layout::Conv1d => (&self.w + delta.t()?)?,
-        })
-    }
 }
