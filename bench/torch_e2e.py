@@ -36,7 +36,7 @@ def make_tokenizer(a):
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=50257, special_tokens=["[UNK]"])
+    trainer = trainers.WordLevelTrainer(vocab_size=a.vocab, special_tokens=["[UNK]"])
     tok.train_from_iterator((t for pair in texts(a.data) for t in pair), trainer)
     tok.save(a.out)
 
@@ -99,6 +99,7 @@ def main():
     t = sub.add_parser("tokenizer")
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)
+    t.add_argument("--vocab", type=int, default=50257, help="largest vocabulary (the model's)")
     r = sub.add_parser("train")
     r.add_argument("--data", required=True)
     r.add_argument("--model", required=True)

@@ -33,6 +33,12 @@ pub enum Arch {
     /// The quickstart's largest rung: 2 layers, d 64, 4 heads, vocab 1000; sequences of 64,
     /// 16 pairs a step.
     Tiny,
+    /// A Llama of about 1.1B parameters (TinyLlama-1.1B's shape: 22 layers, d 2048, 32 heads,
+    /// 4 key-value heads, MLP 5632, vocab 32000), in bf16 as Llama checkpoints ship; for the
+    /// LoRA memory bench (`bench checkpoint` only, not in the engine comparison).
+    #[value(name = "llama-1b")]
+    #[serde(rename = "llama-1b")]
+    Llama1b,
 }
 
 impl Arch {
@@ -41,6 +47,7 @@ impl Arch {
             Arch::Gpt2Small => "gpt2-small",
             Arch::Gpt2Medium => "gpt2-medium",
             Arch::Tiny => "tiny",
+            Arch::Llama1b => "llama-1b",
         }
     }
 
@@ -61,6 +68,15 @@ impl Arch {
                 width: 1024,
                 heads: 16,
                 vocab: 50257,
+                seq: 512,
+                pairs: 1,
+                steps: 1,
+            },
+            Arch::Llama1b => Shape {
+                layers: 22,
+                width: 2048,
+                heads: 32,
+                vocab: 32000,
                 seq: 512,
                 pairs: 1,
                 steps: 1,
@@ -165,16 +181,34 @@ pub fn checkpoint(arch: Arch, dir: &Path) -> Result<PathBuf> {
         }
     };
     std::fs::create_dir_all(&out).map_err(io(&out))?;
-    let shape = crate::models::gpt2::InitShape {
-        layers: s.layers,
-        embd: s.width,
-        ctx: s.seq.max(64),
-        vocab: s.vocab,
+    let (config, t): (_, HashMap<String, Tensor>) = if arch == Arch::Llama1b {
+        let shape = crate::models::llama::InitShape {
+            layers: s.layers,
+            hidden: s.width,
+            intermediate: 5632,
+            heads: s.heads,
+            kv_heads: 4,
+            vocab: s.vocab,
+            ctx: 2048,
+        };
+        let t = crate::models::llama::init_weights(&shape, 0, candle_core::DType::BF16)?;
+        (
+            crate::models::llama::config_json(&shape),
+            t.into_iter().collect(),
+        )
+    } else {
+        let shape = crate::models::gpt2::InitShape {
+            layers: s.layers,
+            embd: s.width,
+            ctx: s.seq.max(64),
+            vocab: s.vocab,
+        };
+        let t = crate::models::gpt2::init_weights(&shape, 0)?;
+        (
+            crate::models::gpt2::config_json(&shape, s.heads),
+            t.into_iter().collect(),
+        )
     };
-    let config = crate::models::gpt2::config_json(&shape, s.heads);
-    let t: HashMap<String, Tensor> = crate::models::gpt2::init_weights(&shape, 0)?
-        .into_iter()
-        .collect();
     let cfg = out.join("config.json");
     std::fs::write(
         &cfg,
@@ -262,8 +296,8 @@ pub fn run_steps(
     if task == Task::RmTrain {
         vars.push(("score.weight".into(), head.clone()));
     }
-    let mut adam = Adam::named(vars.clone(), AdamConfig::default());
-    let mut adam2 = Adam::named(vars, AdamConfig::default());
+    let mut adam = Adam::named(vars.clone(), AdamConfig::default())?;
+    let mut adam2 = Adam::named(vars, AdamConfig::default())?;
     // The production paths: the reward model's packed margins, the policy's packed log-probs.
     let rm = RewardModel {
         model,

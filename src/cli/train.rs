@@ -33,6 +33,11 @@ pub struct GtTrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub run: Run,
+    /// Print the run's memory plan (estimated peak memory of a training step, by what holds
+    /// it) and stop, training nothing.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Retrain even if up to date.
     #[arg(long)]
     pub force: bool,
@@ -49,6 +54,11 @@ pub struct W2sTrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub student: Student,
+    /// Print the run's memory plan (estimated peak memory of a training step, by what holds
+    /// it) and stop, training nothing.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Retrain even if up to date.
     #[arg(long)]
     pub force: bool,
@@ -72,6 +82,13 @@ pub async fn pretrain(a: PretrainArgs) -> Result<()> {
 
 pub async fn gt_train(a: GtTrainArgs) -> Result<()> {
     let store = ArtifactStore::open(&a.root.artifacts)?;
+    if a.dry_run {
+        print!(
+            "{}",
+            training::memory_plan(&store, &a.run, None).await?.table()
+        );
+        return Ok(());
+    }
     let (run_id, r) = training::gt_train(&store, &a.run, a.force).await?;
     print_train(&run_id, store.root(), &r);
     Ok(())
@@ -79,6 +96,11 @@ pub async fn gt_train(a: GtTrainArgs) -> Result<()> {
 
 pub async fn w2s_train(a: W2sTrainArgs) -> Result<()> {
     let store = ArtifactStore::open(&a.root.artifacts)?;
+    if a.dry_run {
+        let plan = training::memory_plan(&store, &a.run, Some(&a.student)).await?;
+        print!("{}", plan.table());
+        return Ok(());
+    }
     let (run_id, r) = training::w2s_train(&store, &a.run, &a.student, a.force).await?;
     print_train(&run_id, store.root(), &r);
     Ok(())

@@ -11,7 +11,7 @@
 //! broadcast add or multiply by a constant: the additive attention bias (`[B, 1, T, T]`, whose
 //! gradient candle keeps at `[B, H, T, T]` per layer) and the rotary `cos` / `sin` tables.
 //! Forward and backward compute exactly what the composed ops do (the same candle ops), on
-//! contiguous f32 CPU tensors; other devices and dtypes keep the composed path.
+//! contiguous CPU tensors (f32, bf16, f16); other devices keep the composed path.
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Storage, Tensor};
 
@@ -50,22 +50,28 @@ impl CustomOp1 for FrozenProj {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("frozen-proj: f32 only");
-        };
         let Some((a, b)) = l.contiguous_offsets() else {
             candle_core::bail!("frozen-proj: contiguous input only");
         };
         // Plain tensors on both sides: no graph is built here.
-        let x = Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu)?;
+        let cpu = Device::Cpu;
+        let x = match s {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu)?,
+            CpuStorage::BF16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu)?,
+            CpuStorage::F16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu)?,
+            _ => candle_core::bail!("frozen-proj: f32, bf16 or f16 only"),
+        };
         let y = self.apply(&x)?.contiguous()?;
         let shape = y.shape().clone();
         let (ys, yl) = y.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(yv)) = &*ys else {
-            candle_core::bail!("frozen-proj: f32 CPU result expected");
-        };
         let (a, b) = yl.contiguous_offsets().expect("contiguous");
-        Ok((CpuStorage::F32(yv[a..b].to_vec()), shape))
+        let out = match &*ys {
+            Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[a..b].to_vec()),
+            Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[a..b].to_vec()),
+            Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[a..b].to_vec()),
+            _ => candle_core::bail!("frozen-proj: a float CPU result expected"),
+        };
+        Ok((out, shape))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -80,9 +86,16 @@ impl CustomOp1 for FrozenProj {
 }
 
 /// Whether `x · w` should go through the frozen op: `w` a plain weight no gradient should
-/// reach, `x` part of a graph (training), contiguous f32 on the CPU.
+/// reach, `x` part of a graph (training), both on the CPU in one float dtype (f32, or bf16 /
+/// f16 under mixed precision).
 pub fn applies(x: &Tensor, w: &Tensor) -> bool {
-    !w.track_op() && x.track_op() && super::fused::applies(&[x, w])
+    use candle_core::DType;
+    !w.track_op()
+        && x.track_op()
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// `x` combined with the constant `c` as `side` says, through the op that holds `c`.

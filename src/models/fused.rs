@@ -122,59 +122,181 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
 
 struct Softmax;
 
+fn softmax_rows(x: &[f32], d: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let per = rows_per_task(d) * d;
+    y.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = (x - max).exp();
+                    sum += *y;
+                }
+                let inv = 1.0 / sum;
+                y.iter_mut().for_each(|y| *y *= inv);
+            }
+        });
+    y
+}
+
+/// A half-precision float the fused softmax reads and writes (computing in f32).
+trait Half: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Half for half::bf16 {
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
+
+impl Half for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+/// Softmax of half-precision rows, each row converted to f32 on its own (no full-size f32
+/// copy).
+fn softmax_rows_half<T: Half>(x: &[T], d: usize) -> Vec<T> {
+    let mut y = vec![T::from_f32(0.0); x.len()];
+    let per = rows_per_task(d) * d;
+    y.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .for_each(|(y, x)| {
+            let mut buf = vec![0f32; d];
+            for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
+                let max = x
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (b, &v) in buf.iter_mut().zip(x) {
+                    *b = (v.to_f32() - max).exp();
+                    sum += *b;
+                }
+                let inv = 1.0 / sum;
+                for (y, b) in y.iter_mut().zip(&buf) {
+                    *y = T::from_f32(b * inv);
+                }
+            }
+        });
+    y
+}
+
+/// The softmax backward `y · (g − Σ y g)` of half-precision rows, row by row in f32.
+fn softmax_bwd_half<T: Half>(y: &[T], g: &[T], d: usize) -> Vec<T> {
+    let mut dx = vec![T::from_f32(0.0); y.len()];
+    let per = rows_per_task(d) * d;
+    dx.par_chunks_mut(per)
+        .zip(y.par_chunks(per).zip(g.par_chunks(per)))
+        .for_each(|(dx, (y, g))| {
+            for ((dx, y), g) in dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
+                let dot: f32 = y.iter().zip(g).map(|(y, g)| y.to_f32() * g.to_f32()).sum();
+                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                    *dx = T::from_f32(y.to_f32() * (g.to_f32() - dot));
+                }
+            }
+        });
+    dx
+}
+
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "softmax-last"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = input(s, l, "softmax-last")?;
         let d = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut y = vec![0f32; x.len()];
-        let per = rows_per_task(d) * d;
-        y.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = (x - max).exp();
-                        sum += *y;
-                    }
-                    let inv = 1.0 / sum;
-                    y.iter_mut().for_each(|y| *y *= inv);
-                }
-            });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("softmax-last: contiguous input only");
+        };
+        // Half precision: computed in f32 row by row, stored in the input's dtype (the graph
+        // keeps only the input and this output, both half size).
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(softmax_rows(&v[a..b], d)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(softmax_rows_half(&v[a..b], d)),
+            CpuStorage::F16(v) => CpuStorage::F16(softmax_rows_half(&v[a..b], d)),
+            _ => candle_core::bail!("softmax-last: float input only"),
+        };
+        Ok((out, l.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let d = arg.dims().last().copied().unwrap_or(1).max(1);
-        let dx = with_f32(res, |y| {
-            with_f32(grad, |g| {
-                let mut dx = vec![0f32; y.len()];
-                let per = rows_per_task(d) * d;
-                dx.par_chunks_mut(per)
-                    .zip(y.par_chunks(per).zip(g.par_chunks(per)))
-                    .for_each(|(dx, (y, g))| {
-                        for ((dx, y), g) in dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
-                            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                                *dx = y * (g - dot);
-                            }
-                        }
-                    });
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        softmax_backward(res, grad).map(Some)
     }
 }
 
-/// Softmax over the last dimension.
+/// The last-dimension softmax's backward `y · (g − Σ y g)` from its output `y` and the
+/// output's gradient `g` (CPU; half precision computed row by row in f32).
+pub fn softmax_backward(res: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let d = res.dims().last().copied().unwrap_or(1).max(1);
+    if res.dtype() != candle_core::DType::F32 {
+        let (res, grad) = (res.contiguous()?, grad.contiguous()?.to_dtype(res.dtype())?);
+        let (rs, rl) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (Some((ra, rb)), Some((ga, gb))) = (rl.contiguous_offsets(), gl.contiguous_offsets())
+        else {
+            candle_core::bail!("softmax-last: contiguous tensors only");
+        };
+        let dx = match (&*rs, &*gs) {
+            (Storage::Cpu(CpuStorage::BF16(y)), Storage::Cpu(CpuStorage::BF16(g))) => {
+                Tensor::from_vec(
+                    softmax_bwd_half(&y[ra..rb], &g[ga..gb], d),
+                    res.shape(),
+                    res.device(),
+                )?
+            }
+            (Storage::Cpu(CpuStorage::F16(y)), Storage::Cpu(CpuStorage::F16(g))) => {
+                Tensor::from_vec(
+                    softmax_bwd_half(&y[ra..rb], &g[ga..gb], d),
+                    res.shape(),
+                    res.device(),
+                )?
+            }
+            _ => candle_core::bail!("softmax-last: half CPU tensors expected"),
+        };
+        return Ok(dx);
+    }
+    let dx = with_f32(res, |y| {
+        with_f32(grad, |g| {
+            let mut dx = vec![0f32; y.len()];
+            let per = rows_per_task(d) * d;
+            dx.par_chunks_mut(per)
+                .zip(y.par_chunks(per).zip(g.par_chunks(per)))
+                .for_each(|(dx, (y, g))| {
+                    for ((dx, y), g) in dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
+                        let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                            *dx = y * (g - dot);
+                        }
+                    }
+                });
+            Ok(dx)
+        })
+    })?;
+    Tensor::from_vec(dx, res.shape(), res.device())
+}
+
+/// Softmax over the last dimension (f32, or bf16 / f16 computed in f32).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
+}
+
+/// Whether the fused softmax applies: a CPU tensor of a float dtype.
+pub fn softmax_applies(x: &Tensor) -> bool {
+    use candle_core::DType;
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
 struct LayerNorm {
@@ -560,5 +682,29 @@ mod tests {
             &[rand(&[9, 12], 6, 3.0, 0.0)],
             "softmax of a view",
         );
+    }
+
+    /// The half-precision softmax (computed in f32 row by row) against the composed f64 path:
+    /// values and gradient within bf16 / f16 rounding.
+    #[test]
+    fn half_softmax_matches_the_composed_ops() {
+        for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 2e-3)] {
+            let x = rand(&[3, 5, 64], 11, 6.0, 0.0);
+            let r = rand(&[3, 5, 64], 12, 1.0, 0.0);
+            let f = |t: &[Tensor]| ops::softmax(&t[0]);
+            let (hv, hg) = run(&f, std::slice::from_ref(&x), &r, dtype);
+            let (cv, cg) = run(&f, std::slice::from_ref(&x), &r, DType::F64);
+            for (name, a, b) in [("value", &hv, &cv), ("grad", &hg[0], &cg[0])] {
+                let scale = b.iter().map(|x| x.abs()).fold(1e-3, f64::max);
+                let worst = (a.iter().zip(b.iter()))
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst <= tol * scale,
+                    "{dtype:?} {name}: off by {worst} of {scale}"
+                );
+            }
+            assert!(softmax_applies(&x.to_dtype(dtype).unwrap()));
+        }
     }
 }

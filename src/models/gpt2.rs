@@ -121,21 +121,24 @@ pub struct InitShape {
     pub vocab: usize,
 }
 
+/// `n` draws from N(0, std²), Box-Muller from two 53-bit uniforms of `rng` (the random
+/// checkpoints of `w2s pretrain` and `w2s bench`).
+pub fn normal(rng: &mut crate::rng::NumpyPcg64, n: usize, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
+
 /// GPT-2 initial weights as transformers draws them (normal, std 0.02; biases 0; layer norms
 /// 1 and 0), from our own seeded generator so the same seed gives the same model everywhere.
 pub fn init_weights(s: &InitShape, seed: u64) -> Result<Vec<(String, Tensor)>> {
     let vocab = s.vocab;
     let mut rng = crate::rng::NumpyPcg64::new(seed);
-    let mut normal = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                // Box-Muller from two 53-bit uniforms.
-                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect()
-    };
+    let mut normal = |n: usize| normal(&mut rng, n, 0.02);
     let d = s.embd;
     let dev = Device::Cpu;
     let mut out = Vec::new();

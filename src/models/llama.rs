@@ -2,7 +2,7 @@
 //! (rope_theta, Llama-3.1 rope scaling), grouped-query attention, SwiGLU MLP, Mistral's sliding
 //! window; the head is separate unless `tie_word_embeddings`.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
 use super::linear::{Layout, Proj};
@@ -186,4 +186,79 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(ops::linear(hidden, &self.lm_head, None)?)
     }
+}
+
+/// The shape of a random Llama checkpoint (`w2s bench checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    /// Positions.
+    pub ctx: usize,
+}
+
+/// The `config.json` of a Llama of this shape (untied head, SiLU, rope_theta 10000).
+pub fn config_json(s: &InitShape) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": s.vocab,
+        "hidden_size": s.hidden,
+        "intermediate_size": s.intermediate,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "max_position_embeddings": s.ctx,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": false,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "bfloat16"
+    })
+}
+
+/// Random Llama weights in `dtype`, as transformers initialises them (normal, std 0.02; norms
+/// 1), each drawn in f32 and converted at once, so a 1B-parameter bf16 checkpoint never holds
+/// its f32 values whole.
+pub fn init_weights(s: &InitShape, seed: u64, dtype: DType) -> Result<Vec<(String, Tensor)>> {
+    let mut rng = crate::rng::NumpyPcg64::new(seed);
+    let dev = Device::Cpu;
+    let (d, hd) = (s.hidden, s.hidden / s.heads);
+    let mut out = Vec::new();
+    let mut push = |name: String, shape: &[usize], v: Vec<f32>| -> Result<()> {
+        out.push((name, Tensor::from_vec(v, shape, &dev)?.to_dtype(dtype)?));
+        Ok(())
+    };
+    let mut normal = |n: usize| super::gpt2::normal(&mut rng, n, 0.02);
+    push(
+        "model.embed_tokens.weight".into(),
+        &[s.vocab, d],
+        normal(s.vocab * d),
+    )?;
+    for l in 0..s.layers {
+        let p = format!("model.layers.{l}");
+        for (m, o, i) in [
+            ("self_attn.q_proj", s.heads * hd, d),
+            ("self_attn.k_proj", s.kv_heads * hd, d),
+            ("self_attn.v_proj", s.kv_heads * hd, d),
+            ("self_attn.o_proj", d, s.heads * hd),
+            ("mlp.gate_proj", s.intermediate, d),
+            ("mlp.up_proj", s.intermediate, d),
+            ("mlp.down_proj", d, s.intermediate),
+        ] {
+            push(format!("{p}.{m}.weight"), &[o, i], normal(o * i))?;
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            push(format!("{p}.{n}.weight"), &[d], vec![1.0; d])?;
+        }
+    }
+    push("model.norm.weight".into(), &[d], vec![1.0; d])?;
+    push("lm_head.weight".into(), &[s.vocab, d], normal(s.vocab * d))?;
+    Ok(out)
 }

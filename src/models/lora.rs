@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::linear::Layout;
 use super::save::{replace_dir, write_safetensors, SaveExtras};
+use super::tensor_file::Pending;
 use super::weights::{adapter_name, LoraSpec};
 use super::{Config, Model};
 use crate::error::{Error, Result};
@@ -162,33 +163,56 @@ impl Model {
 
     /// Base weights with every adapter folded in: `W + (alpha / r) B A`.
     pub fn merged_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = self.tensors.clone();
-        let Some(spec) = &self.lora else {
-            return Ok(out);
-        };
-        let scale = spec.alpha / spec.r as f64;
-        for (module, layout) in &self.adapted {
-            let key = format!("{module}.weight");
-            let a = self.params[&adapter_name(module, "A")].as_tensor();
-            let b = self.params[&adapter_name(module, "B")].as_tensor();
-            let delta = (b.matmul(a)? * scale)?.detach();
-            // Merged in f32 (the adapters' masters) and stored in the base's dtype.
-            let w = &out[&key];
-            let w32 = w.to_dtype(candle_core::DType::F32)?;
-            let merged = match layout {
-                Layout::Linear => (w32 + delta)?,
-                Layout::Conv1d => (w32 + delta.t()?)?,
-            }
-            .to_dtype(w.dtype())?;
-            out.insert(key, merged);
+        let mut out = BTreeMap::new();
+        for p in self.merged_pending() {
+            out.insert(p.name.clone(), (p.make)()?);
         }
         Ok(out)
     }
 
+    /// [`Model::merged_tensors`], each merged only when asked for (checkpoints are written
+    /// this way, one merged weight alive at a time).
+    pub(crate) fn merged_pending(&self) -> Vec<Pending<'_>> {
+        let adapted: HashMap<String, Layout> = (self.adapted.iter())
+            .map(|(m, l)| (format!("{m}.weight"), *l))
+            .collect();
+        let scale = self.lora.as_ref().map(|s| s.alpha / s.r as f64);
+        (self.tensors.iter())
+            .map(|(key, w)| {
+                let plain = w.detach();
+                let make: Box<dyn Fn() -> Result<Tensor> + '_> = match (adapted.get(key), scale) {
+                    (Some(layout), Some(scale)) => {
+                        let module = key.strip_suffix(".weight").expect("a weight");
+                        let a = self.params[&adapter_name(module, "A")].as_tensor();
+                        let b = self.params[&adapter_name(module, "B")].as_tensor();
+                        let layout = *layout;
+                        Box::new(move || {
+                            let delta = (b.matmul(a)? * scale)?.detach();
+                            // Merged in f32 (the adapters' masters), stored in the base's
+                            // dtype.
+                            let w32 = plain.to_dtype(candle_core::DType::F32)?;
+                            let merged = match layout {
+                                Layout::Linear => (w32 + delta)?,
+                                Layout::Conv1d => (w32 + delta.t()?)?,
+                            };
+                            Ok(merged.to_dtype(plain.dtype())?)
+                        })
+                    }
+                    _ => Box::new(move || Ok(plain.clone())),
+                };
+                Pending {
+                    name: key.clone(),
+                    dtype: w.dtype(),
+                    shape: w.dims().to_vec(),
+                    make,
+                }
+            })
+            .collect()
+    }
+
     /// Writes a plain checkpoint with the adapters merged in (loadable by transformers).
     pub fn save_merged(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
-        let merged = self.merged_tensors()?;
-        self.save_tensors(dir, extras, &merged)
+        self.save_tensors(dir, extras, self.merged_pending())
     }
 }
 

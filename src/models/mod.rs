@@ -1,10 +1,12 @@
 //! Causal language models on candle: GPT-2, OPT and Llama/Mistral, loaded from Hugging Face
 //! layout folders, with a backward pass through every op (see `ops`).
 
+pub mod attention;
 pub mod config;
 pub mod frozen;
 pub mod fused;
 pub mod gpt2;
+pub mod head;
 pub mod linear;
 pub mod llama;
 pub mod lora;
@@ -15,6 +17,7 @@ pub mod readout;
 pub mod recompute;
 pub mod save;
 pub mod source;
+pub mod tensor_file;
 pub mod weights;
 
 #[cfg(test)]
@@ -193,6 +196,10 @@ pub struct Model {
     recompute: bool,
     /// The forwards since the last [`Model::backward`] under recompute.
     tapes: std::sync::Mutex<Vec<recompute::Tape>>,
+    /// The chunked log-prob heads since the last [`Model::backward`] under recompute.
+    head_tapes: std::sync::Mutex<Vec<head::HeadTape>>,
+    /// Tokens per log-prob chunk (`None`: [`head::chunk_tokens`] of the vocabulary).
+    pub(crate) head_chunk: Option<usize>,
 }
 
 impl Model {
@@ -261,6 +268,8 @@ impl Model {
             shard_bytes: save::SHARD_BYTES,
             recompute: false,
             tapes: std::sync::Mutex::new(Vec::new()),
+            head_tapes: std::sync::Mutex::new(Vec::new()),
+            head_chunk: None,
         })
     }
 
@@ -283,8 +292,10 @@ impl Model {
     /// reach it; LoRA adapters folded into their base weights), e.g. DPO's reference model.
     pub fn frozen_copy(&self) -> Result<Model> {
         let mut tensors = std::collections::HashMap::new();
-        for (k, t) in &self.merged_tensors()? {
-            tensors.insert(k.clone(), t.copy()?.detach());
+        // One weight at a time: the copy never holds a second merged model beside it.
+        for p in self.merged_pending() {
+            let t = (p.make)()?;
+            tensors.insert(p.name.clone(), t.copy()?.detach());
         }
         let weights = Weights::from_tensors("frozen copy".into(), tensors)
             .with_dtype(self.dtype)
@@ -348,17 +359,51 @@ impl Model {
     pub fn set_recompute(&mut self, on: bool) {
         self.recompute = on;
         self.tapes.lock().expect("tapes lock").clear();
+        self.head_tapes.lock().expect("tapes lock").clear();
     }
 
     /// The gradients of `loss` for every trainable parameter: `loss.backward()`, and under
     /// recompute the layers of every forward since the last call, recomputed one at a time.
+    ///
+    /// Gradients candle leaves for frozen weights (it computes them wherever the frozen-operand
+    /// op does not apply) are dropped as soon as each backward returns: kept, they would add up
+    /// to a full-size copy of the base model under LoRA.
     pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let frozen: Vec<&Tensor> = (self.tensors.values()).filter(|t| !t.track_op()).collect();
         let mut grads = recompute::detached(loss.backward()?);
+        recompute::drop_grads(&mut grads, &frozen);
+        // The heads first: their backward reaches the last layer's output.
+        let heads = std::mem::take(&mut *self.head_tapes.lock().expect("tapes lock"));
+        let chunk = self.head_chunk();
+        for tape in heads.into_iter().rev() {
+            head::backward(|x| self.logits(x), tape, &mut grads, &frozen, chunk)?;
+        }
         let tapes = std::mem::take(&mut *self.tapes.lock().expect("tapes lock"));
         for tape in tapes.into_iter().rev() {
-            recompute::backward(&self.net, tape, &mut grads)?;
+            recompute::backward(&self.net, tape, &mut grads, &frozen)?;
         }
         Ok(grads)
+    }
+
+    /// Log-probs `[n]` (f32) of `targets` `[n]` (u32) under the next-token logits of `hidden`
+    /// `[n, d]`. Without a graph, and in training under recompute, the logits are computed a
+    /// chunk of tokens at a time (see [`head`]); otherwise at once.
+    pub fn token_logprobs(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let chunk = self.head_chunk();
+        let logits = |x: &Tensor| self.logits(x);
+        if !hidden.track_op() {
+            return head::logprobs_no_graph(logits, hidden, targets, chunk);
+        }
+        if self.recompute {
+            let (t, tape) = head::logprobs_taped(logits, hidden, targets, chunk)?;
+            self.head_tapes.lock().expect("tapes lock").push(tape);
+            return Ok(t);
+        }
+        head::chunk_logprobs(logits, hidden, targets)
+    }
+
+    fn head_chunk(&self) -> usize {
+        (self.head_chunk).unwrap_or_else(|| head::chunk_tokens(self.config.vocab_size()))
     }
 
     /// Next-token logits `[B, T, V]` from hidden states.

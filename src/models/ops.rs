@@ -73,7 +73,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// Softmax over the last dimension. The max is subtracted for stability and detached: the
 /// result does not depend on it, so neither does the gradient.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    if super::fused::applies(&[x]) {
+    if super::fused::softmax_applies(x) {
         return super::fused::softmax_last(x);
     }
     softmax_composed(x)
@@ -135,8 +135,23 @@ pub fn attention_bias(mask: &[Vec<u32>], window: Option<usize>, device: &Device)
     Tensor::from_vec(v, (b, 1, t, t), device)
 }
 
-/// Scaled dot-product attention over `[B, H, T, d]` tensors with an additive bias.
+/// Scaled dot-product attention over `[B, H, T, d]` tensors with an additive bias: on the CPU
+/// a few heads at a time (`attention::chunked`, no `[B, H, T, T]` tensor), elsewhere composed.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    if super::attention::applies(q, k, v, bias) {
+        return super::attention::chunked(q, k, v, bias, scale, None);
+    }
+    attention_composed(q, k, v, bias, scale)
+}
+
+/// Attention from candle ops (the chunked op's check, and every non-CPU device).
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     let scores = super::frozen::add(&(q.matmul(&k.t()?)? * scale)?, bias)?;
     softmax(&scores)?.matmul(v)
 }

@@ -44,7 +44,7 @@ pub struct LogProbs {
 
 /// `log_softmax(logits)` at `targets` (`[.., V]` f32 and `[..]`): on the CPU one fused pass per
 /// row, forward and backward, with no `[.., V]` log-softmax tensor; elsewhere composed.
-fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub(super) fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if super::fused::applies(&[logits]) {
         return Ok(super::fused::token_logprobs(logits, targets)?);
     }
@@ -116,11 +116,9 @@ pub fn sequence_logprobs(
     let (rows, t, h) = hidden.dims3()?;
     let picked = hidden
         .reshape((rows * t, h))?
-        .index_select(&Tensor::from_vec(src, n, dev)?, 0)?
-        .unsqueeze(0)?;
-    let logits = model.logits(&picked)?.to_dtype(candle_core::DType::F32)?;
-    let targets = Tensor::from_vec(tgt, (1, n), dev)?;
-    let tok = target_logprobs(&logits, &targets)?;
+        .index_select(&Tensor::from_vec(src, n, dev)?, 0)?;
+    let targets = Tensor::from_vec(tgt, n, dev)?;
+    let tok = model.token_logprobs(&picked, &targets)?;
     // Per-sequence sums as one product with a 0/1 ownership matrix [S, N].
     let mut own = vec![0f32; seqs.len() * n];
     for (k, &s) in owner.iter().enumerate().filter(|(_, &s)| s != usize::MAX) {

@@ -58,7 +58,13 @@ pub(super) fn forward(net: &Net, embedded: Tensor, shared: Shared) -> Result<(Te
 
 /// Adds the layers' and the embeddings' gradients of one tape to `grads`, which holds the
 /// gradients of the loss's own backward (among them the one of the tape's output).
-pub(super) fn backward(net: &Net, tape: Tape, grads: &mut GradStore) -> Result<()> {
+/// Gradients of the `frozen` tensors are dropped layer by layer.
+pub(super) fn backward(
+    net: &Net,
+    tape: Tape,
+    grads: &mut GradStore,
+    frozen: &[&Tensor],
+) -> Result<()> {
     let Tape {
         embedded,
         mut inputs,
@@ -76,6 +82,7 @@ pub(super) fn backward(net: &Net, tape: Tape, grads: &mut GradStore) -> Result<(
         drop(input);
         let y = net.layer(l, x.as_tensor(), &shared)?;
         let mut layer = detached((y * &g)?.sum_all()?.backward()?);
+        drop_grads(&mut layer, frozen);
         g = layer.remove(x.as_tensor()).ok_or_else(|| Error::Model {
             file: "training".into(),
             msg: format!("recompute: layer {l} gave no input gradient"),
@@ -83,9 +90,18 @@ pub(super) fn backward(net: &Net, tape: Tape, grads: &mut GradStore) -> Result<(
         grads.extend(layer)?;
     }
     if embedded.track_op() {
-        grads.extend(detached((embedded * g)?.sum_all()?.backward()?))?;
+        let mut emb = detached((embedded * g)?.sum_all()?.backward()?);
+        drop_grads(&mut emb, frozen);
+        grads.extend(emb)?;
     }
     Ok(())
+}
+
+/// Removes the gradients of `tensors` from `grads`.
+pub fn drop_grads(grads: &mut GradStore, tensors: &[&Tensor]) {
+    for t in tensors {
+        grads.remove(t);
+    }
 }
 
 /// `grads` with every gradient detached. candle detaches the gradients it propagates but not
@@ -147,12 +163,29 @@ mod tests {
             .unwrap()
     }
 
+    /// A loss over sequence log-probs of packed pairs (the policies' path), whose logits are
+    /// computed two tokens at a time under recompute.
+    fn seq_loss(m: &Model) -> Tensor {
+        let seqs: Vec<(&[u32], &[u32])> = vec![
+            (&[5, 9, 3, 7, 2, 8], &[0, 0, 1, 1, 1, 1]),
+            (&[5, 9, 4, 6, 1], &[0, 0, 1, 1, 1]),
+        ];
+        let lp = crate::models::readout::sequence_logprobs(m, &seqs, true).unwrap();
+        let w = Tensor::new(&[0.7f32, -1.3], &Device::Cpu).unwrap();
+        ((lp.sum * &w).unwrap().sum_all().unwrap() + lp.mean.sum_all().unwrap()).unwrap()
+    }
+
     /// Loss and every parameter's gradient, plain and recomputed.
     fn compare(what: &str, load: impl Fn() -> Model, packed: bool) {
+        compare_with(what, load, |m| loss(m, packed))
+    }
+
+    fn compare_with(what: &str, load: impl Fn() -> Model, loss: impl Fn(&Model) -> Tensor) {
         let run = |recompute: bool| {
             let mut m = load();
+            m.head_chunk = Some(2);
             m.set_recompute(recompute);
-            let loss = loss(&m, packed);
+            let loss = loss(&m);
             let value = loss.to_scalar::<f32>().unwrap();
             let grads = m.backward(&loss).unwrap();
             let g: Vec<(String, Tensor)> = (m.params().iter())
@@ -196,6 +229,39 @@ mod tests {
                 compare(&format!("{name} packed={packed}"), load, packed);
             }
         }
+    }
+
+    #[test]
+    fn chunked_log_probs_give_the_plain_gradients() {
+        for name in ["gpt2", "opt-350m", "llama"] {
+            let load = || Model::load(&fixture(name), &Device::Cpu).unwrap();
+            compare_with(&format!("{name} chunked log-probs"), load, seq_loss);
+        }
+        let load = || {
+            let spec = LoraSpec {
+                r: 2,
+                alpha: 4.0,
+                targets: Vec::new(),
+                seed: 0,
+            };
+            let m = Model::load_lora(&fixture("llama"), &Device::Cpu, spec).unwrap();
+            for (k, v) in m.params() {
+                if k.contains("lora_B") {
+                    v.set(&(v.as_tensor().ones_like().unwrap() * 0.01).unwrap())
+                        .unwrap();
+                }
+            }
+            m
+        };
+        compare_with("llama lora chunked log-probs", load, seq_loss);
+        // Without a graph the chunks give the one-shot values exactly.
+        let mut m = Model::load_frozen(&fixture("llama"), &Device::Cpu).unwrap();
+        let one = seq_loss(&m).to_scalar::<f32>().unwrap();
+        m.head_chunk = Some(1);
+        assert_eq!(
+            seq_loss(&m).to_scalar::<f32>().unwrap().to_bits(),
+            one.to_bits()
+        );
     }
 
     #[test]

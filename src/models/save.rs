@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
+use super::tensor_file::Pending;
 use super::Model;
 use crate::error::{Error, Result};
 
@@ -48,39 +49,35 @@ pub const SHARD_BYTES: usize = 5_000_000_000;
 /// `model-0000i-of-0000n.safetensors` shards (greedy in name order; a tensor larger than the
 /// limit gets a shard of its own) with `model.safetensors.index.json` (`metadata.total_size`,
 /// `weight_map`), the layout transformers writes and loads.
-pub(crate) fn write_weights(
-    dir: &Path,
-    tensors: Vec<(String, Tensor)>,
-    max_bytes: usize,
-) -> Result<()> {
-    let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+pub(crate) fn write_weights(dir: &Path, tensors: Vec<Pending<'_>>, max_bytes: usize) -> Result<()> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let write = |p: &Path, shard: &[Pending<'_>]| super::tensor_file::write(p, shard, &metadata);
+    let mut shards: Vec<Vec<Pending<'_>>> = vec![Vec::new()];
     let mut used = 0usize;
     let (mut total_size, mut total_parameters) = (0usize, 0usize);
-    for (k, t) in tensors {
-        let n = size(&t);
+    for t in tensors {
+        let n = t.bytes() as usize;
         total_size += n;
-        total_parameters += t.elem_count();
+        total_parameters += t.shape.iter().product::<usize>();
         let last = shards.last_mut().expect("one shard");
         if !last.is_empty() && used + n > max_bytes {
             shards.push(Vec::new());
             used = 0;
         }
         used += n;
-        shards.last_mut().expect("one shard").push((k, t));
+        shards.last_mut().expect("one shard").push(t);
     }
     if shards.len() == 1 {
-        let only = shards.pop().expect("one shard");
-        return write_safetensors(&dir.join("model.safetensors"), only);
+        return write(&dir.join("model.safetensors"), &shards[0]);
     }
     let count = shards.len();
     let mut weight_map = serde_json::Map::new();
-    for (i, shard) in shards.into_iter().enumerate() {
+    for (i, shard) in shards.iter().enumerate() {
         let name = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        for (k, _) in &shard {
-            weight_map.insert(k.clone(), serde_json::Value::String(name.clone()));
+        for t in shard {
+            weight_map.insert(t.name.clone(), serde_json::Value::String(name.clone()));
         }
-        write_safetensors(&dir.join(&name), shard)?;
+        write(&dir.join(&name), shard)?;
     }
     let index = serde_json::json!({
         "metadata": {"total_size": total_size, "total_parameters": total_parameters},
@@ -91,13 +88,28 @@ pub(crate) fn write_weights(
     std::fs::write(&p, text).map_err(io(&p))
 }
 
+/// Every tensor of `tensors` as ready to write.
+pub(crate) fn ready(tensors: &std::collections::BTreeMap<String, Tensor>) -> Vec<Pending<'_>> {
+    (tensors.iter())
+        .map(|(k, t)| {
+            let t = t.detach();
+            Pending {
+                name: k.clone(),
+                dtype: t.dtype(),
+                shape: t.dims().to_vec(),
+                make: Box::new(move || Ok(t.clone())),
+            }
+        })
+        .collect()
+}
+
 impl Model {
     /// Writes the model to `dir` (replacing an existing checkpoint there), with any LoRA
     /// adapters folded into their base weights: the checkpoint is the function trained.
     pub fn save(&self, dir: &Path, extras: &SaveExtras) -> Result<()> {
         match self.lora_spec() {
-            None => self.save_tensors(dir, extras, self.tensors()),
-            Some(_) => self.save_tensors(dir, extras, &self.merged_tensors()?),
+            None => self.save_tensors(dir, extras, ready(self.tensors())),
+            Some(_) => self.save_tensors(dir, extras, self.merged_pending()),
         }
     }
 
@@ -106,7 +118,7 @@ impl Model {
         &self,
         dir: &Path,
         extras: &SaveExtras,
-        tensors: &std::collections::BTreeMap<String, Tensor>,
+        tensors: Vec<Pending<'_>>,
     ) -> Result<()> {
         if self.raw_config.is_null() {
             return Err(Error::Config(
@@ -130,17 +142,12 @@ impl Model {
         result
     }
 
-    fn write_into(
-        &self,
-        dir: &Path,
-        extras: &SaveExtras,
-        weights: &std::collections::BTreeMap<String, Tensor>,
-    ) -> Result<()> {
+    fn write_into(&self, dir: &Path, extras: &SaveExtras, weights: Vec<Pending<'_>>) -> Result<()> {
         let cfg = dir.join("config.json");
         let mut config = self.raw_config.clone();
         // A half-precision checkpoint says so (transformers' `dtype`, and the older
         // `torch_dtype` where the config has it); an f32 one keeps its config as loaded.
-        let half = weights.values().find_map(|t| match t.dtype() {
+        let half = weights.iter().find_map(|t| match t.dtype {
             candle_core::DType::BF16 => Some("bfloat16"),
             candle_core::DType::F16 => Some("float16"),
             _ => None,
@@ -153,11 +160,7 @@ impl Model {
         }
         let text = serde_json::to_string_pretty(&config).expect("JSON value");
         std::fs::write(&cfg, text).map_err(io(&cfg))?;
-        let tensors: Vec<(String, Tensor)> = weights
-            .iter()
-            .map(|(k, t)| (k.clone(), t.detach()))
-            .collect();
-        write_weights(dir, tensors, self.shard_bytes)?;
+        write_weights(dir, weights, self.shard_bytes)?;
         if let Some(t) = extras.tokenizer {
             let to = dir.join("tokenizer.json");
             std::fs::copy(t, &to).map_err(io(t))?;

@@ -77,7 +77,14 @@ fn is_not_found(e: &Error) -> bool {
     )
 }
 
-async fn get(base: &str, name: &str) -> Result<Bytes> {
+/// Streams `base` + `name` into `dir`/`name` (weights files: never whole in memory).
+async fn get_to(base: &str, name: &str, dir: &Path) -> Result<()> {
+    crate::store::fetch_to_file(&format!("{base}{name}"), headers(base)?, &dir.join(name))
+        .await
+        .map(|_| ())
+}
+
+fn headers(base: &str) -> Result<object_store::HeaderMap> {
     let mut headers = object_store::HeaderMap::new();
     if base.contains("/resolve/") {
         if let Ok(token) = std::env::var("HF_TOKEN") {
@@ -87,7 +94,11 @@ async fn get(base: &str, name: &str) -> Result<Bytes> {
             headers.insert("authorization", value);
         }
     }
-    fetch_with_headers(&format!("{base}{name}"), headers).await
+    Ok(headers)
+}
+
+async fn get(base: &str, name: &str) -> Result<Bytes> {
+    fetch_with_headers(&format!("{base}{name}"), headers(base)?).await
 }
 
 /// A local folder holding the checkpoint at `location`, downloading it first if remote.
@@ -146,8 +157,8 @@ async fn download(base: &str, dir: &Path) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    match get(base, "model.safetensors").await {
-        Ok(b) => save(dir, "model.safetensors", &b)?,
+    match get_to(base, "model.safetensors", dir).await {
+        Ok(()) => {}
         Err(e) if is_not_found(&e) => {
             let index = get(base, "model.safetensors.index.json")
                 .await
@@ -179,8 +190,7 @@ async fn download(base: &str, dir: &Path) -> Result<()> {
                         msg: format!("shard name `{shard}` is not a plain file name"),
                     });
                 }
-                let b = get(base, &shard).await?;
-                save(dir, &shard, &b)?;
+                get_to(base, &shard, dir).await?;
             }
         }
         Err(e) => return Err(e),

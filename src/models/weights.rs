@@ -44,7 +44,9 @@ pub struct Weights {
     frozen: bool,
     /// Float type of every weight handed out (f32 unless asked otherwise).
     dtype: DType,
-    tensors: HashMap<String, Tensor>,
+    /// Checkpoint tensors not yet handed out (each leaves when it is, so a converted copy
+    /// never sits beside its original).
+    tensors: RefCell<HashMap<String, Tensor>>,
     vars: RefCell<BTreeMap<String, Var>>,
     /// Every tensor handed out, trainable or not, by canonical name (what `save` writes).
     named: RefCell<BTreeMap<String, Tensor>>,
@@ -110,7 +112,7 @@ impl Weights {
             file,
             frozen: false,
             dtype: DType::F32,
-            tensors,
+            tensors: RefCell::new(tensors),
             vars: RefCell::new(BTreeMap::new()),
             named: RefCell::new(BTreeMap::new()),
             lora: None,
@@ -252,16 +254,19 @@ impl Weights {
 
     /// Whether the checkpoint has a tensor under `name` (or its unprefixed alias).
     pub fn contains(&self, name: &str) -> bool {
-        self.lookup(name).is_some()
+        self.named.borrow().contains_key(name) || self.lookup(name).is_some()
     }
 
-    fn lookup(&self, name: &str) -> Option<&Tensor> {
+    /// The key under which the checkpoint holds `name`.
+    fn lookup(&self, name: &str) -> Option<String> {
         // Original GPT-2 / OPT checkpoints store the backbone without the `transformer.` /
         // `model.` prefix that transformers' current classes use.
-        self.tensors.get(name).or_else(|| {
-            name.split_once('.')
-                .and_then(|(_, rest)| self.tensors.get(rest))
-        })
+        let tensors = self.tensors.borrow();
+        if tensors.contains_key(name) {
+            return Some(name.to_string());
+        }
+        let (_, rest) = name.split_once('.')?;
+        tensors.contains_key(rest).then(|| rest.to_string())
     }
 
     /// The tensor `name` with the given shape, as a trainable variable (created once per name).
@@ -269,10 +274,11 @@ impl Weights {
         if let Some(t) = self.named.borrow().get(name) {
             return Ok(t.clone());
         }
-        let t = self.lookup(name).ok_or_else(|| Error::Model {
+        let key = self.lookup(name).ok_or_else(|| Error::Model {
             file: self.file.clone(),
             msg: format!("missing tensor `{name}` (the config expects shape {shape:?})"),
         })?;
+        let t = self.tensors.borrow()[&key].clone();
         if t.dims() != shape {
             return Err(Error::Model {
                 file: self.file.clone(),
@@ -285,7 +291,7 @@ impl Weights {
         // Trainable weights are kept in f32 (the masters of mixed precision).
         let stored = if self.frozen { self.dtype } else { DType::F32 };
         let t = match t.dtype() {
-            d if d == stored => t.clone(),
+            d if d == stored => t,
             DType::F32 | DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(stored)?,
             other => {
                 return Err(Error::Model {
@@ -297,6 +303,7 @@ impl Weights {
         // A NaN or infinite weight would only surface later as a NaN loss or score, far from
         // its cause: name the tensor now.
         let bad = first_non_finite(&t)?;
+        self.tensors.borrow_mut().remove(&key);
         if let Some(i) = bad {
             return Err(Error::Model {
                 file: self.file.clone(),
@@ -351,21 +358,28 @@ impl Weights {
 }
 
 fn read_file(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device).map_err(|e| Error::Model {
-        file: path.display().to_string(),
-        msg: format!("unreadable safetensors: {e}"),
-    })
+    super::tensor_file::read(path, device)
 }
 
-/// Flat index of the first NaN or infinite value of a float tensor (read in place on the CPU;
-/// elsewhere through a copy).
+/// Flat index of the first NaN or infinite value of a float tensor (read in place on the CPU,
+/// half precision included; elsewhere through a copy).
 fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
-    if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+    use candle_core::{CpuStorage, Storage};
+    if t.device().is_cpu() && t.is_contiguous() {
         let (storage, layout) = t.storage_and_layout();
-        if let candle_core::Storage::Cpu(cpu) = &*storage {
-            let all = cpu.as_slice::<f32>()?;
-            let (a, b) = layout.contiguous_offsets().unwrap_or((0, all.len()));
-            return Ok(all[a..b].iter().position(|x| !x.is_finite()));
+        let n = t.elem_count();
+        let (a, b) = layout.contiguous_offsets().unwrap_or((0, n));
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                return Ok(v[a..b].iter().position(|x| !x.is_finite()))
+            }
+            Storage::Cpu(CpuStorage::BF16(v)) => {
+                return Ok(v[a..b].iter().position(|x| !x.is_finite()))
+            }
+            Storage::Cpu(CpuStorage::F16(v)) => {
+                return Ok(v[a..b].iter().position(|x| !x.is_finite()))
+            }
+            _ => {}
         }
     }
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

@@ -253,6 +253,7 @@ impl Expander<'_> {
                     seed: 0,
                     opts,
                 },
+                dry_run: false,
                 force: false,
             })
         });
@@ -322,6 +323,7 @@ impl Expander<'_> {
                     opts,
                 },
                 student,
+                dry_run: false,
                 force: false,
             })
         });

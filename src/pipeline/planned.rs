@@ -19,6 +19,9 @@ pub struct Planned {
     pub selected: HashSet<String>,
     /// One per step, in plan order.
     pub status: Vec<StepStatus>,
+    /// The memory plan of each training step whose model can be read now (a local folder, or
+    /// a run of this root that exists), in plan order.
+    pub memory: Vec<Option<crate::train::memory::Estimate>>,
 }
 
 impl Planned {
@@ -45,6 +48,10 @@ impl Planned {
         }
         let store = ArtifactStore::open(pipeline.root())?;
         let status = exec::statuses(&store, &steps, &selected, force).await?;
+        let mut memory = Vec::with_capacity(steps.len());
+        for st in &steps {
+            memory.push(memory_plan(&store, st).await);
+        }
         Ok(Planned {
             file: file.into(),
             sets: sets.to_vec(),
@@ -53,6 +60,7 @@ impl Planned {
             steps,
             selected,
             status,
+            memory,
         })
     }
 
@@ -85,7 +93,7 @@ impl Planned {
             }
         );
         let width = self.steps.iter().map(|s| s.id.len()).max().unwrap_or(4);
-        for (s, st) in self.steps.iter().zip(&self.status) {
+        for (i, (s, st)) in self.steps.iter().zip(&self.status).enumerate() {
             if st.status == Status::NotSelected {
                 continue;
             }
@@ -99,6 +107,14 @@ impl Planned {
             if let Some(why) = &st.reason {
                 out.push_str(&format!("{:>2}  {:<width$}    why: {why}\n", "", ""));
             }
+            if let (Some(m), Status::Run | Status::Recheck) = (&self.memory[i], st.status) {
+                out.push_str(&format!(
+                    "{:>2}  {:<width$}    memory: {}\n",
+                    "",
+                    "",
+                    memory_line(m)
+                ));
+            }
         }
         out
     }
@@ -106,9 +122,15 @@ impl Planned {
     /// The plan as JSON (for external schedulers).
     pub fn json(&self) -> serde_json::Value {
         let steps: Vec<serde_json::Value> = (self.steps.iter().zip(&self.status))
-            .filter(|(_, st)| st.status != Status::NotSelected)
-            .map(|(s, st)| {
+            .zip(&self.memory)
+            .filter(|((_, st), _)| st.status != Status::NotSelected)
+            .map(|((s, st), m)| {
                 serde_json::json!({
+                    "memory": m.map(|m| serde_json::json!({
+                        "peak_bytes": m.total(),
+                        "device_bytes": m.device(),
+                        "parts": m,
+                    })),
                     "id": s.id,
                     "stage": s.stage,
                     "run": s.run,
@@ -204,4 +226,41 @@ impl Planned {
             .find(|f| f.path.ends_with("index.html"))
             .map(|page| self.store.url_of(&page.path)))
     }
+}
+
+/// A training step's memory plan, when its model is readable without fetching anything.
+async fn memory_plan(store: &ArtifactStore, step: &Step) -> Option<crate::train::memory::Estimate> {
+    use crate::cli::Command;
+    let (run, student) = match &step.command {
+        Command::GtTrain(a) => (&a.run, None),
+        Command::W2sTrain(a) => (&a.run, Some(&a.student)),
+        _ => return None,
+    };
+    let local = run.model.starts_with("run:")
+        || run.model.starts_with("file://")
+        || !run.model.contains("://");
+    if !local {
+        return None;
+    }
+    crate::stages::training::memory_plan(store, run, student)
+        .await
+        .ok()
+}
+
+/// `peak ~1234 MiB (weights 500 MiB, optimizer 400 MiB, ...)`.
+fn memory_line(m: &crate::train::memory::Estimate) -> String {
+    use crate::train::memory::mib;
+    let parts: Vec<String> = [
+        ("weights", m.weights),
+        ("reference", m.reference),
+        ("gradients", m.gradients),
+        ("optimizer", m.optimizer),
+        ("activations", m.activations),
+        ("logits", m.logits),
+    ]
+    .iter()
+    .filter(|(_, v)| *v > 0)
+    .map(|(k, v)| format!("{k} {}", mib(*v)))
+    .collect();
+    format!("peak ~{} ({})", mib(m.total()), parts.join(", "))
 }

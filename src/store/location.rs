@@ -183,3 +183,47 @@ pub async fn fetch_with_headers(location: &str, headers: object_store::HeaderMap
         source,
     })
 }
+
+/// Copies an input (local path or URL) into the local file `local` chunk by chunk, never
+/// holding it whole (checkpoint shards of several GB); returns its size. A failed copy removes
+/// the partial file.
+pub async fn fetch_to_file(
+    location: &str,
+    headers: object_store::HeaderMap,
+    local: &std::path::Path,
+) -> Result<u64> {
+    use futures::TryStreamExt;
+    use std::io::Write;
+    let io = |source| Error::Io {
+        path: local.display().to_string(),
+        source,
+    };
+    if !location.contains("://") {
+        return std::fs::copy(location, local).map_err(|source| Error::Io {
+            path: location.to_string(),
+            source,
+        });
+    }
+    let copy = async {
+        let r = resolve_with_headers(location, headers)?;
+        let store_err = |source| Error::Store {
+            uri: location.to_string(),
+            source,
+        };
+        let get = r.store.get(&r.path).await.map_err(store_err)?;
+        let mut stream = get.into_stream();
+        let mut f = std::io::BufWriter::new(std::fs::File::create(local).map_err(io)?);
+        let mut n = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(store_err)? {
+            n += chunk.len() as u64;
+            f.write_all(&chunk).map_err(io)?;
+        }
+        f.flush().map_err(io)?;
+        Ok(n)
+    };
+    let result = copy.await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(local);
+    }
+    result
+}

@@ -40,7 +40,9 @@ pub mod keys;
 mod location;
 
 use location::check_local_root;
-pub use location::{fetch, fetch_with_headers, resolve, resolve_with_headers, Resolved};
+pub use location::{
+    fetch, fetch_to_file, fetch_with_headers, resolve, resolve_with_headers, Resolved,
+};
 
 /// Version of the code that produced an artifact; part of every fingerprint.
 pub const CODE_VERSION: &str = concat!("w2s-", env!("CARGO_PKG_VERSION"));
@@ -276,6 +278,36 @@ impl ArtifactStore {
             .await
             .map_err(|e| self.err(rel, e))?;
         get.bytes().await.map_err(|e| self.err(rel, e))
+    }
+
+    /// Copies the object at `rel` into the local file `local` without holding it in memory
+    /// (streamed and hashed chunk by chunk); returns its size and sha256. A failed copy
+    /// removes the partial file.
+    pub async fn get_file(&self, rel: &str, local: &std::path::Path) -> Result<(u64, String)> {
+        use std::io::Write;
+        let io = |source| Error::Io {
+            path: local.display().to_string(),
+            source,
+        };
+        let copy = async {
+            let get = (self.store.get(&Path::from(rel)).await).map_err(|e| self.err(rel, e))?;
+            let mut stream = get.into_stream();
+            let mut f = std::io::BufWriter::new(std::fs::File::create(local).map_err(io)?);
+            let mut h = Sha256::new();
+            let mut n = 0u64;
+            while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(rel, e))? {
+                h.update(&chunk);
+                n += chunk.len() as u64;
+                f.write_all(&chunk).map_err(io)?;
+            }
+            f.flush().map_err(io)?;
+            Ok((n, hex::encode(h.finalize())))
+        };
+        let result = copy.await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(local);
+        }
+        result
     }
 
     /// Reads an object, or `None` if it does not exist.

@@ -6,6 +6,7 @@
 //! A scenario supplies one closure: given the item indices of a micro-batch, its share of the
 //! step loss (already divided by the batch size) and the gradients of that share.
 
+pub mod memory;
 pub mod state;
 
 use std::time::Instant;

@@ -7,7 +7,7 @@
 //! per-parameter step counts, the run's fingerprint and the log so far. State of another
 //! fingerprint is ignored, so a changed setting never resumes from stale weights.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use candle_core::{Tensor, Var};
@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StepLog;
 use crate::error::{Error, Result};
-use crate::optim::{Adam, SlotState};
-use crate::store::{sha256_hex, ArtifactStore};
+use crate::optim::Adam;
+use crate::store::ArtifactStore;
 
 /// Where and how often a run saves its state.
 pub struct Resume<'a> {
@@ -76,7 +76,18 @@ impl Resume<'_> {
         format!("{}/latest.json", self.prefix)
     }
 
-    /// Writes the state after `step` optimizer steps.
+    /// A local scratch file for `rel` while it travels to or from the store.
+    fn scratch(&self, rel: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "w2s-{}-{}",
+            std::process::id(),
+            rel.replace(['/', '\\'], "_")
+        ))
+    }
+
+    /// Writes the state after `step` optimizer steps: the parameters and moments go into a
+    /// local safetensors file one tensor at a time (each copied to the host on its own) and
+    /// are uploaded from it in blocks, so the state is never held whole in memory.
     pub async fn save(
         &self,
         step: usize,
@@ -84,30 +95,31 @@ impl Resume<'_> {
         vars: &[(String, Var)],
         log: &[StepLog],
     ) -> Result<()> {
-        let state = adam.state();
-        let dev = candle_core::Device::Cpu;
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (name, var) in vars {
             tensors.push((format!("param.{name}"), var.as_tensor().detach()));
         }
         let mut adam_steps = BTreeMap::new();
-        for s in &state {
-            tensors.push((
-                format!("adam_m.{}", s.name),
-                Tensor::new(s.m.as_slice(), &dev)?,
-            ));
-            tensors.push((
-                format!("adam_v.{}", s.name),
-                Tensor::new(s.v.as_slice(), &dev)?,
-            ));
-            adam_steps.insert(s.name.clone(), s.steps);
+        for s in adam.state() {
+            tensors.push((format!("adam_m.{}", s.name), s.m));
+            tensors.push((format!("adam_v.{}", s.name), s.v));
+            adam_steps.insert(s.name, s.steps);
         }
-        let data: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
         let file = format!("{}/step-{step:06}.safetensors", self.prefix);
-        let bytes = safetensors::serialize(data, None)
-            .map_err(|e| corrupt(self.store, &file, format!("cannot serialize state: {e}")))?;
-        let sha256 = sha256_hex(&bytes);
-        self.store.put(&file, Bytes::from(bytes)).await?;
+        let local = self.scratch(&file);
+        let written = safetensors::serialize_to_file(
+            tensors.iter().map(|(k, t)| (k.as_str(), t)),
+            None,
+            &local,
+        )
+        .map_err(|e| corrupt(self.store, &file, format!("cannot serialize state: {e}")));
+        drop(tensors);
+        let uploaded = match written {
+            Ok(()) => self.store.put_file(&file, &local).await,
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&local);
+        let (_, sha256) = uploaded?;
         let previous = self.read_latest().await.ok().flatten();
         let latest = Latest {
             fingerprint: self.fingerprint.clone(),
@@ -159,29 +171,56 @@ impl Resume<'_> {
             tracing::info!("ignoring saved training state of other settings or inputs");
             return Ok(None);
         }
-        let bytes = self.store.get(&latest.file).await?;
-        if sha256_hex(&bytes) != latest.sha256 {
+        let local = self.scratch(&latest.file);
+        let restored = self.restore_from(&latest, &local, adam, vars).await;
+        let _ = std::fs::remove_file(&local);
+        restored?;
+        adam.refresh_mirrors()?;
+        Ok(Some((
+            latest.step,
+            latest.log.iter().map(log_from_bits).collect(),
+        )))
+    }
+
+    /// Downloads the saved file to `local` (streamed, checksummed) and restores it tensor by
+    /// tensor.
+    async fn restore_from(
+        &self,
+        latest: &Latest,
+        local: &std::path::Path,
+        adam: &mut Adam,
+        vars: &[(String, Var)],
+    ) -> Result<()> {
+        let (_, sha256) = self.store.get_file(&latest.file, local).await?;
+        if sha256 != latest.sha256 {
             return Err(corrupt(
                 self.store,
                 &latest.file,
                 "training state does not match its checksum (corrupt or truncated); delete it to start over",
             ));
         }
-        let mut t: HashMap<String, Tensor> =
-            candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
-                .map_err(|e| corrupt(self.store, &latest.file, e.to_string()))?;
-        let mut take = |k: String| {
-            t.remove(&k)
-                .ok_or_else(|| corrupt(self.store, &latest.file, format!("missing tensor `{k}`")))
+        // One tensor at a time, on the device it goes to: the state is never whole in memory.
+        // Errors name the stored file, not the local copy.
+        let relabel = |e: Error| match e {
+            Error::Model { msg, .. } => corrupt(self.store, &latest.file, msg),
+            other => other,
         };
-        let mut slots = Vec::new();
-        for (name, steps) in &latest.adam_steps {
-            slots.push(SlotState {
-                name: name.clone(),
-                m: take(format!("adam_m.{name}"))?.to_vec1()?,
-                v: take(format!("adam_v.{name}"))?.to_vec1()?,
-                steps: *steps,
-            });
+        let mut file = crate::models::tensor_file::TensorFile::open(local).map_err(relabel)?;
+        let cpu = candle_core::Device::Cpu;
+        let mut take = |k: String| file.load(&k, &cpu).map_err(relabel);
+        let names: Vec<String> = adam.slots().map(|(n, _)| n.to_string()).collect();
+        for name in names {
+            let steps = *latest.adam_steps.get(&name).ok_or_else(|| {
+                corrupt(
+                    self.store,
+                    &latest.file,
+                    format!("no optimizer state for `{name}`"),
+                )
+            })?;
+            let m = take(format!("adam_m.{name}"))?;
+            let v = take(format!("adam_v.{name}"))?;
+            adam.restore_slot(&name, &m, &v, steps)
+                .map_err(|m| corrupt(self.store, &latest.file, m))?;
         }
         for (name, var) in vars {
             let saved = take(format!("param.{name}"))?;
@@ -202,13 +241,7 @@ impl Resume<'_> {
                     .to_dtype(var.as_tensor().dtype())?,
             )?;
         }
-        adam.restore(slots)
-            .map_err(|m| corrupt(self.store, &latest.file, m))?;
-        adam.refresh_mirrors()?;
-        Ok(Some((
-            latest.step,
-            latest.log.iter().map(log_from_bits).collect(),
-        )))
+        Ok(())
     }
 
     /// Removes the saved state (after the run's outputs are published).

@@ -158,3 +158,51 @@ fn grad_checkpoint_trains_the_same_model() {
         assert!(d <= 1e-5, "{scenario}: {a:?} vs {b:?} ({d:.2e})");
     }
 }
+
+/// `--dry-run` prints the memory plan and trains nothing; a run the memory cannot hold is
+/// refused before any weight is read, naming what to change, and publishes nothing.
+#[test]
+fn the_memory_plan_is_printed_and_enforced_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a");
+    split_oracle_data(&root);
+    let model = fixture_model("llama").display().to_string();
+    let args = [
+        "gt-train",
+        "--artifacts",
+        s(&root),
+        "--scenario",
+        "simpo",
+        "--model",
+        &model,
+        "--run-id",
+        "fits",
+        "--max-ctx",
+        "48",
+    ];
+    let before = files_under(&root);
+    let plan = ok(w2s(&[&args[..], &["--dry-run"]].concat()));
+    let peak = (plan.lines().find(|l| l.trim_start().starts_with("peak"))).expect("a peak line");
+    assert!(peak.contains("MiB"), "{plan}");
+    for part in ["weights", "optimizer", "activations"] {
+        assert!(plan.contains(part), "{part} missing from\n{plan}");
+    }
+    assert_eq!(files_under(&root), before, "--dry-run wrote something");
+
+    let out = w2s_env(&args, &[("W2S_MEMORY_LIMIT", "1MiB".into())]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    for hint in [
+        "W2S_MEMORY_LIMIT",
+        "--dtype bf16",
+        "--lora-rank",
+        "--max-ctx",
+    ] {
+        assert!(err.contains(hint), "{hint} missing from\n{err}");
+    }
+    assert_eq!(
+        files_under(&root),
+        before,
+        "a refused run left files behind"
+    );
+}

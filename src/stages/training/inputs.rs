@@ -16,6 +16,7 @@ use crate::optim::{Adam, AdamConfig};
 use crate::stages::common::{self, PairText};
 use crate::store::{keys, ArtifactStore, InputFile};
 use crate::tokenize::Tokenizer;
+use crate::train::memory::{self, Workload};
 use crate::train::Resume;
 
 /// The base model's folder: `run:<id>` is a model trained or pretrained in this root (checked
@@ -128,6 +129,10 @@ pub struct Loaded {
 /// the adapters alone (fresh, or the `init` folder's), the base frozen; computing in `dtype`
 /// (bf16: mixed precision, see [`Model::load_as`]); `recompute` turns on
 /// per-layer activation recompute (then gradients come from [`Model::backward`]).
+///
+/// First the run's memory plan is checked against what the device has: a run that cannot fit
+/// is refused here, before any weight is read.
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     dir: &Path,
     device: &str,
@@ -135,9 +140,20 @@ pub fn load(
     lora: Option<&LoraSettings>,
     recompute: bool,
     dtype: &str,
+    work: Workload,
 ) -> Result<Loaded> {
+    let device_name = device;
     let device = crate::models::parse_device(device)?;
-    let dtype = crate::models::parse_dtype(dtype)?;
+    let (est, setup, work) = memory_plan(dir, device_name, max_ctx, lora, recompute, dtype, work)?;
+    tracing::info!("{}", est.table().trim_end());
+    memory::check(
+        &est,
+        &setup,
+        &work,
+        memory::available(&device)?,
+        device.is_cpu(),
+    )?;
+    let dtype = setup.dtype;
     let mut model = match lora {
         None => Model::load_as(dir, &device, dtype)?,
         Some(LoraSettings { spec, init: None }) => {
@@ -176,6 +192,46 @@ pub fn load(
     })
 }
 
+/// The memory plan of training `dir` with these settings, from its config and tensor headers
+/// (no weight is read); `work.tokens` is set from `max_ctx` and the model's positions.
+#[allow(clippy::too_many_arguments)]
+pub fn memory_plan(
+    dir: &Path,
+    device: &str,
+    max_ctx: usize,
+    lora: Option<&LoraSettings>,
+    recompute: bool,
+    dtype: &str,
+    work: Workload,
+) -> Result<(memory::Estimate, memory::Setup, Workload)> {
+    let dtype = crate::models::parse_dtype(dtype)?;
+    let (config, _) = crate::models::read_config(dir)?;
+    let lora = match lora {
+        None => None,
+        Some(l) => {
+            let mut spec = l.spec.clone();
+            if spec.targets.is_empty() {
+                spec.targets = crate::models::lora::default_targets(&config);
+            }
+            Some(spec)
+        }
+    };
+    let setup = memory::Setup {
+        dtype,
+        lora,
+        recompute,
+        // Only the CPU has the chunked attention op.
+        chunked_attention: !device.starts_with("cuda"),
+    };
+    let work = Workload {
+        tokens: max_ctx.min(config.max_positions()),
+        ..work
+    };
+    let shapes = memory::tensor_shapes(dir)?;
+    let est = memory::estimate_from(&config, &shapes, &setup, &work);
+    Ok((est, setup, work))
+}
+
 /// The split a run trains on: `gt` for a ceiling, the labelled split for a student.
 pub fn train_split<'a>(teacher: Option<&str>, label_split: &'a str) -> &'a str {
     if teacher.is_some() {
@@ -195,14 +251,14 @@ pub fn phase<'a>(
     vars: &[(String, Var)],
     mirrors: &[(Var, Tensor)],
     lr: f64,
-) -> (Adam, Resume<'a>) {
+) -> Result<(Adam, Resume<'a>)> {
     let mut adam = Adam::named(
         vars.to_vec(),
         AdamConfig {
             lr,
             ..AdamConfig::default()
         },
-    );
+    )?;
     adam.mirror(mirrors);
     let resume = Resume {
         store,
@@ -210,7 +266,7 @@ pub fn phase<'a>(
         fingerprint: fingerprint.into(),
         every,
     };
-    (adam, resume)
+    Ok((adam, resume))
 }
 
 /// The input records of a LoRA run's starting adapter (its files' checksums).

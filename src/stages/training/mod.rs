@@ -190,6 +190,39 @@ fn is_f32(d: &str) -> bool {
     d == "f32"
 }
 
+/// The memory plan of a run (docs/performance.md, "Memory plan"): the estimated peak of a
+/// training step from the model's config and tensor headers and the run's settings. Nothing is
+/// loaded or trained; a remote model is fetched first, as the stage would.
+pub async fn memory_plan(
+    store: &ArtifactStore,
+    run: &Run,
+    student: Option<&Student>,
+) -> Result<crate::train::memory::Estimate> {
+    opts::check_dtype(&run.opts.dtype)
+        .map_err(|m| Error::Config(format!("--dtype {}: {m}", run.opts.dtype)))?;
+    let dir = inputs::base_model(store, &run.model).await?;
+    let stage = if student.is_some() {
+        "w2s-train"
+    } else {
+        "gt-train"
+    };
+    let work = match run.scenario {
+        Scenario::Rm => rm::workload(&rm_settings(stage, run, "plan", student)),
+        Scenario::Simpo | Scenario::Dpo => po::workload(&po_settings(stage, run, "plan", student)),
+    };
+    let o = &run.opts;
+    let (est, _, _) = inputs::memory_plan(
+        &dir,
+        &o.device,
+        o.max_ctx,
+        o.lora().as_ref(),
+        o.grad_checkpoint,
+        &o.dtype,
+        work,
+    )?;
+    Ok(est)
+}
+
 /// The scenario routing shared by both entries.
 async fn train(
     store: &ArtifactStore,

@@ -26,6 +26,7 @@ use crate::scenarios::rm::Objective;
 use crate::stages::common::{self, PairText};
 use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 use crate::tokenize::{Tokenization, Tokenizer};
+use crate::train::memory::Workload;
 use crate::train::{self, LoopSettings, MicroOut, StepLog};
 
 /// Everything that determines a trained policy.
@@ -148,6 +149,17 @@ fn logps(
     Ok((lp.sum, lp.mean, lp.count))
 }
 
+/// What one pass of the preference phase (the larger) processes: both sides of each pair.
+pub fn workload(s: &PoTrainSettings) -> Workload {
+    Workload {
+        rows: 2 * s.po.micro_batch.min(s.po.batch),
+        tokens: s.max_ctx,
+        lm_head: true,
+        reference: s.loss == Loss::Dpo,
+        accumulates: s.po.micro_batch < s.po.batch || s.sft.micro_batch < s.sft.batch,
+    }
+}
+
 /// Trains the policy.
 pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Result<TrainReport> {
     if s.objective == Objective::Adaptive {
@@ -182,6 +194,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         s.lora.as_ref(),
         s.grad_checkpoint,
         &s.dtype,
+        workload(s),
     )?;
 
     let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
@@ -259,7 +272,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         &vars,
         model.mirrors(),
         s.sft.lr,
-    );
+    )?;
     let batch_n = s.sft.batch as f64;
     let sft_sizes: Vec<usize> = data.iter().map(|x| x.c.0.len() + x.c.1.len()).collect();
     let (sft_start, sft_log) =
@@ -312,7 +325,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         &vars,
         model.mirrors(),
         s.po.lr,
-    );
+    )?;
     let batch_n = s.po.batch as f64;
     let explicit = (s.objective == Objective::Explicit).then_some(s.alpha);
     let po_sizes: Vec<usize> = (data.iter())

@@ -371,7 +371,7 @@ pub async fn run(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let (mut adam, resume) =
-        super::inputs::phase(store, &key, &fp, s.save_every, &vars, &[], s.train.lr);
+        super::inputs::phase(store, &key, &fp, s.save_every, &vars, &[], s.train.lr)?;
     let batch = s.train.batch as f64;
     let ones = Tensor::ones(
         (s.train.micro_batch, s.ctx),

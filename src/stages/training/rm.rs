@@ -15,6 +15,7 @@ use crate::scenarios::rm::{self, Head, Objective, Readout, RewardModel, Sample};
 use crate::stages::common::{self, PairText};
 use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 use crate::tokenize::Tokenizer;
+use crate::train::memory::Workload;
 use crate::train::{self, LoopSettings, MicroOut};
 
 /// Everything that determines a trained reward model.
@@ -122,6 +123,17 @@ fn samples(
         .collect()
 }
 
+/// What one pass processes: both sides of each pair of a micro-batch.
+pub fn workload(s: &RmTrainSettings) -> Workload {
+    Workload {
+        rows: 2 * s.train.micro_batch.min(s.train.batch),
+        tokens: s.max_ctx,
+        lm_head: false,
+        reference: false,
+        accumulates: s.train.micro_batch < s.train.batch,
+    }
+}
+
 /// Trains (or finds up to date) the reward model `s` describes.
 pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Result<TrainReport> {
     let bad_alpha = !s.alpha.is_finite() || s.alpha < 0.0;
@@ -173,6 +185,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         s.lora.as_ref(),
         s.grad_checkpoint,
         &s.dtype,
+        workload(s),
     )?;
     let device = model.device().clone();
 
@@ -253,7 +266,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         &vars,
         rmodel.model.mirrors(),
         s.train.lr,
-    );
+    )?;
     let batch = s.train.batch as f32;
     let alpha = s.alpha as f32;
     let sizes: Vec<usize> = data.iter().map(|x| x.a.len() + x.b.len()).collect();
