@@ -21,3 +21,30 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// The heap's bytes in use and bytes held free (glibc's `mallinfo2`), for the memory logs
+/// (`--log trace`): a large free part at a peak means fragmentation, not live tensors. `None`
+/// outside glibc Linux.
+pub fn heap() -> Option<(u64, u64)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        Some(((m.uordblks + m.hblkhd) as u64, m.fordblks as u64))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// Logs the heap at `what` (trace level; mallinfo2 walks the free lists, so only when asked).
+pub fn trace_heap(what: std::fmt::Arguments) {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        if let Some((used, free)) = heap() {
+            tracing::trace!(
+                "heap at {what}: {} MiB in use, {} MiB free",
+                used >> 20,
+                free >> 20
+            );
+        }
+    }
+}

@@ -98,6 +98,7 @@ pub(super) fn backward(
     tape: HeadTape,
     grads: &mut GradStore,
     frozen: &[&Tensor],
+    trainable: &std::collections::HashSet<candle_core::TensorId>,
     chunk: usize,
 ) -> Result<()> {
     let HeadTape {
@@ -117,7 +118,7 @@ pub(super) fn backward(
         let x = Var::from_tensor(&hidden.narrow(0, start, len)?.detach())?;
         let lp = chunk_logprobs(&logits, x.as_tensor(), &targets.narrow(0, start, len)?)?;
         let gc = g.narrow(0, start, len)?;
-        let mut cg = super::recompute::detached((lp * gc)?.sum_all()?.backward()?);
+        let mut cg = super::recompute::detached((lp * &gc)?.sum_all()?.backward()?);
         super::recompute::drop_grads(&mut cg, frozen);
         let d = cg
             .remove(x.as_tensor())
@@ -125,6 +126,7 @@ pub(super) fn backward(
                 file: "training".into(),
                 msg: "chunked log-probs gave no hidden-state gradient".into(),
             })?;
+        super::recompute::retain(&mut cg, trainable);
         dx.push(d);
         grads.extend(cg)?;
         start += len;
@@ -132,8 +134,11 @@ pub(super) fn backward(
     let dx = Tensor::cat(&dx, 0)?;
     if hidden.track_op() {
         let dx = dx.to_dtype(hidden.dtype())?;
-        let mut rest = super::recompute::detached((hidden * dx)?.sum_all()?.backward()?);
+        let mut rest = super::recompute::detached((hidden * &dx)?.sum_all()?.backward()?);
+        // Not only the model's variables: the gradient of a recompute tape's output goes on
+        // to the layers' backward. The constant `dx` gets one too: dropped.
         super::recompute::drop_grads(&mut rest, frozen);
+        super::recompute::drop_grads(&mut rest, &[&dx]);
         grads.extend(rest)?;
     }
     Ok(())

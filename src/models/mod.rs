@@ -370,17 +370,28 @@ impl Model {
     /// to a full-size copy of the base model under LoRA.
     pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
         let frozen: Vec<&Tensor> = (self.tensors.values()).filter(|t| !t.track_op()).collect();
+        let trainable: std::collections::HashSet<candle_core::TensorId> =
+            (self.params.values()).map(|v| v.as_tensor().id()).collect();
         let mut grads = recompute::detached(loss.backward()?);
         recompute::drop_grads(&mut grads, &frozen);
+        crate::alloc::trace_heap(format_args!("the loss's backward"));
         // The heads first: their backward reaches the last layer's output.
         let heads = std::mem::take(&mut *self.head_tapes.lock().expect("tapes lock"));
         let chunk = self.head_chunk();
         for tape in heads.into_iter().rev() {
-            head::backward(|x| self.logits(x), tape, &mut grads, &frozen, chunk)?;
+            head::backward(
+                |x| self.logits(x),
+                tape,
+                &mut grads,
+                &frozen,
+                &trainable,
+                chunk,
+            )?;
         }
+        crate::alloc::trace_heap(format_args!("the head's backward"));
         let tapes = std::mem::take(&mut *self.tapes.lock().expect("tapes lock"));
         for tape in tapes.into_iter().rev() {
-            recompute::backward(&self.net, tape, &mut grads, &frozen)?;
+            recompute::backward(&self.net, tape, &mut grads, &frozen, &trainable)?;
         }
         Ok(grads)
     }

@@ -52,7 +52,9 @@ pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Resu
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    xn.broadcast_mul(w)?.broadcast_add(b)
+    // Frozen (LoRA) weights through the frozen ops: candle's broadcast backward would keep a
+    // `[B, T, d]` gradient for the broadcast view of each.
+    super::frozen::add(&super::frozen::mul(&xn, w)?, b)
 }
 
 /// RMS norm over the last dimension (Llama / Mistral). In half precision the normalisation
@@ -64,10 +66,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         let n = x32
             .broadcast_div(&(ms + eps)?.sqrt()?)?
             .to_dtype(x.dtype())?;
-        return n.broadcast_mul(w);
+        return super::frozen::mul(&n, w);
     }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+    super::frozen::mul(&x.broadcast_div(&(ms + eps)?.sqrt()?)?, w)
 }
 
 /// Softmax over the last dimension. The max is subtracted for stability and detached: the

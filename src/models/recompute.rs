@@ -15,7 +15,9 @@
 //! within 1e-6).
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use std::collections::HashSet;
+
+use candle_core::{Tensor, TensorId, Var};
 
 use super::{Net, Shared};
 use crate::error::{Error, Result};
@@ -42,6 +44,7 @@ pub(super) fn forward(net: &Net, embedded: Tensor, shared: Shared) -> Result<(Te
         let y = net.layer(l, &cur, &shared)?.detach();
         inputs.push(cur);
         cur = y;
+        crate::alloc::trace_heap(format_args!("forward of layer {l}"));
     }
     let out = Var::from_tensor(&cur)?;
     let hidden = net.finish(out.as_tensor())?;
@@ -64,6 +67,7 @@ pub(super) fn backward(
     tape: Tape,
     grads: &mut GradStore,
     frozen: &[&Tensor],
+    trainable: &HashSet<TensorId>,
 ) -> Result<()> {
     let Tape {
         embedded,
@@ -82,19 +86,42 @@ pub(super) fn backward(
         drop(input);
         let y = net.layer(l, x.as_tensor(), &shared)?;
         let mut layer = detached((y * &g)?.sum_all()?.backward()?);
+        // The surrogate's constant `g` gets a gradient too (candle's mul backward computes both
+        // sides): dropped, or every layer would leave a `[T, d]` tensor in the store.
         drop_grads(&mut layer, frozen);
         g = layer.remove(x.as_tensor()).ok_or_else(|| Error::Model {
             file: "training".into(),
             msg: format!("recompute: layer {l} gave no input gradient"),
         })?;
+        retain(&mut layer, trainable);
         grads.extend(layer)?;
+        crate::alloc::trace_heap(format_args!("backward of layer {l}"));
     }
     if embedded.track_op() {
-        let mut emb = detached((embedded * g)?.sum_all()?.backward()?);
+        let mut emb = detached((embedded * &g)?.sum_all()?.backward()?);
         drop_grads(&mut emb, frozen);
+        retain(&mut emb, trainable);
         grads.extend(emb)?;
     }
     Ok(())
+}
+
+/// Keeps only the gradients of `ids` (the model's variables) in a layer's or a head chunk's
+/// store. candle's backward also leaves one for every operand that is not a variable: the
+/// surrogate's constant `g`, the broadcast view of a frozen weight (`[B, T, d]` for a norm's
+/// weight under LoRA), a frozen weight's f32 cast. Each would stay in the step's store, a
+/// `[B, T, d]` tensor or more per layer, to the end of the backward pass.
+pub fn retain(grads: &mut GradStore, ids: &HashSet<TensorId>) {
+    // GradStore removes by tensor only: rebuild it with what is kept.
+    let mut kept = GradStore::default();
+    for id in grads.get_ids() {
+        if ids.contains(id) {
+            if let Some(g) = grads.get_id(*id) {
+                kept.insert_id(*id, g.clone());
+            }
+        }
+    }
+    *grads = kept;
 }
 
 /// Removes the gradients of `tensors` from `grads`.
@@ -188,6 +215,11 @@ mod tests {
             let loss = loss(&m);
             let value = loss.to_scalar::<f32>().unwrap();
             let grads = m.backward(&loss).unwrap();
+            // Gradients of anything but the parameters (the loss's own constants): recompute
+            // must not add any (each would be a `[T, d]` tensor kept to the end).
+            let params: std::collections::HashSet<_> =
+                m.params().values().map(|v| v.as_tensor().id()).collect();
+            let extra = (grads.get_ids()).filter(|id| !params.contains(id)).count();
             let g: Vec<(String, Tensor)> = (m.params().iter())
                 .map(|(k, v)| {
                     let g = grads.get(v.as_tensor());
@@ -203,10 +235,14 @@ mod tests {
                     )
                 })
                 .collect();
-            (value, g)
+            (value, g, extra)
         };
-        let (plain_loss, plain) = run(false);
-        let (loss, recomputed) = run(true);
+        let (plain_loss, plain, plain_extra) = run(false);
+        let (loss, recomputed, extra) = run(true);
+        assert!(
+            extra <= plain_extra,
+            "{what}: recompute left {extra} gradients of non-parameters, the plain path {plain_extra}"
+        );
         assert_eq!(plain_loss.to_bits(), loss.to_bits(), "{what}: loss");
         assert!(!plain.is_empty());
         assert_eq!(plain.len(), recomputed.len());

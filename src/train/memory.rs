@@ -14,8 +14,9 @@
 //!   accumulator when a step has several micro-batches, plus the transient of a trained
 //!   embedding's gradient; Adam: two f32 moments per parameter;
 //! - activations: what a layer keeps per token (`PerToken`: counted from the layer code,
-//!   scaled to what candle measurably keeps), the attention scores per head and query-key pair, and
-//!   the backward pass's working set of one layer; with recompute, each layer's input plus one
+//!   scaled to what candle measurably keeps), the attention scores per head and query-key pair
+//!   (composed attention) or of one chunk of heads (the CPU's chunked attention), and the
+//!   backward pass's working set of one layer; with recompute, each layer's input plus one
 //!   layer's graph;
 //! - the vocabulary projection of a policy (logits and their gradient, f32; under recompute
 //!   one chunk of tokens at a time);

@@ -184,6 +184,7 @@ pub fn load(
     let tok_path = dir.join("tokenizer.json");
     let tok = Tokenizer::load(&tok_path)?;
     let max_ctx = max_ctx.min(model.config.max_positions());
+    crate::alloc::trace_heap(format_args!("the model's loading"));
     Ok(Loaded {
         model,
         tok,
