@@ -15,7 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W2S=${W2S:-target-cuda/release/w2s}
-PY=${PY:-.venv-ref/bin/python}
+if [ -z "${PY:-}" ]; then
+    if [ -x .venv-ref/bin/python ]; then PY=.venv-ref/bin/python; else PY=python3; fi
+fi
 ARCH=${ARCH:-gpt2-small}
 REPEATS=${REPEATS:-3}
 OUT=${OUT:-target/gpu-check}
@@ -23,6 +25,26 @@ mkdir -p "$OUT"
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -x "$W2S" ] || { echo "no w2s at $W2S: build it with scripts/build-cuda.sh first" >&2; exit 69; }
+# The CUDA libraries the binary links (cuBLAS, cuBLASLt, cuRAND, NVRTC): this machine's own
+# nvidia-* wheels (CUDA 13's share nvidia/cu13/lib, CUDA 12's have one lib folder each), ahead
+# of the build machine's folder in the binary's RUNPATH.
+NVLIB=$("$PY" - <<'PYEOF' 2>/dev/null || true
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+dirs = []
+for root in nvidia.__path__:
+    dirs += sorted(glob.glob(os.path.join(root, "cu*", "lib"))) + sorted(glob.glob(os.path.join(root, "*", "lib")))
+print(":".join(dict.fromkeys(d for d in dirs if os.path.isdir(d))))
+PYEOF
+)
+[ -z "$NVLIB" ] || export LD_LIBRARY_PATH="$NVLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ldd "$W2S" | grep "not found"; then
+    echo "libraries of $W2S not found (above): install the nvidia-* wheels of its CUDA version or set LD_LIBRARY_PATH" >&2
+    exit 69
+fi
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'PyTorch sees no GPU')"
 
 start=$(date +%s)
