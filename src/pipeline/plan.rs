@@ -88,12 +88,18 @@ impl Step {
     }
 }
 
-/// Run id of a model's ceiling (trained on the gt split).
-pub fn ceiling_id(scenario: Scenario, model: &str) -> String {
-    match scenario {
-        Scenario::Rm => format!("gt-{model}"),
-        sc => format!("gt-{model}-{}", sc.name()),
+/// Run id of a model's ceiling (trained on the gt split) at `seed`: `gt-<model>`, with
+/// `-s<seed>` when the seed is not 0 (so adding a seed to a grid keeps the existing names) and
+/// the scenario when it is not reward modeling.
+pub fn ceiling_id(scenario: Scenario, model: &str, seed: u64) -> String {
+    let mut id = format!("gt-{model}");
+    if seed != 0 {
+        id.push_str(&format!("-s{seed}"));
     }
+    if scenario != Scenario::Rm {
+        id.push_str(&format!("-{}", scenario.name()));
+    }
+    id
 }
 
 /// Run id of a weak-to-strong student: `w2s-<weak>-<strong>-<objective>` (`boot-<weak>-
@@ -240,8 +246,8 @@ impl Expander<'_> {
         }
     }
 
-    fn ceiling(&mut self, sc: Scenario, id: &str) -> String {
-        let run = ceiling_id(sc, id);
+    fn ceiling(&mut self, sc: Scenario, id: &str, seed: u64) -> String {
+        let run = ceiling_id(sc, id, seed);
         let opts = for_scenario(self.p.train_for(id), sc);
         let s = self.train_step(format!("gt-train:{run}"), &run, id, |model| {
             Command::GtTrain(GtTrainArgs {
@@ -250,7 +256,7 @@ impl Expander<'_> {
                     scenario: sc,
                     model,
                     run_id: Some(run.clone()),
-                    seed: 0,
+                    seed,
                     opts,
                 },
                 dry_run: false,
@@ -416,25 +422,27 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
         x.pretrain(id);
     }
 
+    // Each seed replicates whole cells: its own ceilings (teachers and strong ceilings), its
+    // own labels, its own students and bootstrapping chains; analyses match roles by seed.
     for &sc in &g.scenarios {
-        // Ceilings of every model the grid uses; teachers label the w2s split.
-        for &id in &used {
-            let run = x.ceiling(sc, id);
-            if pairs.iter().any(|(w, _)| w == id) {
-                x.label(&run, id, LABEL_SPLIT, &format!("gt-train:{run}"));
+        for &seed in &g.seeds {
+            // Ceilings of every model the grid uses; teachers label the w2s split.
+            for &id in &used {
+                let run = x.ceiling(sc, id, seed);
+                if pairs.iter().any(|(w, _)| w == id) {
+                    x.label(&run, id, LABEL_SPLIT, &format!("gt-train:{run}"));
+                }
             }
-        }
-        // Students.
-        for (w, strong) in &pairs {
-            let teacher = ceiling_id(sc, w);
-            for &objective in &g.objectives {
-                let alphas = if objective == Objective::Explicit {
-                    g.alphas.clone()
-                } else {
-                    vec![ALPHA]
-                };
-                for &alpha in &alphas {
-                    for &seed in &g.seeds {
+            // Students.
+            for (w, strong) in &pairs {
+                let teacher = ceiling_id(sc, w, seed);
+                for &objective in &g.objectives {
+                    let alphas = if objective == Objective::Explicit {
+                        g.alphas.clone()
+                    } else {
+                        vec![ALPHA]
+                    };
+                    for &alpha in &alphas {
                         let run = student_id(sc, &[w, strong], objective, alpha, seed);
                         x.student(
                             sc,
@@ -451,29 +459,27 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                         );
                     }
                 }
-            }
-            // Bootstrapping: weak -> intermediate (no conflict) -> strong (the conflicts),
-            // the intermediate labelling the gt split (docs/reference.md §3.9).
-            for mid in &g.intermediates {
-                let stage1 = student_id(sc, &[w, mid], Objective::None, ALPHA, 0);
-                if !x.steps.iter().any(|s| s.run.as_deref() == Some(&stage1)) {
-                    let producer = x.student(
-                        sc,
-                        &stage1,
-                        mid,
-                        0,
-                        Student {
-                            teacher: teacher.clone(),
-                            objective: Objective::None,
-                            alpha: ALPHA,
-                            label_split: LABEL_SPLIT.into(),
-                            high_confidence: None,
-                        },
-                    );
-                    x.label(&stage1, mid, "gt", &producer);
-                }
-                for &objective in &g.objectives {
-                    for &seed in &g.seeds {
+                // Bootstrapping: weak -> intermediate (no conflict) -> strong (the conflicts),
+                // the intermediate labelling the gt split (docs/reference.md §3.9).
+                for mid in &g.intermediates {
+                    let stage1 = student_id(sc, &[w, mid], Objective::None, ALPHA, seed);
+                    if !x.steps.iter().any(|s| s.run.as_deref() == Some(&stage1)) {
+                        let producer = x.student(
+                            sc,
+                            &stage1,
+                            mid,
+                            seed,
+                            Student {
+                                teacher: teacher.clone(),
+                                objective: Objective::None,
+                                alpha: ALPHA,
+                                label_split: LABEL_SPLIT.into(),
+                                high_confidence: None,
+                            },
+                        );
+                        x.label(&stage1, mid, "gt", &producer);
+                    }
+                    for &objective in &g.objectives {
                         let run = student_id(sc, &[w, mid, strong], objective, ALPHA, seed);
                         x.student(
                             sc,
@@ -581,6 +587,10 @@ strong = ["m", "l"]
             "w2s-train:w2s-s-l-explicit-a0.25-s3",
             "w2s-train:w2s-m-l-implicit",
             "score:w2s-s-m-none-s3",
+            // Each seed has its own ceilings and labels.
+            "gt-train:gt-l-s3",
+            "weak-label:gt-s-s3",
+            "score:gt-m-s3",
             "report",
         ] {
             assert!(ids.contains(&id), "{id} in {ids:?}");
@@ -594,6 +604,12 @@ strong = ["m", "l"]
             .find(|s| s.id == "w2s-train:w2s-s-l-none")
             .unwrap();
         assert_eq!(student.needs, vec!["split", "weak-label:gt-s"]);
+        let seeded = (steps.iter())
+            .find(|s| s.id == "w2s-train:w2s-s-l-none-s3")
+            .unwrap();
+        assert_eq!(seeded.needs, vec!["split", "weak-label:gt-s-s3"]);
+        let ceiling = steps.iter().find(|s| s.id == "gt-train:gt-l-s3").unwrap();
+        assert!(ceiling.argv(false).join(" ").contains("--seed 3"));
         assert_eq!(student.level, 3);
         assert_eq!(steps.last().unwrap().level, 5);
     }

@@ -440,6 +440,32 @@ async fn check_roles(ctx: &SessionContext) -> Result<()> {
             dup.join(", ")
         )));
     }
+    // A student needs its own cell's strong ceiling and no-conflict run (same base model,
+    // seed and scenario): without them it would drop out of every measure unseen.
+    let text = "select run_id, strong_run is null, reference_run is null from experiments \
+                where strong_run is null or reference_run is null order by run_id";
+    let mut missing: Vec<String> = Vec::new();
+    for b in &sql::query(ctx, text, &[]).await? {
+        let ids = strings(b.column(0))?;
+        let no_strong = b.column(1).as_boolean();
+        let no_ref = b.column(2).as_boolean();
+        for i in 0..b.num_rows() {
+            let mut what = Vec::new();
+            if no_strong.value(i) {
+                what.push("strong ceiling");
+            }
+            if no_ref.value(i) {
+                what.push("no-conflict run");
+            }
+            missing.push(format!("{} (no {})", ids.value(i), what.join(", no ")));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "runs {} lack a role of their cell: the strong ceiling is the gt-train run of the student's base model with the same seed and scenario, the no-conflict run the objective-none student of the same teacher, base model, seed and scenario; train them (a pipeline's grid does, per seed) or remove these runs",
+            missing.join("; ")
+        )));
+    }
     Ok(())
 }
 

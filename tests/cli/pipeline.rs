@@ -173,6 +173,67 @@ fn a_grid_runs_then_skips_and_redoes_only_what_changed() {
     assert!(stderr(&o).contains("--target nope"), "{}", stderr(&o));
 }
 
+/// `grid.seeds` replicates whole cells: each seed has its own ceilings, labels and students,
+/// and every analysis cell pools the seeds (a t interval over them), none dropped.
+#[test]
+fn seeds_replicate_whole_cells_and_every_seed_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = dir.path().join("mini.toml");
+    let text = mini(&root, r#"["none", "explicit"]"#)
+        .replace("objectives = [", "seeds = [0, 1]\nobjectives = [");
+    std::fs::write(&file, text).unwrap();
+    run(&file);
+    assert_eq!(
+        query(
+            &root,
+            "select run_id, seed, teacher from runs where stage = 'gt-train' order by run_id"
+        ),
+        "run_id,seed,teacher\ngt-a,0,\ngt-a-s1,1,\ngt-b,0,\ngt-b-s1,1,\n"
+    );
+    // Each seed's students learn from that seed's teacher.
+    assert_eq!(
+        query(
+            &root,
+            "select run_id, teacher from runs where stage = 'w2s-train' order by run_id"
+        ),
+        "run_id,teacher\nw2s-a-b-explicit,gt-a\nw2s-a-b-explicit-s1,gt-a-s1\n\
+         w2s-a-b-none,gt-a\nw2s-a-b-none-s1,gt-a-s1\n"
+    );
+    let summary = query(
+        &root,
+        "select distinct seeds, interval_method from analysis_summary \
+         where interval_method != 'none' order by 1, 2",
+    );
+    assert_eq!(
+        summary, "seeds,interval_method\n2,t over seeds\n",
+        "{summary}"
+    );
+
+    // A student of a seed with no ceiling and no no-conflict run of its own: analyze names it
+    // instead of leaving it out.
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(w2s(&["plan", s(&file), "--json"]))).unwrap();
+    let step = (plan["steps"].as_array().unwrap().iter())
+        .find(|st| st["id"] == "w2s-train:w2s-a-b-explicit")
+        .unwrap();
+    let mut argv: Vec<String> = (step["command"].as_array().unwrap().iter().skip(1))
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let at = argv.iter().position(|a| a == "--run-id").unwrap();
+    argv[at + 1] = "orphan".into();
+    argv.extend(["--seed".into(), "7".into()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    ok(w2s(&argv));
+    let out = w2s(&["analyze", "--artifacts", s(&root)]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("orphan (no strong ceiling, no no-conflict run)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_tables_and_holds_its_root() {
     let dir = tempfile::tempdir().unwrap();
