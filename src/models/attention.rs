@@ -11,7 +11,9 @@
 //! path (its matmuls, the fused softmax and its backward), so the values are those of the
 //! composed path. CPU only (f32, bf16, f16); other devices keep the composed path.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use super::frozen::{plain, storage};
 
 /// The most attention scores one chunk holds: 4 Mi f32 values, 16 MiB per `[h, T, T]` tensor.
 const SCORES_PER_CHUNK: usize = 1 << 22;
@@ -88,35 +90,6 @@ impl Chunked {
     }
 }
 
-/// A plain CPU tensor over a contiguous storage's values (a copy: no graph reaches it).
-fn plain(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("chunked-attention: contiguous input only");
-    };
-    let cpu = Device::Cpu;
-    match s {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu),
-        CpuStorage::BF16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu),
-        CpuStorage::F16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu),
-        _ => candle_core::bail!("chunked-attention: f32, bf16 or f16 only"),
-    }
-}
-
-/// A contiguous CPU tensor's values as a storage.
-fn storage(y: &Tensor) -> Result<CpuStorage> {
-    let y = y.contiguous()?;
-    let (s, l) = y.storage_and_layout();
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("chunked-attention: contiguous result expected");
-    };
-    Ok(match &*s {
-        Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[a..b].to_vec()),
-        Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[a..b].to_vec()),
-        Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[a..b].to_vec()),
-        _ => candle_core::bail!("chunked-attention: a float CPU result expected"),
-    })
-}
-
 impl CustomOp3 for Chunked {
     fn name(&self) -> &'static str {
         "chunked-attention"
@@ -131,11 +104,12 @@ impl CustomOp3 for Chunked {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (plain(s1, l1)?, plain(s2, l2)?, plain(s3, l3)?);
+        let op = self.name();
+        let (q, k, v) = (plain(s1, l1, op)?, plain(s2, l2, op)?, plain(s3, l3, op)?);
         let y = self.per_chunk(&[&q, &k, &v], 1, |a, bi| {
             Ok(vec![self.probs(&a[0], &a[1], bi)?.matmul(&a[2])?])
         })?;
-        Ok((storage(&y[0])?, q.shape().clone()))
+        Ok((storage(&y[0], op)?, q.shape().clone()))
     }
 
     fn bwd(
@@ -197,7 +171,7 @@ pub fn chunked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())

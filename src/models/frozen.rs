@@ -50,28 +50,9 @@ impl CustomOp1 for FrozenProj {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("frozen-proj: contiguous input only");
-        };
         // Plain tensors on both sides: no graph is built here.
-        let cpu = Device::Cpu;
-        let x = match s {
-            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu)?,
-            CpuStorage::BF16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu)?,
-            CpuStorage::F16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu)?,
-            _ => candle_core::bail!("frozen-proj: f32, bf16 or f16 only"),
-        };
-        let y = self.apply(&x)?.contiguous()?;
-        let shape = y.shape().clone();
-        let (ys, yl) = y.storage_and_layout();
-        let (a, b) = yl.contiguous_offsets().expect("contiguous");
-        let out = match &*ys {
-            Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[a..b].to_vec()),
-            Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[a..b].to_vec()),
-            Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[a..b].to_vec()),
-            _ => candle_core::bail!("frozen-proj: a float CPU result expected"),
-        };
-        Ok((out, shape))
+        let y = self.apply(&plain(s, l, "frozen-proj")?)?;
+        Ok((storage(&y, "frozen-proj")?, y.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -83,6 +64,36 @@ impl CustomOp1 for FrozenProj {
         };
         Ok(Some(dx))
     }
+}
+
+/// A plain CPU tensor holding a copy of a contiguous float storage's values (no graph reaches
+/// it): how a custom op's forward runs candle ops on its input.
+pub(super) fn plain(s: &CpuStorage, l: &Layout, op: &str) -> Result<Tensor> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only");
+    };
+    let cpu = Device::Cpu;
+    match s {
+        CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu),
+        CpuStorage::BF16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu),
+        CpuStorage::F16(v) => Tensor::from_slice(&v[a..b], l.shape(), &cpu),
+        _ => candle_core::bail!("{op}: f32, bf16 or f16 only"),
+    }
+}
+
+/// A CPU float tensor's values as a storage (a custom op's forward result).
+pub(super) fn storage(y: &Tensor, op: &str) -> Result<CpuStorage> {
+    let y = y.contiguous()?;
+    let (s, l) = y.storage_and_layout();
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous result expected");
+    };
+    Ok(match &*s {
+        Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[a..b].to_vec()),
+        Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(v[a..b].to_vec()),
+        Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(v[a..b].to_vec()),
+        _ => candle_core::bail!("{op}: a float CPU result expected"),
+    })
 }
 
 /// Whether `x · w` should go through the frozen op: `w` a plain weight no gradient should
