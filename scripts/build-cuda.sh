@@ -11,7 +11,7 @@
 #
 # Time on a 2-core machine: the CPU build's dependencies again (~35 min) plus candle's kernels
 # (~15 min). candle links cudarc against the libraries (`-lcuda -lnvrtc -lcurand -lcublas
-# -lcublasLt`): the wheels ship only versioned files (libcublas.so.13), so the script links
+# -lcublasLt`, and its kernels `-lcudart`): the wheels ship only versioned files (libcublas.so.13), so the script links
 # through a folder of unversioned links to them, and against a stub libcuda.so.1 generated from
 # cudarc's own list of driver functions (the driver is the GPU machine's; it is never shipped).
 # The binary's RUNPATH names the wheels' library folder here; on another machine point
@@ -59,7 +59,7 @@ else
 fi
 [ -x "$ROOT/bin/nvcc" ] || { echo "no nvcc in $VENV" >&2; exit 69; }
 # Unversioned names for the linker (libcublas.so -> libcublas.so.13, ...).
-for lib in cublas cublasLt curand nvrtc; do
+for lib in cublas cublasLt curand nvrtc cudart; do
     real=$(ls "$ROOT/lib/lib$lib.so."* 2>/dev/null | grep -E "lib$lib\.so\.[0-9]+$" | head -1 || true)
     [ -n "$real" ] || { echo "no lib$lib.so.* in $VENV" >&2; exit 69; }
     ln -sfn "$(readlink -f "$real")" "$LINK/lib$lib.so"
@@ -92,7 +92,10 @@ fi
 cargo build --release --locked --features cuda --bin w2s
 BIN="$TARGET/release/w2s"
 strip -o "$TARGET/release/w2s-stripped" "$BIN"
-echo "built $BIN (CUDA $MAJOR, compute capability $CUDA_COMPUTE_CAP); stripped copy: $TARGET/release/w2s-stripped ($(du -m "$TARGET/release/w2s-stripped" | cut -f1) MiB)"
+# The kernels' PTX makes the stripped binary ~180 MiB; xz brings it to ~31 MiB, small enough to
+# carry to a GPU machine (scripts/gpu-check.sh unpacks a W2S ending in .xz).
+xz -T0 -6 -c "$TARGET/release/w2s-stripped" > "$TARGET/release/w2s.xz"
+echo "built $BIN (CUDA $MAJOR, compute capability $CUDA_COMPUTE_CAP); stripped: $TARGET/release/w2s-stripped ($(du -m "$TARGET/release/w2s-stripped" | cut -f1) MiB), compressed: $TARGET/release/w2s.xz ($(du -m "$TARGET/release/w2s.xz" | cut -f1) MiB)"
 ldd "$BIN" | tee "$TARGET/release/ldd.txt"
 missing=$(grep "not found" "$TARGET/release/ldd.txt" | grep -v "libcuda.so.1" || true)
 if [ -n "$missing" ]; then

@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu-check.sh            # GPT-2-small shapes, 3 repeats: about 3-4 minutes
 #   ARCH=tiny REPEATS=1 bash scripts/gpu-check.sh
+#   W2S=target-cuda/release/w2s.xz bash scripts/gpu-check.sh   # the compressed copy, as carried
 #
 # It needs, on the GPU machine:
 #   - a w2s built with CUDA, at $W2S (default target-cuda/release/w2s): scripts/build-cuda.sh
@@ -24,6 +25,10 @@ OUT=${OUT:-target/gpu-check}
 mkdir -p "$OUT"
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# The compressed binary build-cuda.sh writes (target-cuda/release/w2s.xz), as carried over.
+if [ "${W2S%.xz}" != "$W2S" ] && [ -f "$W2S" ]; then
+    xz -dc "$W2S" > "${TMPDIR:-/tmp}/w2s-cuda" && chmod +x "${TMPDIR:-/tmp}/w2s-cuda" && W2S="${TMPDIR:-/tmp}/w2s-cuda"
+fi
 [ -x "$W2S" ] || { echo "no w2s at $W2S: build it with scripts/build-cuda.sh first" >&2; exit 69; }
 # The CUDA libraries the binary links (cuBLAS, cuBLASLt, cuRAND, NVRTC): this machine's own
 # nvidia-* wheels (CUDA 13's share nvidia/cu13/lib, CUDA 12's have one lib folder each), ahead
