@@ -167,29 +167,13 @@ async fn download(base: &str, dir: &Path) -> Result<()> {
                     msg: "neither model.safetensors nor model.safetensors.index.json found".into(),
                 })?;
             save(dir, "model.safetensors.index.json", &index)?;
+            let file = format!("{base}model.safetensors.index.json");
             let v: serde_json::Value =
                 serde_json::from_slice(&index).map_err(|e| Error::Model {
-                    file: format!("{base}model.safetensors.index.json"),
+                    file: file.clone(),
                     msg: format!("invalid JSON: {e}"),
                 })?;
-            let mut shards: Vec<String> = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.values()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            shards.sort();
-            shards.dedup();
-            for shard in shards {
-                if shard.contains('/') || shard.contains("..") {
-                    return Err(Error::Model {
-                        file: format!("{base}model.safetensors.index.json"),
-                        msg: format!("shard name `{shard}` is not a plain file name"),
-                    });
-                }
+            for shard in super::weights::shard_names(&file, &v)? {
                 get_to(base, &shard, dir).await?;
             }
         }

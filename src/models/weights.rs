@@ -71,6 +71,29 @@ pub struct Parts {
     pub mirrors: Vec<(Var, Tensor)>,
 }
 
+/// The shard files a `model.safetensors.index.json` (`index`, read from `file`) lists in its
+/// `weight_map`, each once, sorted; a name that is not a plain file name is refused (a remote
+/// index must not write outside the model's folder).
+pub fn shard_names(file: &str, index: &serde_json::Value) -> Result<Vec<String>> {
+    let map =
+        (index.get("weight_map").and_then(|m| m.as_object())).ok_or_else(|| Error::Model {
+            file: file.to_string(),
+            msg: "missing field `weight_map`".into(),
+        })?;
+    let mut shards: Vec<String> = (map.values())
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    if let Some(bad) = shards.iter().find(|s| s.contains('/') || s.contains("..")) {
+        return Err(Error::Model {
+            file: file.to_string(),
+            msg: format!("shard name `{bad}` is not a plain file name"),
+        });
+    }
+    Ok(shards)
+}
+
 impl Weights {
     /// Loads `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     /// Weights are converted to f32 when handed out.
@@ -85,17 +108,7 @@ impl Weights {
         } else if index.exists() {
             file = index.display().to_string();
             let (_, v) = super::read_json(&index)?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Model {
-                    file: file.clone(),
-                    msg: "missing field `weight_map`".into(),
-                })?;
-            let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
-            shards.sort_unstable();
-            shards.dedup();
-            for shard in shards {
+            for shard in shard_names(&file, &v)? {
                 tensors.extend(read_file(&dir.join(shard), device)?);
             }
         } else {

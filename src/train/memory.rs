@@ -198,23 +198,14 @@ pub fn tensor_shapes(dir: &Path) -> Result<Vec<(String, Vec<usize>)>> {
         vec![single]
     } else {
         let index = dir.join("model.safetensors.index.json");
-        let text = std::fs::read_to_string(&index).map_err(|_| Error::Model {
-            file: dir.display().to_string(),
-            msg: "no model.safetensors or model.safetensors.index.json".into(),
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Model {
-            file: index.display().to_string(),
-            msg: format!("invalid JSON: {e}"),
-        })?;
-        let mut shards: Vec<String> = (v.get("weight_map").and_then(|m| m.as_object()))
-            .map(|m| {
-                m.values()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
+        if !index.exists() {
+            return Err(Error::Model {
+                file: dir.display().to_string(),
+                msg: "no model.safetensors or model.safetensors.index.json".into(),
+            });
+        }
+        let (_, v) = crate::models::read_json(&index)?;
+        let shards = crate::models::weights::shard_names(&index.display().to_string(), &v)?;
         shards.into_iter().map(|s| dir.join(s)).collect()
     };
     let mut out = Vec::new();
