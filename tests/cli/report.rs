@@ -6,12 +6,13 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::analyze::{build, expect, T};
+use crate::analyze::{build, controls, expect, T};
 use crate::common::*;
 
-const FIGURES: [&str; 5] = [
+const FIGURES: [&str; 6] = [
     "accuracy",
     "deception_grid",
+    "deception_controls",
     "deception_vs_area",
     "flip_breakdown",
     "threshold_sweep",
@@ -114,6 +115,23 @@ fn report_shows_every_figure_with_values_known_by_construction() {
         has(&grid, "n/a"),
         "the no-flip setting is shown as undefined"
     );
+
+    // Controls: the figure has a group per cell with flips; the table the hand-counted means
+    // of both controls and a verdict per conflict cell.
+    let bars = texts(figure(&page, "deception_controls"));
+    assert!(has(&bars, "confidence-matched control"), "{bars:?}");
+    let table = &page[page.find("id=\"controls\"").expect("controls table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    for obj in ["explicit", "implicit"] {
+        let (u0, m0) = controls(obj, 0);
+        let (u1, m1) = controls(obj, 1);
+        for v in [(u0 + u1) / 2.0, (m0 + m1) / 2.0] {
+            assert!(table.contains(&format!("<td>{v:.3}</td>")), "{obj}: {v:.3} in {table}");
+        }
+    }
+    assert_eq!(table.matches("<tr>").count(), 1 + 3, "header + 3 conflict cells");
+    assert!(table.contains("no flips"), "adaptive has no flips: {table}");
+    assert!(table.contains("clears"), "a verdict per cell with flips: {table}");
 
     // Flip breakdown: one bar per cell with flips, labelled with its summed flip count.
     let flips = texts(figure(&page, "flip_breakdown"));

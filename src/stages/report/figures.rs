@@ -123,6 +123,7 @@ pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
     for figure in [
         accuracy,
         deception_grid,
+        deception_controls,
         bootstrap,
         deception_vs_area,
         flip_breakdown,
@@ -244,6 +245,47 @@ fn deception_grid(v: &View, out: &mut Vec<Shown>) {
             },
         });
     }
+}
+
+/// Beyond the paper: each conflict cell's deception score beside its uniform and
+/// confidence-matched controls (docs/analyses.md "Deception against a control").
+fn deception_controls(v: &View, out: &mut Vec<Shown>) {
+    let mut cells: Vec<&CellSummary> = (v.settings.iter())
+        .filter(|st| st.0 != "none")
+        .flat_map(|st| v.pairs.iter().filter_map(move |(w, s)| v.find(w, s, st)))
+        .filter(|c| point(measure(c, "deception_score")).is_some())
+        .collect();
+    cells.dedup_by(|a, b| std::ptr::eq(*a, *b));
+    if cells.is_empty() {
+        return;
+    }
+    let series = [
+        ("deception score", "deception_score"),
+        ("uniform control", "deception_uniform_control"),
+        ("confidence-matched control", "deception_matched_control"),
+    ]
+    .iter()
+    .map(|(name, m)| BarSeries {
+        name: (*name).into(),
+        values: cells.iter().map(|c| point(measure(c, m))).collect(),
+    })
+    .collect();
+    out.push(Shown {
+        caption: "Each conflict cell's deception score beside what it would be if its flips fell at random on the pairs the no-conflict student gets right (uniform control), and if the chance of a flip depended only on that student's confidence, by deciles (confidence-matched control). The table below says, from the 95% intervals of the score minus each control, which controls the score clears. Cells without flips are left out.".into(),
+        command: format!("w2s sql sql/deception_control.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+        figure: Figure {
+            id: "deception_controls".into(),
+            title: "Deception score against its controls (beyond the paper)".into(),
+            chart: Chart::Bars {
+                groups: cells
+                    .iter()
+                    .map(|c| format!("{} → {}, {}", short(&c.weak_model), short(&c.strong_model), setting_name(&setting_of(c))))
+                    .collect(),
+                series,
+                y_label: "share of flips in S_k ∩ W_uk".into(),
+            },
+        },
+    });
 }
 
 /// Fig. 9b / 9c: bootstrapped students beside the direct ones of the same weak and strong
