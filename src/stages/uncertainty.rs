@@ -454,7 +454,12 @@ mod tests {
             .map(|i| {
                 let flip = [2, 11, 13, 15, 17, 19].contains(&i);
                 let weak = if i >= 10 { 0.2 } else { 0.9 };
-                [if flip { 0.1 } else { 0.9 }, 0.5 + 0.02 * i as f64, 0.9, weak]
+                [
+                    if flip { 0.1 } else { 0.9 },
+                    0.5 + 0.02 * i as f64,
+                    0.9,
+                    weak,
+                ]
             })
             .collect();
         let r = RunPairs::new("r".into(), 0, true, &pairs, 0.75);
@@ -470,7 +475,10 @@ mod tests {
         assert_eq!((u.numerator, u.denominator), (10, 20));
         // No flips, or no conflict: undefined.
         let calm: Vec<[f64; 4]> = pairs.iter().map(|p| [0.9, p[1], p[2], p[3]]).collect();
-        let v = measures(&RunPairs::new("c".into(), 0, true, &calm, 0.75).counts(), true);
+        let v = measures(
+            &RunPairs::new("c".into(), 0, true, &calm, 0.75).counts(),
+            true,
+        );
         assert!(v[6..10].iter().all(|m| m.value.is_none()));
         let v = measures(&r.counts(), false);
         assert!(v[5..10].iter().all(|m| m.value.is_none()));

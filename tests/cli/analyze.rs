@@ -347,7 +347,12 @@ fn every_analysis_matches_counts_known_by_construction() {
                     close(got[0][k], Some(*w), &format!("{id} control column {k}"));
                 }
                 // Every control is summarised over both seeds (values checked below).
-                for m in ["uniform_control", "matched_control", "lift_uniform", "lift_matched"] {
+                for m in [
+                    "uniform_control",
+                    "matched_control",
+                    "lift_uniform",
+                    "lift_matched",
+                ] {
                     let runs = q(&format!(
                         "select cast(seeds as double) from analysis_summary \
                          where objective = '{obj}' and measure = 'deception_{m}'"
@@ -414,7 +419,11 @@ fn every_analysis_matches_counts_known_by_construction() {
     };
     let got = q("select value, ci_low, ci_high from analysis_summary \
                  where objective = 'explicit' and measure = 'deception_lift_matched'");
-    close(got[0][0], Some((lift(0) + lift(1)) / 2.0), "lift over matched");
+    close(
+        got[0][0],
+        Some((lift(0) + lift(1)) / 2.0),
+        "lift over matched",
+    );
     assert!(got[0][1].unwrap() < got[0][2].unwrap());
     // The edge cases are really in the data: confidences exactly at T and at 0.5.
     assert!((0..N).any(|i| conf("strong", i, 0) == T && conf("weak", i, 0) == T));

@@ -126,12 +126,22 @@ fn report_shows_every_figure_with_values_known_by_construction() {
         let (u0, m0) = controls(obj, 0);
         let (u1, m1) = controls(obj, 1);
         for v in [(u0 + u1) / 2.0, (m0 + m1) / 2.0] {
-            assert!(table.contains(&format!("<td>{v:.3}</td>")), "{obj}: {v:.3} in {table}");
+            assert!(
+                table.contains(&format!("<td>{v:.3}</td>")),
+                "{obj}: {v:.3} in {table}"
+            );
         }
     }
-    assert_eq!(table.matches("<tr>").count(), 1 + 3, "header + 3 conflict cells");
+    assert_eq!(
+        table.matches("<tr>").count(),
+        1 + 3,
+        "header + 3 conflict cells"
+    );
     assert!(table.contains("no flips"), "adaptive has no flips: {table}");
-    assert!(table.contains("clears"), "a verdict per cell with flips: {table}");
+    assert!(
+        table.contains("clears"),
+        "a verdict per cell with flips: {table}"
+    );
 
     // Flip breakdown: one bar per cell with flips, labelled with its summed flip count.
     let flips = texts(figure(&page, "flip_breakdown"));
