@@ -9,9 +9,11 @@
 --                 weak_run       its teacher (the weak ceiling),
 --                 strong_run     the ceiling of its own base model and seed,
 --                 reference_run  the no-conflict run (objective none) of the same teacher,
---                                base model and seed (itself, for a no-conflict run).
+--                                base model, seed and label threshold (itself, for a
+--                                no-conflict run).
 -- A grid must have at most one ceiling per (base model, seed) and one no-conflict run per
--- (teacher, base model, seed); `w2s analyze` checks this and names the offending runs.
+-- (teacher, base model, seed, label threshold)  `w2s analyze` checks this and names the
+-- offending runs.
 
 -- Confidence toward the ground-truth chosen answer of every scored run on the test split.
 create view confidences as
@@ -19,11 +21,20 @@ select run_id, pair_id, split_index, confidence
 from scores
 where split = 'test';
 
+-- Runs with the confidence threshold of a high-confidence student (paper §6.1: trained only on
+-- the teacher's labels at least this confident), read from its recorded settings, as text
+-- (NULL: all of the teacher's labels).
+create view labelled_runs as
+select *, regexp_match(settings, '"high_confidence":([-0-9.eE+]+)')[1] as label_filter
+from runs;
+
 -- Several scenarios can share a root: ceilings and references are matched within a scenario,
 -- and a model of another scenario than reward modeling is named `<model> · <scenario>`, so
 -- every measure keeps them apart. A bootstrapped student (its teacher is itself a student,
 -- docs/reference.md §3.9) is measured against the original weak ceiling, and its weak model is
--- named `<weak> via <intermediate>`.
+-- named `<weak> via <intermediate>`. A high-confidence student's weak model is named
+-- `<weak> (confident ≥ T)` and its reference is the no-conflict student of the same threshold,
+-- so its cells sit beside the all-data cells of the same models.
 create view experiments as
 select
     w.run_id,
@@ -33,20 +44,22 @@ select
     case when t.stage = 'w2s-train' then t.teacher else w.teacher end as weak_run,
     case when t.stage = 'w2s-train' then tt.base_model || ' via ' || t.base_model
          else t.base_model end
+      || case when w.label_filter is null then '' else ' (confident ≥ ' || w.label_filter || ')' end
       || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as weak_model,
     w.base_model
       || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as strong_model,
     sc.run_id as strong_run,
     nc.run_id as reference_run
-from runs w
+from labelled_runs w
 join runs t on t.run_id = w.teacher
 left join runs tt on tt.run_id = t.teacher
 left join runs sc
     on sc.stage = 'gt-train' and sc.base_model = w.base_model and sc.seed = w.seed
     and sc.scenario = w.scenario
-left join runs nc
+left join labelled_runs nc
     on nc.stage = 'w2s-train' and nc.objective = 'none' and nc.scenario = w.scenario
     and nc.teacher = w.teacher and nc.base_model = w.base_model and nc.seed = w.seed
+    and coalesce(nc.label_filter, '') = coalesce(w.label_filter, '')
 where w.stage = 'w2s-train';
 
 -- One row per (experiment, test pair) with the four confidences the measures need:

@@ -121,6 +121,9 @@ pub async fn analyze(a: AnalyzeArgs) -> Result<()> {
             .join(", ")
     );
     print!("{}", analyze::text_summary(&r.cells, s.threshold));
+    if let Some(l) = &r.leakage {
+        println!("leakage audit: {l}");
+    }
     Ok(())
 }
 

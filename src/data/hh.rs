@@ -15,6 +15,14 @@ pub fn split_transcript(text: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// The marker that opens a human turn.
+pub const HUMAN: &str = "\n\nHuman:";
+
+/// How many human turns a prompt holds (1 for a single-turn dialogue).
+pub fn human_turns(prompt: &str) -> usize {
+    prompt.matches(HUMAN).count()
+}
+
 /// Wraps a plain prompt and response into a single-turn HH transcript pair of parts,
 /// the form the reference models were trained on: `("\n\nHuman: p\n\nAssistant:", " r")`.
 pub fn wrap(prompt: &str, response: &str) -> (String, String) {
@@ -62,6 +70,15 @@ mod tests {
             split_transcript("\n\nHuman: q\n\nAssistant: ").unwrap().1,
             " "
         );
+    }
+
+    #[test]
+    fn counts_human_turns() {
+        let one = "\n\nHuman: q\n\nAssistant:";
+        let two = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:";
+        assert_eq!(human_turns(one), 1);
+        assert_eq!(human_turns(two), 2);
+        assert_eq!(human_turns("plain"), 0);
     }
 
     #[test]

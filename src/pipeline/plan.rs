@@ -105,18 +105,22 @@ pub fn ceiling_id(scenario: Scenario, model: &str, seed: u64) -> String {
 /// Run id of a weak-to-strong student: `w2s-<weak>-<strong>-<objective>` (`boot-<weak>-
 /// <intermediate>-<strong>-<objective>` for bootstrapping). Alpha and seed appear when they
 /// differ from the defaults, so adding a seed to a grid keeps the names (and results) of the
-/// existing runs.
+/// existing runs; `-hc` marks a student of the teacher's high-confidence labels only.
 pub fn student_id(
     scenario: Scenario,
     chain: &[&str],
     objective: Objective,
     alpha: f64,
+    high_confidence: bool,
     seed: u64,
 ) -> String {
     let kind = if chain.len() > 2 { "boot" } else { "w2s" };
     let mut id = format!("{kind}-{}-{}", chain.join("-"), objective.name());
     if objective == Objective::Explicit && alpha != ALPHA {
         id.push_str(&format!("-a{alpha}"));
+    }
+    if high_confidence {
+        id.push_str("-hc");
     }
     if seed != 0 {
         id.push_str(&format!("-s{seed}"));
@@ -368,13 +372,20 @@ impl Expander<'_> {
 
     fn report(&mut self) {
         let a = &self.p.analysis;
+        // Figures and tables follow the ladder, weakest first, unless the file says otherwise.
+        let mut opts = a.opts.clone();
+        if opts.model_order.is_empty() {
+            opts.model_order = (self.p.model.iter())
+                .filter_map(|m| self.location.get(&m.id).map(|(loc, _)| loc.clone()))
+                .collect();
+        }
         let mut s = Step::new(
             "report".into(),
             None,
             Command::Report(ReportArgs {
                 analysis: crate::cli::AnalyzeArgs {
                     root: self.root.clone(),
-                    opts: a.opts.clone(),
+                    opts,
                     force: false,
                 },
                 out: a.out.as_ref().map(std::path::PathBuf::from),
@@ -442,27 +453,36 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                     } else {
                         vec![ALPHA]
                     };
-                    for &alpha in &alphas {
-                        let run = student_id(sc, &[w, strong], objective, alpha, seed);
-                        x.student(
-                            sc,
-                            &run,
-                            strong,
-                            seed,
-                            Student {
-                                teacher: teacher.clone(),
-                                objective,
-                                alpha,
-                                label_split: LABEL_SPLIT.into(),
-                                high_confidence: g.high_confidence,
-                            },
-                        );
+                    // All-data students, and high-confidence ones beside them (§6.1).
+                    let filters = [None, g.high_confidence]
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, f)| if *i == 0 { g.all_data } else { f.is_some() })
+                        .map(|(_, f)| f);
+                    for filter in filters {
+                        for &alpha in &alphas {
+                            let hc = filter.is_some();
+                            let run = student_id(sc, &[w, strong], objective, alpha, hc, seed);
+                            x.student(
+                                sc,
+                                &run,
+                                strong,
+                                seed,
+                                Student {
+                                    teacher: teacher.clone(),
+                                    objective,
+                                    alpha,
+                                    label_split: LABEL_SPLIT.into(),
+                                    high_confidence: filter,
+                                },
+                            );
+                        }
                     }
                 }
                 // Bootstrapping: weak -> intermediate (no conflict) -> strong (the conflicts),
                 // the intermediate labelling the gt split (docs/reference.md §3.9).
                 for mid in &g.intermediates {
-                    let stage1 = student_id(sc, &[w, mid], Objective::None, ALPHA, seed);
+                    let stage1 = student_id(sc, &[w, mid], Objective::None, ALPHA, false, seed);
                     if !x.steps.iter().any(|s| s.run.as_deref() == Some(&stage1)) {
                         let producer = x.student(
                             sc,
@@ -480,7 +500,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                         x.label(&stage1, mid, "gt", &producer);
                     }
                     for &objective in &g.objectives {
-                        let run = student_id(sc, &[w, mid, strong], objective, ALPHA, seed);
+                        let run = student_id(sc, &[w, mid, strong], objective, ALPHA, false, seed);
                         x.student(
                             sc,
                             &run,

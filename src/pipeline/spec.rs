@@ -207,15 +207,23 @@ pub struct Grid {
     /// Seeds of the students' training order.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    /// Keep only the teacher's labels at least this confident (paper §6.1; preference
-    /// scenarios).
+    /// High-confidence students (paper §6.1; preference scenarios): beside every direct
+    /// student, one trained only on the teacher's labels at least this confident, with its
+    /// own run id (`...-hc`) and its own no-conflict reference.
     pub high_confidence: Option<f64>,
+    /// Train the all-data students too (with `high_confidence`; false: only the
+    /// high-confidence ones).
+    #[serde(default = "default_true")]
+    pub all_data: bool,
     /// Bootstrapping (paper §6.2): weak -> each of these -> strong, the conflict only in the
     /// last stage.
     #[serde(default)]
     pub intermediates: Vec<String>,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_scenarios() -> Vec<Scenario> {
     vec![Scenario::Rm]
 }
@@ -537,6 +545,11 @@ impl Pipeline {
         if let Some(t) = g.high_confidence {
             crate::stages::training::check_high_confidence(t)
                 .map_err(|m| config(file, format!("`grid.high_confidence`: {m}")))?;
+        }
+        if !g.all_data && g.high_confidence.is_none() {
+            return err(
+                "`grid.all_data = false` leaves no students without `grid.high_confidence`".into(),
+            );
         }
         if let Err(e) = self.analysis.opts.settings() {
             return err(format!("`analysis.sweep`: {e}"));

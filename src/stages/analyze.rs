@@ -16,6 +16,7 @@ use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 
 use super::common;
+use super::order::{self, ModelOrder};
 use super::uncertainty::{self, CellKey, RunPairs, Summary};
 use crate::error::{Error, Result};
 use crate::sql;
@@ -50,6 +51,55 @@ pub const ANALYSES: &[(&str, &str)] = &[
     ("pgr", include_str!("../../sql/pgr.sql")),
 ];
 
+/// The leakage audit (`analysis_leakage`), run when the root has a `pairs` table.
+pub const LEAKAGE: &str = include_str!("../../sql/leakage.sql");
+
+/// The leakage audit's table in a sentence: which training splits share test content.
+pub fn leakage_verdict(batches: &[RecordBatch]) -> Result<String> {
+    let mut found = Vec::new();
+    let mut splits = Vec::new();
+    let mut test_pairs = 0;
+    for b in batches {
+        let split = strings(&sql::column(
+            b,
+            "analysis_leakage",
+            "training_split",
+            &DataType::Utf8,
+        )?)?;
+        let int = |n: &str| -> Result<Int64Array> {
+            Ok(sql::column(b, "analysis_leakage", n, &DataType::Int64)?
+                .as_primitive::<Int64Type>()
+                .clone())
+        };
+        let (tp, prompt, pair) = (
+            int("test_pairs")?,
+            int("test_pairs_same_prompt")?,
+            int("test_pairs_same_pair")?,
+        );
+        for i in 0..b.num_rows() {
+            splits.push(split.value(i).to_string());
+            test_pairs = tp.value(i);
+            if prompt.value(i) > 0 {
+                found.push(format!(
+                    "{} of {} test pairs share their prompt with the {} split ({} the whole pair)",
+                    prompt.value(i),
+                    tp.value(i),
+                    split.value(i),
+                    pair.value(i)
+                ));
+            }
+        }
+    }
+    Ok(if found.is_empty() {
+        format!(
+            "no test pair ({test_pairs}) shares its prompt with a training split ({})",
+            splits.join(", ")
+        )
+    } else {
+        found.join("; ")
+    })
+}
+
 /// Everything that determines the analysis tables.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalyzeSettings {
@@ -60,6 +110,9 @@ pub struct AnalyzeSettings {
     /// Bootstrap replicates for single-seed intervals.
     pub bootstrap: usize,
     pub bootstrap_seed: u64,
+    /// Models weakest first (`stages::order`); empty: the order the grid implies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_order: Vec<String>,
 }
 
 impl Default for AnalyzeSettings {
@@ -69,6 +122,7 @@ impl Default for AnalyzeSettings {
             sweep: [0.70, 0.75, 0.80, 0.85],
             bootstrap: 1000,
             bootstrap_seed: 0,
+            model_order: Vec::new(),
         }
     }
 }
@@ -90,6 +144,12 @@ pub struct AnalyzeOpts {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = AnalyzeSettings::default().bootstrap_seed)]
     pub bootstrap_seed: u64,
+    /// Models weakest first, comma-separated (locations as the runs name them, or short
+    /// names): every figure and table follows this order. Models it leaves out follow in the
+    /// order the grid implies (each weak model below its students). A pipeline sets it from
+    /// its `[[model]]` list.
+    #[arg(long, value_delimiter = ',')]
+    pub model_order: Vec<String>,
 }
 
 impl Default for AnalyzeOpts {
@@ -112,6 +172,7 @@ impl AnalyzeOpts {
             sweep,
             bootstrap: self.bootstrap,
             bootstrap_seed: self.bootstrap_seed,
+            model_order: self.model_order.clone(),
         })
     }
 }
@@ -134,6 +195,20 @@ pub struct AnalyzeReport {
     pub tables: Vec<(String, usize)>,
     pub cells: Vec<CellSummary>,
     pub up_to_date: bool,
+    /// The leakage audit in a sentence (`None`: the root has no `pairs` table to audit).
+    pub leakage: Option<String>,
+}
+
+/// A digest of what the analyses compute (the views, every analysis's SQL, the measures):
+/// part of the fingerprint, so tables analysed by other definitions are recomputed.
+fn definitions() -> String {
+    let mut text = String::from(sql::VIEWS);
+    for (name, body) in ANALYSES.iter().chain([&("leakage", LEAKAGE)]) {
+        text.push_str(name);
+        text.push_str(body);
+    }
+    text.push_str(&uncertainty::MEASURES.join(","));
+    crate::store::sha256_hex(text.as_bytes())
 }
 
 fn bound(s: &AnalyzeSettings) -> Vec<(String, ScalarValue)> {
@@ -199,7 +274,7 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
             .collect();
         have.0 |= tables.contains(&"runs");
         have.1 |= tables.contains(&"scores");
-        if tables.iter().any(|t| *t == "runs" || *t == "scores") {
+        if (tables.iter()).any(|t| *t == "runs" || *t == "scores" || *t == "pairs") {
             inputs.push(common::manifest_input(&m));
         }
     }
@@ -209,22 +284,27 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
             store.root()
         )));
     }
-    let fp = fingerprint("analyze", s, &inputs);
+    let fp = fingerprint("analyze", &(s, definitions()), &inputs);
     if !force {
         if let Some(m) = store.current(keys::ANALYZE, &fp).await? {
             let mut tables = Vec::new();
             let mut summary = Vec::new();
+            let mut leakage = None;
             for f in &m.outputs {
                 let name = f.table.clone().unwrap_or_default();
                 tables.push((name.clone(), f.rows.unwrap_or(0) as usize));
                 if name == "analysis_summary" {
                     summary = store.read_table_part(f).await?;
                 }
+                if name == "analysis_leakage" {
+                    leakage = Some(leakage_verdict(&store.read_table_part(f).await?)?);
+                }
             }
             return Ok(AnalyzeReport {
                 tables,
                 cells: cells_from_batches(&summary),
                 up_to_date: true,
+                leakage,
             });
         }
     }
@@ -240,7 +320,21 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
             table(&ctx, name, text, &params).await?,
         ));
     }
-    let cells = summarise(&ctx, s).await?;
+    // The leakage audit needs the root's own pairs (a root of imported runs has none).
+    let mut leakage = None;
+    if ctx.table_exist("pairs")? {
+        let b = table(&ctx, "leakage", LEAKAGE, &params).await?;
+        let verdict = leakage_verdict(std::slice::from_ref(&b))?;
+        if !verdict.starts_with("no test pair") {
+            tracing::warn!("leakage audit: {verdict}");
+        }
+        leakage = Some(verdict);
+        batches.push(("analysis_leakage".to_string(), b));
+    }
+    let mut cells = summarise(&ctx, s).await?;
+    let ranks = model_ranks(&cells, &s.model_order);
+    sort_cells(&mut cells, &ranks);
+    batches.push(("analysis_model_order".to_string(), ranks_batch(&ranks)?));
     batches.push((
         "analysis_summary".to_string(),
         summary_batch(&cells, s.threshold)?,
@@ -268,6 +362,7 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
         tables,
         cells,
         up_to_date: false,
+        leakage,
     })
 }
 
@@ -440,7 +535,7 @@ async fn check_roles(ctx: &SessionContext) -> Result<()> {
     }
     if !dup.is_empty() {
         return Err(Error::Config(format!(
-            "runs {} have several strong ceilings (gt-train runs of the same base model, seed and scenario) or several no-conflict runs (same teacher, base model, seed and scenario); keep one of each per cell",
+            "runs {} have several strong ceilings (gt-train runs of the same base model, seed and scenario) or several no-conflict runs (same teacher, base model, seed, scenario and high-confidence threshold); keep one of each per cell",
             dup.join(", ")
         )));
     }
@@ -466,11 +561,66 @@ async fn check_roles(ctx: &SessionContext) -> Result<()> {
     }
     if !missing.is_empty() {
         return Err(Error::Config(format!(
-            "runs {} lack a role of their cell: the strong ceiling is the gt-train run of the student's base model with the same seed and scenario, the no-conflict run the objective-none student of the same teacher, base model, seed and scenario; train them (a pipeline's grid does, per seed) or remove these runs",
+            "runs {} lack a role of their cell: the strong ceiling is the gt-train run of the student's base model with the same seed and scenario, the no-conflict run the objective-none student of the same teacher, base model, seed, scenario and high-confidence threshold; train them (a pipeline's grid does, per seed) or remove these runs",
             missing.join("; ")
         )));
     }
     Ok(())
+}
+
+/// The rank of every weak and strong model name of the cells in the capability order.
+fn model_ranks(cells: &[CellSummary], explicit: &[String]) -> BTreeMap<String, i64> {
+    let pairs: Vec<(String, String)> = (cells.iter())
+        .map(|c| (c.weak_model.clone(), c.strong_model.clone()))
+        .collect();
+    let order = ModelOrder::new(explicit, &pairs);
+    order.ranks(pairs.iter().flat_map(|(w, s)| [w.as_str(), s.as_str()]))
+}
+
+/// Cells in page order: weak model, strong model (capability order), objective, alpha.
+pub fn sort_cells(cells: &mut [CellSummary], ranks: &BTreeMap<String, i64>) {
+    let rank = |m: &str| ranks.get(m).copied().unwrap_or(i64::MAX);
+    cells.sort_by(|a, b| {
+        let key = |c: &CellSummary| {
+            (
+                rank(&c.weak_model),
+                rank(&c.strong_model),
+                order::objective_rank(&c.objective),
+            )
+        };
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| a.objective.cmp(&b.objective))
+            .then_with(|| {
+                a.alpha
+                    .partial_cmp(&b.alpha)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+    });
+}
+
+/// `analysis_model_order`: every model name of the analyses with its rank, weakest first;
+/// the report's tables are ordered by joining it.
+fn ranks_batch(ranks: &BTreeMap<String, i64>) -> Result<RecordBatch> {
+    let mut v: Vec<(&String, &i64)> = ranks.iter().collect();
+    v.sort_by_key(|x| *x.1);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("rank", DataType::Int64, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                v.iter().map(|x| x.0.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(v.iter().map(|x| *x.1))),
+        ],
+    )
+    .map_err(|e| Error::Format {
+        file: "analysis_model_order".into(),
+        msg: e.to_string(),
+    })
 }
 
 /// Per-pair categories of every weak-to-strong run, grouped into grid cells.

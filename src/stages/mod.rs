@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod common;
+pub mod order;
 pub mod policy;
 pub mod report;
 pub mod score;

@@ -57,6 +57,10 @@ pub struct SplitSettings {
     pub n_w2s: Option<usize>,
     pub n_test: Option<usize>,
     pub n_helpful: Option<usize>,
+    /// Only single-turn helpful dialogues (left out of the fingerprint when off, so roots
+    /// split before the option existed stay current).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub helpful_single_turn: bool,
     pub shape: Shape,
     pub rules: PairRules,
 }
@@ -140,6 +144,11 @@ pub struct SplitOpts {
     /// Rows of the helpful set.
     #[arg(long)]
     pub n_helpful: Option<usize>,
+    /// Keep only helpful pairs whose dialogue has one Human turn (a stand-in for the
+    /// reference's single-turn helpful pairs, which are not published); --n-helpful then
+    /// counts the pairs kept.
+    #[arg(long)]
+    pub helpful_single_turn: bool,
     /// Record shape: HH transcripts, or explicit prompt/chosen/rejected columns.
     #[arg(long, value_enum, default_value_t = Shape::Auto)]
     pub shape: Shape,
@@ -211,6 +220,7 @@ impl SplitSettings {
             n_w2s: o.n_w2s,
             n_test: o.n_test,
             n_helpful: o.n_helpful,
+            helpful_single_turn: o.helpful_single_turn,
             shape: o.shape,
             rules: PairRules {
                 prompt_mismatch: o.prompt_mismatch,
@@ -422,8 +432,28 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
     }
     match (&s.helpful, &s.mode) {
         (Some(loc), _) => {
-            let l = load_pairs(loc, s.shape, s.rules, s.n_helpful).await?;
-            need(loc, l.pairs.len(), s.n_helpful, "--n-helpful")?;
+            // The filter drops rows, so it needs the whole file before taking the first n.
+            let limit = if s.helpful_single_turn {
+                None
+            } else {
+                s.n_helpful
+            };
+            let mut l = load_pairs(loc, s.shape, s.rules, limit).await?;
+            if s.helpful_single_turn {
+                let before = l.pairs.len();
+                l.pairs
+                    .retain(|(_, p)| data::hh::human_turns(&p.prompt) == 1);
+                tracing::info!(
+                    "{loc}: {} of {before} helpful pairs are single-turn",
+                    l.pairs.len()
+                );
+            }
+            let flag = if s.helpful_single_turn {
+                "--n-helpful (single-turn pairs)"
+            } else {
+                "--n-helpful"
+            };
+            need(loc, l.pairs.len(), s.n_helpful, flag)?;
             dropped += l.dropped;
             inputs.push(l.input);
             take_first(&mut rows, "helpful", loc, l.pairs, s.n_helpful);
@@ -602,6 +632,7 @@ mod tests {
             n_w2s: None,
             n_test: None,
             n_helpful: None,
+            helpful_single_turn: false,
             shape: Shape::Auto,
             rules: PairRules::default(),
         }

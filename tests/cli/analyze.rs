@@ -268,6 +268,14 @@ fn every_analysis_matches_counts_known_by_construction() {
     assert!(out.contains("analysis_deception (6)"), "{out}");
     let q = |sql: &str| rt.block_on(values(&r, sql));
     let mut matched_differs = false;
+    // The grid implies the order (W teaches S), not the names (models/S < models/W).
+    let order = || {
+        sql_csv(
+            &root,
+            "select model from analysis_model_order order by rank",
+        )
+    };
+    assert_eq!(order(), "model\nmodels/W\nmodels/S\n");
 
     // Accuracy per run.
     for s in 0..2 {
@@ -462,6 +470,17 @@ fn every_analysis_matches_counts_known_by_construction() {
         String::from_utf8(methods).unwrap().trim(),
         "interval_method\nt over seeds"
     );
+    // An explicit order (short names) wins.
+    ok(w2s(&[
+        "analyze",
+        "--artifacts",
+        &r,
+        "--bootstrap",
+        "200",
+        "--model-order",
+        "S,W",
+    ]));
+    assert_eq!(order(), "model\nmodels/S\nmodels/W\n");
 }
 
 #[test]
@@ -474,5 +493,86 @@ fn analyze_without_runs_is_a_clear_error() {
         stderr(&o).contains("analyze needs trained runs"),
         "{}",
         stderr(&o)
+    );
+}
+
+#[test]
+fn the_leakage_audit_counts_test_content_found_in_training_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let r = root.to_str().unwrap().to_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(build(&r));
+    let [gt, w2s_f, _, helpful] = presplit_files(dir.path(), 6);
+    // Test pairs by construction: 0 is gt's pair 0; 1 has gt's prompt 1 with other answers;
+    // 2 is helpful's pair 3 with its answers swapped; 3-5 are new.
+    let q = |tag: &str, i: usize| format!("How do I do {tag} thing {i}? It’s urgent");
+    let mut lines = vec![
+        hh_records("gt", 6)[0].clone(),
+        hh_line(&q("gt", 1), "Another answer.", "A third answer."),
+        hh_line(
+            &q("helpful", 3),
+            "Sure, here is how to do helpful thing 3!",
+            "I’d rather not help with helpful thing 3.",
+        ),
+    ];
+    lines.extend(hh_records("test", 6).into_iter().skip(3));
+    let test = dir.path().join("test.jsonl");
+    write_lines(&test, &lines);
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        &r,
+        "--gt",
+        s(&gt),
+        "--w2s",
+        s(&w2s_f),
+        "--test",
+        s(&test),
+        "--helpful",
+        s(&helpful),
+    ]));
+    let out = ok(w2s(&["analyze", "--artifacts", &r, "--bootstrap", "0"]));
+    assert!(
+        out.contains("leakage audit: 2 of 6 test pairs share their prompt with the gt split (1 the whole pair); 1 of 6 test pairs share their prompt with the helpful split (1 the whole pair)"),
+        "{out}"
+    );
+    assert_eq!(
+        sql_csv(
+            &root,
+            "select training_split, training_pairs, test_pairs, test_pairs_same_prompt, \
+             test_pairs_same_pair from analysis_leakage order by 1"
+        ),
+        "training_split,training_pairs,test_pairs,test_pairs_same_prompt,test_pairs_same_pair\n\
+         gt,6,6,2,1\nhelpful,6,6,1,1\nw2s,6,6,0,0\n"
+    );
+    // The report says it at the top of the page.
+    ok(w2s(&["report", "--artifacts", &r, "--bootstrap", "0"]));
+    let page = std::fs::read_to_string(report_page(&root)).unwrap();
+    assert!(
+        page.contains("<strong>Leakage audit:</strong> 2 of 6 test pairs"),
+        "leakage line"
+    );
+    // A clean split says so.
+    let clean = dir.path().join("clean");
+    let c = clean.to_str().unwrap().to_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(build(&c));
+    let [gt, w2s_f, test, helpful] = presplit_files(dir.path(), 6);
+    ok(w2s(&[
+        "split",
+        "--artifacts",
+        &c,
+        "--gt",
+        s(&gt),
+        "--w2s",
+        s(&w2s_f),
+        "--test",
+        s(&test),
+        "--helpful",
+        s(&helpful),
+    ]));
+    let out = ok(w2s(&["analyze", "--artifacts", &c, "--bootstrap", "0"]));
+    assert!(
+        out.contains("leakage audit: no test pair (6) shares its prompt with a training split (gt, helpful, w2s)"),
+        "{out}"
     );
 }

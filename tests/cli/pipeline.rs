@@ -209,6 +209,22 @@ fn seeds_replicate_whole_cells_and_every_seed_counts() {
         summary, "seeds,interval_method\n2,t over seeds\n",
         "{summary}"
     );
+    // The ladder's order reaches the analyses (recorded in their settings and table).
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifests/analyze.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        m["settings"]["model_order"],
+        serde_json::json!(["run:a", "run:b"]),
+        "{m}"
+    );
+    assert_eq!(
+        query(
+            &root,
+            "select model, rank from analysis_model_order order by rank"
+        ),
+        "model,rank\nrun:a,0\nrun:b,1\n"
+    );
 
     // A student of a seed with no ceiling and no no-conflict run of its own: analyze names it
     // instead of leaving it out.
@@ -332,6 +348,51 @@ fn three_scenarios_share_a_root_and_stay_apart_in_the_analyses() {
         html.contains("a · simpo") && html.contains("b · dpo"),
         "scenario names in the report"
     );
+}
+
+/// High-confidence students (paper §6.1) beside the all-data ones in one root: their own run
+/// ids, their own no-conflict reference, their own cells, and the Fig. 9a / 21 comparison.
+#[test]
+fn high_confidence_students_live_beside_the_all_data_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = dir.path().join("mini.toml");
+    let text = mini_with(&root, r#"["none", "implicit"]"#, r#"["simpo"]"#)
+        .replace("objectives = [", "high_confidence = 0.5\nobjectives = [");
+    std::fs::write(&file, text).unwrap();
+    run(&file);
+    assert_eq!(
+        query(
+            &root,
+            "select run_id from runs where stage = 'w2s-train' order by run_id"
+        ),
+        "run_id\nw2s-a-b-implicit-hc-simpo\nw2s-a-b-implicit-simpo\n\
+         w2s-a-b-none-hc-simpo\nw2s-a-b-none-simpo\n"
+    );
+    // Each student against the no-conflict run of its own labels.
+    assert_eq!(
+        query(
+            &root,
+            "select run_id, reference_run, weak_model from experiments order by run_id"
+        ),
+        "run_id,reference_run,weak_model\n\
+         w2s-a-b-implicit-hc-simpo,w2s-a-b-none-hc-simpo,run:a (confident ≥ 0.5) · simpo\n\
+         w2s-a-b-implicit-simpo,w2s-a-b-none-simpo,run:a · simpo\n\
+         w2s-a-b-none-hc-simpo,w2s-a-b-none-hc-simpo,run:a (confident ≥ 0.5) · simpo\n\
+         w2s-a-b-none-simpo,w2s-a-b-none-simpo,run:a · simpo\n"
+    );
+    // The high-confidence students trained on fewer pairs than the all-data ones.
+    let pairs = query(
+        &root,
+        "select (select pairs from runs where run_id = 'w2s-a-b-none-hc-simpo') < \
+         (select pairs from runs where run_id = 'w2s-a-b-none-simpo') as fewer",
+    );
+    assert_eq!(pairs, "fewer\ntrue\n");
+    let html = std::fs::read_to_string(crate::common::report_page(&root)).unwrap();
+    for id in ["high_confidence_accuracy", "high_confidence_deception"] {
+        assert!(html.contains(&format!("<figure id=\"{id}\"")), "{id}");
+    }
+    assert!(html.contains("confident ≥ 0.5"), "the series name");
 }
 
 /// Bootstrapping on the embedded world (weak -> intermediate -> strong, SimPO, the conflict in
@@ -510,7 +571,7 @@ fn the_lora_pipeline_runs_on_fixture_checkpoints() {
         "data.n_gt=12".into(),
         "data.n_w2s=12".into(),
         "data.n_test=6".into(),
-        "data.n_helpful=12".into(),
+        "data.n_helpful=10".into(), // its single-turn rows (the file has 12)
         format!("model.*.path={}", fixture("llama")),
         format!("model.gpt2-large.path={}", fixture("gpt2")),
         format!("model.gpt2-xl.path={}", fixture("opt")),

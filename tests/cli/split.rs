@@ -447,3 +447,74 @@ fn real_hh_single_turn_presplit() {
     assert_eq!(back["c"], first["chosen"]);
     assert_eq!(back["r"], first["rejected"]);
 }
+
+#[test]
+fn single_turn_filter_keeps_the_first_single_turn_helpful_dialogues() {
+    let dir = tempfile::tempdir().unwrap();
+    let [gt, w2s_f, test, _] = presplit_files(dir.path(), 4);
+    // Rows 1, 3 and 4 are two-turn dialogues; 0, 2, 5 and 6 single-turn.
+    let helpful = dir.path().join("helpful.jsonl");
+    let lines: Vec<String> = (0..7)
+        .map(|i| {
+            let head = if [1, 3, 4].contains(&i) {
+                format!("\n\nHuman: hi {i}\n\nAssistant: hello\n\nHuman: ask {i}")
+            } else {
+                format!("\n\nHuman: ask {i}")
+            };
+            serde_json::json!({
+                "chosen": format!("{head}\n\nAssistant: a helpful answer {i}"),
+                "rejected": format!("{head}\n\nAssistant: no"),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&helpful, lines.join("\n") + "\n").unwrap();
+    let split = |root: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "split",
+            "--artifacts",
+            s(root),
+            "--gt",
+            s(&gt),
+            "--w2s",
+            s(&w2s_f),
+            "--test",
+            s(&test),
+            "--helpful",
+            s(&helpful),
+        ];
+        a.extend(extra);
+        w2s(&a)
+    };
+    let root = dir.path().join("one");
+    ok(split(&root, &["--helpful-single-turn", "--n-helpful", "3"]));
+    assert_eq!(
+        sql_csv(
+            &root,
+            "select source_row from pairs where split = 'helpful' order by split_index"
+        ),
+        "source_row\n0\n2\n5\n"
+    );
+    // Without the filter: the first three rows, multi-turn included.
+    let all = dir.path().join("all");
+    ok(split(&all, &["--n-helpful", "3"]));
+    assert_eq!(
+        sql_csv(
+            &all,
+            "select source_row from pairs where split = 'helpful' order by split_index"
+        ),
+        "source_row\n0\n1\n2\n"
+    );
+    // Asking for more single-turn pairs than the file has names the file; nothing written.
+    let short = dir.path().join("short");
+    let out = split(&short, &["--helpful-single-turn", "--n-helpful", "5"]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("helpful.jsonl")
+            && err.contains("has 4 usable rows")
+            && err.contains("single-turn"),
+        "{err}"
+    );
+    assert!(!short.join("tables").exists());
+}

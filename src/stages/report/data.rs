@@ -41,6 +41,24 @@ pub struct ReportData {
     pub knowledge: BTreeMap<String, Vec<(i64, bool)>>,
     /// Tables shown as they are: (title, anchor, batches).
     pub tables: Vec<(String, String, Vec<RecordBatch>)>,
+    /// Every model name of the analyses with its capability rank (`analysis_model_order`).
+    pub ranks: BTreeMap<String, i64>,
+    /// The leakage audit in a sentence, when the root has pairs to audit.
+    pub leakage: Option<String>,
+}
+
+impl ReportData {
+    /// The capability rank of an analysis model name, or of a pretrained model id (matched
+    /// by short name); unknown names last.
+    pub fn rank(&self, model: &str) -> i64 {
+        if let Some(r) = self.ranks.get(model) {
+            return *r;
+        }
+        let short = |m: &str| super::figures::short(m);
+        (self.ranks.iter())
+            .find(|(m, _)| short(m) == short(model))
+            .map_or(i64::MAX, |(_, r)| *r)
+    }
 }
 
 fn strs(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
@@ -148,6 +166,14 @@ impl ReportData {
             }
         }
 
+        let mut ranks = BTreeMap::new();
+        for b in q("select model, rank from analysis_model_order").await? {
+            let (m, r) = (strs(&b, "model")?, ints(&b, "rank")?);
+            for i in 0..b.num_rows() {
+                ranks.insert(m[i].clone().unwrap_or_default(), r[i]);
+            }
+        }
+
         let mut tables = Vec::new();
         let shown: [(&str, &str, &str); 4] = [
             (
@@ -174,6 +200,16 @@ impl ReportData {
         for (title, anchor, text) in shown {
             tables.push((title.to_string(), anchor.to_string(), q(text).await?));
         }
+        let mut leakage = None;
+        if ctx.table_exist("analysis_leakage")? {
+            let b = q("select * from analysis_leakage order by training_split").await?;
+            leakage = Some(crate::stages::analyze::leakage_verdict(&b)?);
+            tables.push((
+                "Leakage audit: test pairs whose content is in a training split".into(),
+                "leakage".into(),
+                b,
+            ));
+        }
         let mut knowledge: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
         if ctx.table_exist("knowledge")? {
             for b in q(include_str!("../../../sql/report/knowledge.sql")).await? {
@@ -193,6 +229,8 @@ impl ReportData {
             ));
         }
         Ok(ReportData {
+            leakage,
+            ranks,
             knowledge,
             cells,
             area,

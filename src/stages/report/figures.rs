@@ -28,13 +28,7 @@ pub fn setting_name((objective, alpha): &Setting) -> String {
     }
 }
 
-/// Rank of an objective on the page: none, explicit, implicit, adaptive, then the rest.
-fn rank(objective: &str) -> usize {
-    ["none", "explicit", "implicit", "adaptive"]
-        .iter()
-        .position(|o| *o == objective)
-        .unwrap_or(4)
-}
+use crate::stages::order::objective_rank as rank;
 
 /// The short name of a model (the last part of a path or hub id; `run:<id>` is `<id>`). The
 /// analyses' composite names keep their shape: `<weak> via <intermediate>` (bootstrapping)
@@ -109,14 +103,16 @@ impl View<'_> {
 
 /// The figures with data, in page order; a figure with nothing to show is left out.
 pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
+    let mut pairs: Vec<(String, String)> = (d.cells.iter())
+        .map(|c| (c.weak_model.clone(), c.strong_model.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    pairs.sort_by_key(|(w, s)| (d.rank(w), d.rank(s)));
     let v = View {
         d,
         s,
-        pairs: (d.cells.iter())
-            .map(|c| (c.weak_model.clone(), c.strong_model.clone()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+        pairs,
         settings: settings_of(d.cells.iter().map(setting_of).collect::<Vec<_>>().iter()),
     };
     let mut out = Vec::new();
@@ -125,6 +121,7 @@ pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
         deception_grid,
         deception_controls,
         bootstrap,
+        high_confidence,
         deception_vs_area,
         flip_breakdown,
         threshold_sweep,
@@ -195,18 +192,13 @@ fn deception_grid(v: &View, out: &mut Vec<Shown>) {
     let find = |w: &str, s: &str, st: &Setting| v.find(w, s, st);
     let conflicts: Vec<Setting> = settings.iter().filter(|s| s.0 != "none").cloned().collect();
     if !conflicts.is_empty() {
-        let weak: Vec<String> = pairs
-            .iter()
-            .map(|p| p.0.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let strong: Vec<String> = pairs
-            .iter()
-            .map(|p| p.1.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let by_rank = |mut names: Vec<String>| {
+            names.sort_by_key(|m| (v.d.rank(m), m.clone()));
+            names.dedup();
+            names
+        };
+        let weak = by_rank(pairs.iter().map(|p| p.0.clone()).collect());
+        let strong = by_rank(pairs.iter().map(|p| p.1.clone()).collect());
         let grids = conflicts
             .iter()
             .map(|st| Grid {
@@ -306,7 +298,9 @@ fn bootstrap(v: &View, out: &mut Vec<Shown>) {
             false,
         ),
     ] {
-        if let Some(chart) = bootstrap_chart(&d.cells, settings, name, conflict_only) {
+        if let Some(chart) =
+            bootstrap_chart(&d.cells, settings, name, conflict_only, &|m| d.rank(m))
+        {
             let (caption, command) = if name == "accuracy" {
                 (
                     "Test accuracy of the bootstrapped students and of the direct ones of the same weak model, strong model and setting (mean over seeds, 95% intervals).".into(),
@@ -328,6 +322,47 @@ fn bootstrap(v: &View, out: &mut Vec<Shown>) {
                 },
             });
         }
+    }
+}
+
+/// Fig. 9a / 21: high-confidence students beside the all-data ones of the same weak and
+/// strong model (deception, then accuracy).
+fn high_confidence(v: &View, out: &mut Vec<Shown>) {
+    let (d, settings) = (v.d, &v.settings);
+    for (id, title, name, conflict_only) in [
+        (
+            "high_confidence_deception",
+            "Deception score: high-confidence labels vs all data (Fig. 9a)",
+            "deception_score",
+            true,
+        ),
+        (
+            "high_confidence_accuracy",
+            "Test accuracy: high-confidence labels vs all data (Fig. 21)",
+            "accuracy",
+            false,
+        ),
+    ] {
+        let rank = |m: &str| d.rank(m);
+        let Some(chart) = variant_chart(
+            &d.cells,
+            settings,
+            name,
+            conflict_only,
+            &rank,
+            &CONFIDENT_LABELS,
+        ) else {
+            continue;
+        };
+        out.push(Shown {
+            caption: "Students trained only on the teacher's labels at least T confident (paper §6.1; run ids ending in -hc, each against the no-conflict student of the same threshold) beside the all-data students of the same weak model, strong model and setting; the same ceilings measure both (mean over seeds, 95% intervals).".into(),
+            command: format!("w2s sql --artifacts ROOT \"select weak_model, strong_model, objective, value, ci_low, ci_high from analysis_summary where measure = '{name}' order by strong_model, objective, weak_model\""),
+            figure: Figure {
+                id: id.into(),
+                title: title.into(),
+                chart,
+            },
+        });
     }
 }
 
@@ -385,7 +420,8 @@ fn flip_breakdown(v: &View, out: &mut Vec<Shown>) {
             .position(|s| *s == f.setting)
             .unwrap_or(usize::MAX)
     };
-    with_flips.sort_by(|a, b| (&a.weak, &a.strong, order(a)).cmp(&(&b.weak, &b.strong, order(b))));
+    let key = |f: &Flips| (d.rank(&f.weak), d.rank(&f.strong), order(f));
+    with_flips.sort_by(|a, b| (key(a), &a.weak, &a.strong).cmp(&(key(b), &b.weak, &b.strong)));
     if !with_flips.is_empty() {
         out.push(Shown {
             caption: "How each conflict cell's flips (summed over seeds; count in brackets) spread over the four knowledge areas.".into(),
@@ -474,9 +510,10 @@ fn threshold_sweep(v: &View, out: &mut Vec<Shown>) {
 fn knowledge(v: &View, out: &mut Vec<Shown>) {
     let d = v.d;
     if !d.knowledge.is_empty() {
-        let series = d
-            .knowledge
-            .iter()
+        let mut models: Vec<(&String, &Vec<(i64, bool)>)> = d.knowledge.iter().collect();
+        models.sort_by_key(|(m, _)| d.rank(m));
+        let series = models
+            .into_iter()
             .map(|(model, v)| {
                 let per = v.len().div_ceil(10).max(1);
                 Series {
@@ -525,13 +562,62 @@ fn unchain(weak: &str) -> Option<(String, String)> {
     })
 }
 
-/// Bars of one measure per (weak, strong, setting) that has a bootstrapped cell: the direct
-/// run and one series per intermediate model.
+/// A high-confidence student's weak model `<weak> (confident ≥ T)[ · <scenario>]` as its
+/// all-data weak model `<weak>[ · <scenario>]` and the label `confident ≥ T`.
+fn unconfident(weak: &str) -> Option<(String, String)> {
+    let p = crate::stages::order::parts(weak);
+    let t = p.confident?;
+    let at = weak.find(crate::stages::order::CONFIDENT)?;
+    let end = at + crate::stages::order::CONFIDENT.len() + t.len() + 1;
+    Some((
+        format!("{}{}", &weak[..at], &weak[end..]),
+        format!("confident ≥ {t}"),
+    ))
+}
+
+/// A cell's variant: how a decorated weak model name maps to the plain one and the variant's
+/// series name (bootstrapping's `via <intermediate>`, high confidence's `confident ≥ T`).
+struct Variant<'a> {
+    split: &'a dyn Fn(&str) -> Option<(String, String)>,
+    /// The series of the plain cells.
+    plain: &'a str,
+    /// The series name of a variant.
+    label: &'a dyn Fn(&str) -> String,
+}
+
+/// Bootstrapped students by their intermediate.
+const CHAINS: Variant = Variant {
+    split: &unchain,
+    plain: "direct",
+    label: &|mid| format!("via {}", short(mid)),
+};
+
+/// High-confidence students by their label threshold.
+const CONFIDENT_LABELS: Variant = Variant {
+    split: &unconfident,
+    plain: "all data",
+    label: &|l| l.to_string(),
+};
+
+/// Bars of one measure per (weak, strong, setting) that has a variant cell (bootstrapped, or
+/// high-confidence): the plain run and one series per variant.
 fn bootstrap_chart(
     cells: &[CellSummary],
     settings: &[Setting],
     name: &str,
     conflict_only: bool,
+    rank: &dyn Fn(&str) -> i64,
+) -> Option<Chart> {
+    variant_chart(cells, settings, name, conflict_only, rank, &CHAINS)
+}
+
+fn variant_chart(
+    cells: &[CellSummary],
+    settings: &[Setting],
+    name: &str,
+    conflict_only: bool,
+    rank: &dyn Fn(&str) -> i64,
+    variant: &Variant,
 ) -> Option<Chart> {
     // (direct weak, strong, setting) -> cells by route ("direct" or the intermediate).
     let mut groups: BTreeMap<(String, String, usize), BTreeMap<String, &CellSummary>> =
@@ -545,7 +631,7 @@ fn bootstrap_chart(
         let Some(pos) = settings.iter().position(|x| *x == st) else {
             continue;
         };
-        if let Some((direct, mid)) = unchain(&c.weak_model) {
+        if let Some((direct, mid)) = (variant.split)(&c.weak_model) {
             mids.insert(mid.clone());
             groups
                 .entry((direct, c.strong_model.clone(), pos))
@@ -563,25 +649,29 @@ fn bootstrap_chart(
             }
         }
     }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|((w, s, pos), _)| (rank(w), rank(s), *pos));
+    let mut mids: Vec<String> = mids.into_iter().collect();
+    mids.sort_by_key(|m| rank(m));
     let routes: Vec<String> = std::iter::once(String::new()).chain(mids).collect();
     let series = routes
         .iter()
         .map(|r| BarSeries {
             name: if r.is_empty() {
-                "direct".into()
+                variant.plain.into()
             } else {
-                format!("via {}", short(r))
+                (variant.label)(r)
             },
             values: groups
-                .values()
-                .map(|g| point(g.get(r).and_then(|c| measure(c, name))))
+                .iter()
+                .map(|(_, g)| point(g.get(r).and_then(|c| measure(c, name))))
                 .collect(),
         })
         .collect();
     Some(Chart::Bars {
         groups: groups
-            .keys()
-            .map(|(w, s, pos)| {
+            .iter()
+            .map(|((w, s, pos), _)| {
                 format!(
                     "{} → {}, {}",
                     short(w),
@@ -649,7 +739,7 @@ mod tests {
         ];
         let settings = vec![("none".to_string(), None), ("implicit".to_string(), None)];
         let Some(Chart::Bars { groups, series, .. }) =
-            bootstrap_chart(&cells, &settings, "deception_score", true)
+            bootstrap_chart(&cells, &settings, "deception_score", true, &|_| 0)
         else {
             panic!("a chart");
         };
@@ -660,13 +750,46 @@ mod tests {
         assert_eq!(series[0].values[0].as_ref().unwrap().value, 0.5);
         assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.571);
         let Some(Chart::Bars { groups, series, .. }) =
-            bootstrap_chart(&cells, &settings, "accuracy", false)
+            bootstrap_chart(&cells, &settings, "accuracy", false, &|_| 0)
         else {
             panic!("a chart");
         };
         assert_eq!(groups.len(), 2);
         assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.81);
-        assert!(bootstrap_chart(&cells[..3], &settings, "accuracy", false).is_none());
+        assert!(bootstrap_chart(&cells[..3], &settings, "accuracy", false, &|_| 0).is_none());
+    }
+
+    #[test]
+    fn high_confidence_cells_sit_beside_their_all_data_runs() {
+        assert_eq!(
+            unconfident("run:tiny-1 (confident ≥ 0.75) · simpo"),
+            Some(("run:tiny-1 · simpo".into(), "confident ≥ 0.75".into()))
+        );
+        assert_eq!(unconfident("run:tiny-1 · simpo"), None);
+        let cells = vec![
+            cell("run:tiny-1 · simpo", "implicit", Some(0.5), 0.7),
+            cell(
+                "run:tiny-1 (confident ≥ 0.75) · simpo",
+                "implicit",
+                Some(0.3),
+                0.8,
+            ),
+        ];
+        let settings = vec![("implicit".to_string(), None)];
+        let Some(Chart::Bars { groups, series, .. }) = variant_chart(
+            &cells,
+            &settings,
+            "deception_score",
+            true,
+            &|_| 0,
+            &CONFIDENT_LABELS,
+        ) else {
+            panic!("a chart");
+        };
+        assert_eq!(groups, vec!["tiny-1 · simpo → tiny-3 · simpo, implicit"]);
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["all data", "confident ≥ 0.75"]);
+        assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.3);
     }
 
     #[test]

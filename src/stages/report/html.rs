@@ -200,6 +200,12 @@ pub fn page(
         ));
     }
     out.push_str("</ul></nav>\n");
+    if let Some(l) = &d.leakage {
+        out.push_str(&format!(
+            "<p id=\"leakage-audit\"><strong>Leakage audit:</strong> {} (table <a href=\"#leakage\">below</a>; <code>w2s sql sql/leakage.sql --artifacts ROOT</code>).</p>\n",
+            esc(l)
+        ));
+    }
     if figs.is_empty() {
         out.push_str("<p class=\"empty\">No weak-to-strong runs with scores yet: train and score some (docs/scenarios.md), then run the report again.</p>\n");
     }
