@@ -21,11 +21,15 @@ select run_id, pair_id, split_index, confidence
 from scores
 where split = 'test';
 
--- Runs with the confidence threshold of a high-confidence student (paper §6.1: trained only on
--- the teacher's labels at least this confident), read from its recorded settings, as text
--- (NULL: all of the teacher's labels).
+-- Runs with how a student used its teacher's labels, read from its recorded settings:
+-- label_filter, the confidence threshold of a high-confidence student (paper §6.1: trained only
+-- on the teacher's labels at least this confident) as text, NULL for all labels, and adaptive,
+-- whether its label losses were weighted by the teacher's certainty (App. P).
 create view labelled_runs as
-select *, regexp_match(settings, '"high_confidence":([-0-9.eE+]+)')[1] as label_filter
+select
+    *,
+    regexp_match(settings, '"high_confidence":([-0-9.eE+]+)')[1] as label_filter,
+    strpos(settings, '"adaptive":true') > 0 as adaptive
 from runs;
 
 -- Several scenarios can share a root: ceilings and references are matched within a scenario,
@@ -33,8 +37,9 @@ from runs;
 -- every measure keeps them apart. A bootstrapped student (its teacher is itself a student,
 -- docs/reference.md §3.9) is measured against the original weak ceiling, and its weak model is
 -- named `<weak> via <intermediate>`. A high-confidence student's weak model is named
--- `<weak> (confident ≥ T)` and its reference is the no-conflict student of the same threshold,
--- so its cells sit beside the all-data cells of the same models.
+-- `<weak> (confident ≥ T)`, an adaptive one's `<weak> (adaptive)` (both: `(confident ≥ T,
+-- adaptive)`), and its reference is the no-conflict student of the same threshold and
+-- weighting, so its cells sit beside the plain cells of the same models.
 create view experiments as
 select
     w.run_id,
@@ -44,7 +49,10 @@ select
     case when t.stage = 'w2s-train' then t.teacher else w.teacher end as weak_run,
     case when t.stage = 'w2s-train' then tt.base_model || ' via ' || t.base_model
          else t.base_model end
-      || case when w.label_filter is null then '' else ' (confident ≥ ' || w.label_filter || ')' end
+      || case when w.label_filter is null and not w.adaptive then ''
+              else ' (' || concat_ws(', ',
+                  case when w.label_filter is not null then 'confident ≥ ' || w.label_filter end,
+                  case when w.adaptive then 'adaptive' end) || ')' end
       || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as weak_model,
     w.base_model
       || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as strong_model,
@@ -59,7 +67,7 @@ left join runs sc
 left join labelled_runs nc
     on nc.stage = 'w2s-train' and nc.objective = 'none' and nc.scenario = w.scenario
     and nc.teacher = w.teacher and nc.base_model = w.base_model and nc.seed = w.seed
-    and coalesce(nc.label_filter, '') = coalesce(w.label_filter, '')
+    and coalesce(nc.label_filter, '') = coalesce(w.label_filter, '') and nc.adaptive = w.adaptive
 where w.stage = 'w2s-train';
 
 -- One row per (experiment, test pair) with the four confidences the measures need:

@@ -105,13 +105,14 @@ pub fn ceiling_id(scenario: Scenario, model: &str, seed: u64) -> String {
 /// Run id of a weak-to-strong student: `w2s-<weak>-<strong>-<objective>` (`boot-<weak>-
 /// <intermediate>-<strong>-<objective>` for bootstrapping). Alpha and seed appear when they
 /// differ from the defaults, so adding a seed to a grid keeps the names (and results) of the
-/// existing runs; `-hc` marks a student of the teacher's high-confidence labels only.
+/// existing runs; `-hc` marks a student of the teacher's high-confidence labels only, `-ad` one
+/// with adaptive weighting.
 pub fn student_id(
     scenario: Scenario,
     chain: &[&str],
     objective: Objective,
     alpha: f64,
-    high_confidence: bool,
+    (high_confidence, adaptive): (bool, bool),
     seed: u64,
 ) -> String {
     let kind = if chain.len() > 2 { "boot" } else { "w2s" };
@@ -121,6 +122,9 @@ pub fn student_id(
     }
     if high_confidence {
         id.push_str("-hc");
+    }
+    if adaptive {
+        id.push_str("-ad");
     }
     if seed != 0 {
         id.push_str(&format!("-s{seed}"));
@@ -273,6 +277,11 @@ impl Expander<'_> {
     }
 
     /// Labels of trained run `run` (of model `model`) on `split`.
+    /// Whether a step of this id is planned.
+    fn has_step(&self, id: &str) -> bool {
+        self.steps.iter().any(|s| s.id == id)
+    }
+
     fn label(&mut self, run: &str, model: &str, split: &str, producer: &str) {
         let t = self.p.train_for(model);
         let id = if split == LABEL_SPLIT {
@@ -426,7 +435,8 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
     let used: Vec<&str> = (p.model.iter())
         .map(|m| m.id.as_str())
         .filter(|id| {
-            pairs.iter().any(|(w, s)| w == id || s == id) || g.intermediates.iter().any(|m| m == id)
+            (pairs.iter())
+                .any(|(w, s)| w == id || s == id || p.intermediates(w, s).iter().any(|m| m == id))
         })
         .collect();
     for &id in &used {
@@ -453,16 +463,27 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                     } else {
                         vec![ALPHA]
                     };
-                    // All-data students, and high-confidence ones beside them (§6.1).
+                    // All-data students, high-confidence ones beside them (§6.1), each also
+                    // with adaptive weighting when asked (App. P).
                     let filters = [None, g.high_confidence]
                         .into_iter()
                         .enumerate()
                         .filter(|(i, f)| if *i == 0 { g.all_data } else { f.is_some() })
                         .map(|(_, f)| f);
-                    for filter in filters {
+                    let weightings = [false, true]
+                        .into_iter()
+                        .filter(|&a| !a || (g.adaptive && sc == Scenario::Rm));
+                    let variants: Vec<(Option<f64>, bool)> = filters
+                        .flat_map(|f| weightings.clone().map(move |a| (f, a)))
+                        .collect();
+                    for (filter, adaptive) in variants {
                         for &alpha in &alphas {
-                            let hc = filter.is_some();
-                            let run = student_id(sc, &[w, strong], objective, alpha, hc, seed);
+                            let tags = (filter.is_some(), adaptive);
+                            let run = student_id(sc, &[w, strong], objective, alpha, tags, seed);
+                            // Already planned as another pair's first bootstrapping stage.
+                            if x.has_step(&format!("w2s-train:{run}")) {
+                                continue;
+                            }
                             x.student(
                                 sc,
                                 &run,
@@ -474,6 +495,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                                     alpha,
                                     label_split: LABEL_SPLIT.into(),
                                     high_confidence: filter,
+                                    adaptive,
                                 },
                             );
                         }
@@ -481,10 +503,13 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                 }
                 // Bootstrapping: weak -> intermediate (no conflict) -> strong (the conflicts),
                 // the intermediate labelling the gt split (docs/reference.md §3.9).
-                for mid in &g.intermediates {
-                    let stage1 = student_id(sc, &[w, mid], Objective::None, ALPHA, false, seed);
-                    if !x.steps.iter().any(|s| s.run.as_deref() == Some(&stage1)) {
-                        let producer = x.student(
+                for mid in &p.intermediates(w, strong) {
+                    let stage1 =
+                        student_id(sc, &[w, mid], Objective::None, ALPHA, (false, false), seed);
+                    // The first stage may be a direct student of the grid already; it then
+                    // still needs its labels of the gt split.
+                    if !x.has_step(&format!("w2s-train:{stage1}")) {
+                        x.student(
                             sc,
                             &stage1,
                             mid,
@@ -495,25 +520,43 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                                 alpha: ALPHA,
                                 label_split: LABEL_SPLIT.into(),
                                 high_confidence: None,
+                                adaptive: false,
                             },
                         );
-                        x.label(&stage1, mid, "gt", &producer);
+                    }
+                    if !x.has_step(&format!("weak-label:{stage1}:gt")) {
+                        x.label(&stage1, mid, "gt", &format!("w2s-train:{stage1}"));
                     }
                     for &objective in &g.objectives {
-                        let run = student_id(sc, &[w, mid, strong], objective, ALPHA, false, seed);
-                        x.student(
-                            sc,
-                            &run,
-                            strong,
-                            seed,
-                            Student {
-                                teacher: stage1.clone(),
+                        let alphas = if objective == Objective::Explicit {
+                            g.alphas.clone()
+                        } else {
+                            vec![ALPHA]
+                        };
+                        for alpha in alphas {
+                            let run = student_id(
+                                sc,
+                                &[w, mid, strong],
                                 objective,
-                                alpha: ALPHA,
-                                label_split: "gt".into(),
-                                high_confidence: None,
-                            },
-                        );
+                                alpha,
+                                (false, false),
+                                seed,
+                            );
+                            x.student(
+                                sc,
+                                &run,
+                                strong,
+                                seed,
+                                Student {
+                                    teacher: stage1.clone(),
+                                    objective,
+                                    alpha,
+                                    label_split: "gt".into(),
+                                    high_confidence: None,
+                                    adaptive: false,
+                                },
+                            );
+                        }
                     }
                 }
             }
@@ -594,6 +637,24 @@ strong = ["m", "l"]
 {extra}
 "#
         )
+    }
+
+    #[test]
+    fn every_intermediate_bootstraps_every_pair_with_the_grid_alphas() {
+        let steps = expand(&pipeline(
+            "intermediates = [\"*\"]\nalphas = [0.5, 0.25]\nobjectives = [\"none\", \"explicit\"]",
+        ))
+        .unwrap();
+        let boot: Vec<&str> = (steps.iter())
+            .filter_map(|s| s.id.strip_prefix("w2s-train:boot-"))
+            .collect();
+        // Only (s, l) has a model between them: m.
+        assert_eq!(
+            boot,
+            ["s-m-l-none", "s-m-l-explicit", "s-m-l-explicit-a0.25"],
+            "{boot:?}"
+        );
+        assert!(steps.iter().any(|s| s.id == "weak-label:w2s-s-m-none:gt"));
     }
 
     #[test]

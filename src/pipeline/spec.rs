@@ -215,11 +215,19 @@ pub struct Grid {
     /// high-confidence ones).
     #[serde(default = "default_true")]
     pub all_data: bool,
+    /// Adaptive weighting (paper App. P; reward modeling): beside every student, one whose
+    /// label losses are weighted by the teacher's certainty (`...-ad`), with its own
+    /// no-conflict reference.
+    #[serde(default)]
+    pub adaptive: bool,
     /// Bootstrapping (paper §6.2): weak -> each of these -> strong, the conflict only in the
-    /// last stage.
+    /// last stage; `"*"`: every model between each pair's weak and strong model in the ladder.
     #[serde(default)]
     pub intermediates: Vec<String>,
 }
+
+/// `grid.intermediates` entry meaning every model between a pair's weak and strong model.
+pub const EVERY_INTERMEDIATE: &str = "*";
 
 fn default_true() -> bool {
     true
@@ -339,6 +347,28 @@ impl Pipeline {
     /// Position of a model in the ladder.
     pub fn rank(&self, id: &str) -> Option<usize> {
         self.model.iter().position(|m| m.id == id)
+    }
+
+    /// The intermediates of pair (`weak`, `strong`): the listed ones, or with `"*"` every
+    /// model between the two in the ladder (weakest first).
+    pub fn intermediates(&self, weak: &str, strong: &str) -> Vec<String> {
+        let g = self.grid();
+        let mut out: Vec<String> = Vec::new();
+        for m in &g.intermediates {
+            if m == EVERY_INTERMEDIATE {
+                let (lo, hi) = (self.rank(weak), self.rank(strong));
+                out.extend(
+                    (self.model.iter())
+                        .filter(|x| lo < self.rank(&x.id) && self.rank(&x.id) < hi)
+                        .map(|x| x.id.clone()),
+                );
+            } else {
+                out.push(m.clone());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|m| seen.insert(m.clone()));
+        out
     }
 
     pub fn model(&self, id: &str) -> &Model {
@@ -494,7 +524,9 @@ impl Pipeline {
             known(format!("grid.pairs[{i}][1]"), s)?;
         }
         for (i, m) in g.intermediates.iter().enumerate() {
-            known(format!("grid.intermediates[{i}]"), m)?;
+            if m != EVERY_INTERMEDIATE {
+                known(format!("grid.intermediates[{i}]"), m)?;
+            }
         }
         if !g.pairs.is_empty() && (!g.weak.is_empty() || !g.strong.is_empty()) {
             return err("give `grid.pairs` or `grid.weak` + `grid.strong`, not both".into());
@@ -517,6 +549,9 @@ impl Pipeline {
                 }
             }
             for (i, m) in g.intermediates.iter().enumerate() {
+                if m == EVERY_INTERMEDIATE {
+                    continue;
+                }
                 for (w, s) in self.pairs() {
                     if !(self.rank(&w) < self.rank(m) && self.rank(m) < self.rank(&s)) {
                         return err(format!(

@@ -188,7 +188,74 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Draw
             parts,
             shares,
         } => stacked(root, &fig.title, rows, parts, shares),
+        Chart::Curves {
+            series,
+            x_label,
+            y_label,
+        } => curves(root, &fig.title, series, x_label, y_label),
     }
+}
+
+/// The range of values, padded by 5% (a flat range gets a unit's width).
+fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo > hi {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(if hi > lo { 0.0 } else { 0.5 });
+    (lo - pad, hi + pad)
+}
+
+fn curves<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    series: &[Series],
+    x_label: &str,
+    y_label: &str,
+) -> DrawResult<DB> {
+    let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+    let (plot, side) = with_legend(root, title, legend_width(&names))?;
+    let points = || series.iter().flat_map(|s| s.points.iter().copied());
+    let (x0, x1) = padded(points().map(|p| p.0));
+    let (y0, y1) = padded(points().map(|p| p.1));
+    let mut chart = ChartBuilder::on(&plot)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .y_label_formatter(&|y| format!("{y:.3}"))
+        // Steps are whole numbers: no label between them.
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-9 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .label_style((FONT, 13))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .draw()?;
+    for (j, s) in series.iter().enumerate() {
+        let c = color(j);
+        let pts = s.points.iter().copied().filter(|p| p.1.is_finite());
+        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+        chart.draw_series(pts.map(|p| Circle::new(p, 2, c.filled())))?;
+    }
+    let items: Vec<(String, RGBColor)> = names
+        .into_iter()
+        .enumerate()
+        .map(|(j, n)| (n, color(j)))
+        .collect();
+    legend(&side, &items, Mark::Dot)
 }
 
 /// A label formatter for category axes: the name at a category's centre (x = i + 0.5, which

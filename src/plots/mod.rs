@@ -77,6 +77,12 @@ pub enum Chart {
         x_label: String,
         y_label: String,
     },
+    /// Curves (training logs): lines over both axes' data ranges, small markers.
+    Curves {
+        series: Vec<Series>,
+        x_label: String,
+        y_label: String,
+    },
     /// Horizontal stacked bars of shares (each row sums to 1, or is all zero: "no flips"),
     /// with the parts' names.
     Stacked {
@@ -118,6 +124,8 @@ impl Figure {
                 (w.max(640), panel * rows)
             }
             Chart::Stacked { rows, .. } => (960, 110 + 30 * rows.len() as u32),
+            // Tall enough for a legend entry per series (20 px each).
+            Chart::Curves { series, .. } => (960, (120 + 20 * series.len() as u32).max(460)),
             _ => (860, 460),
         }
     }
@@ -190,6 +198,18 @@ mod tests {
                     y_label: "DS".into(),
                 },
             },
+            Figure {
+                id: "curves".into(),
+                title: "loss".into(),
+                chart: Chart::Curves {
+                    series: vec![Series {
+                        name: "run-a".into(),
+                        points: vec![(1.0, 2.5), (2.0, 1.25), (3.0, 0.75)],
+                    }],
+                    x_label: "step".into(),
+                    y_label: "loss".into(),
+                },
+            },
         ]
     }
 
@@ -208,6 +228,11 @@ mod tests {
         let s = svg(&figures()[1]).unwrap();
         for label in ["0.70", "7/10", "n/a", "strong model"] {
             assert!(s.contains(label), "grid: {label} missing");
+        }
+        // Curves span their data: a loss of 2.5 is on the axis, not clipped to [0, 1].
+        let s = svg(figures().last().unwrap()).unwrap();
+        for label in ["run-a", "step", "2.000"] {
+            assert!(s.contains(label), "curves: {label} missing");
         }
     }
 

@@ -25,8 +25,6 @@ pub enum Objective {
     Explicit,
     /// The helpful pairs, with ground-truth labels, mixed into the training set (§2.3).
     Implicit,
-    /// Each pair's loss weighted by the teacher's certainty |2 M_teacher - 1| (paper App. P).
-    Adaptive,
 }
 
 impl Objective {
@@ -35,7 +33,6 @@ impl Objective {
             Objective::None => "none",
             Objective::Explicit => "explicit",
             Objective::Implicit => "implicit",
-            Objective::Adaptive => "adaptive",
         }
     }
 }
@@ -108,23 +105,29 @@ fn bce(p: f32, y: f32) -> (f32, f32) {
 /// The loss of one pair with margin `z`, target `y` (slot orientation) and ground truth `gt`,
 /// with PyTorch's floating-point behaviour (docs/reference.md §2.3): `binary_cross_entropy` on
 /// `sigmoid(z)`, so a saturated sigmoid gives loss 100 and gradient 0 as in the reference.
-pub fn pair_loss(z: f32, y: f32, gt: bool, objective: Objective, alpha: f32) -> PairLoss {
+/// `adaptive` weights the label term by the label's certainty |2y - 1| (paper App. P): a
+/// teacher's soft label counts as much as the teacher is sure of it, a ground-truth label
+/// (helpful pairs, y in {0, 1}) fully; the explicit conflict term is not weighted.
+pub fn pair_loss(
+    z: f32,
+    y: f32,
+    gt: bool,
+    objective: Objective,
+    alpha: f32,
+    adaptive: bool,
+) -> PairLoss {
     let p = 1.0 / (1.0 + (-z).exp());
     // sigmoid's backward: grad * (1 - p) * p.
     let dsig = (1.0 - p) * p;
     let (base, dp) = bce(p, y);
+    // Times 1.0 (not adaptive) is exact: the plain loss is unchanged bit for bit.
+    let w = if adaptive { (2.0 * y - 1.0).abs() } else { 1.0 };
+    let (base, dp) = (w * base, w * dp);
     match objective {
         Objective::None | Objective::Implicit => PairLoss {
             loss: base,
             dz: dp * dsig,
         },
-        Objective::Adaptive => {
-            let w = (2.0 * y - 1.0).abs();
-            PairLoss {
-                loss: w * base,
-                dz: w * dp * dsig,
-            }
-        }
         Objective::Explicit => {
             // m = 1 iff the student's current prediction disagrees with the ground truth
             // (ties: z = 0 counts as preferring slot a). No gradient through m.
@@ -254,17 +257,17 @@ mod tests {
     fn pair_losses_and_gradients_match_pytorch() {
         let e = fixture();
         let (z, y, g) = (v(&e["z"]), v(&e["y"]), v(&e["g"]));
-        for (name, obj) in [
-            ("none", Objective::None),
-            ("explicit", Objective::Explicit),
-            ("adaptive", Objective::Adaptive),
+        for (name, obj, adaptive) in [
+            ("none", Objective::None, false),
+            ("explicit", Objective::Explicit, false),
+            ("adaptive", Objective::None, true),
         ] {
             let (want_loss, want_grad) = (
                 v(&e[&format!("{name}.loss")]),
                 v(&e[&format!("{name}.grad")]),
             );
             for i in 0..z.len() {
-                let got = pair_loss(z[i], y[i], g[i] == 1.0, obj, 0.5);
+                let got = pair_loss(z[i], y[i], g[i] == 1.0, obj, 0.5, adaptive);
                 let tol = |w: f32| 1e-6 * w.abs().max(1.0);
                 assert!(
                     (got.loss - want_loss[i]).abs() <= tol(want_loss[i]),
@@ -281,11 +284,35 @@ mod tests {
             }
         }
         // A NaN margin gives a NaN loss, as PyTorch (not a clamped 100).
-        assert!(pair_loss(f32::NAN, 1.0, true, Objective::None, 0.5)
+        assert!(pair_loss(f32::NAN, 1.0, true, Objective::None, 0.5, false)
             .loss
             .is_nan());
         // The explicit indicator on ties: g = 1, z = 0 -> 0; g = 0, z = 0 -> 1.
         assert_eq!(v(&e["explicit.indicator"])[..2], [0.0, 1.0]);
+    }
+
+    #[test]
+    fn adaptive_weighting_composes_with_every_objective() {
+        // The label term scaled by |2y - 1|, the explicit conflict term left as it is.
+        for (z, y, gt) in [
+            (0.7f32, 0.8f32, true),
+            (-0.3, 0.35, true),
+            (1.2, 0.1, false),
+        ] {
+            let w = (2.0 * y - 1.0).abs();
+            for obj in [Objective::None, Objective::Implicit, Objective::Explicit] {
+                let plain = pair_loss(z, y, gt, obj, 0.5, false);
+                let base = pair_loss(z, y, gt, Objective::None, 0.5, false);
+                let got = pair_loss(z, y, gt, obj, 0.5, true);
+                let want_loss = plain.loss - base.loss + w * base.loss;
+                let want_dz = plain.dz - base.dz + w * base.dz;
+                assert!((got.loss - want_loss).abs() < 1e-6, "{obj:?} {z} {y}");
+                assert!((got.dz - want_dz).abs() < 1e-6, "{obj:?} {z} {y}");
+            }
+            // A ground-truth label (y = 1) is weighted fully.
+            let hard = pair_loss(z, 1.0, gt, Objective::Implicit, 0.5, true);
+            assert_eq!(hard, pair_loss(z, 1.0, gt, Objective::Implicit, 0.5, false));
+        }
     }
 
     #[test]

@@ -8,14 +8,17 @@
 //! pairs, ties by name).
 //!
 //! Analysis names carry decorations: `<model> · <scenario>` for preference scenarios,
-//! `<weak> via <intermediate>` for bootstrapped students and `<weak> (confident ≥ T)` for
-//! high-confidence ones. A name sorts by scenario, then its (first) model's place, then the
-//! intermediate's place (direct runs first), then all data before high-confidence labels.
+//! `<weak> via <intermediate>` for bootstrapped students, `<weak> (confident ≥ T)` for
+//! high-confidence ones and `<weak> (adaptive)` for adaptive weighting (both: `(confident ≥ T,
+//! adaptive)`). A name sorts by scenario, then its (first) model's place, then the
+//! intermediate's place (direct runs first), then plain labels before filtered or weighted ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The marker of a high-confidence student's weak model name (`sql/views.sql`).
-pub const CONFIDENT: &str = " (confident ≥ ";
+/// How a high-confidence student's weak model name gives its threshold (`sql/views.sql`).
+pub const CONFIDENT: &str = "confident ≥ ";
+/// How an adaptive student's weak model name says so.
+pub const ADAPTIVE: &str = "adaptive";
 
 /// An analysis model name taken apart.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,8 +26,8 @@ pub struct Parts<'a> {
     pub model: &'a str,
     /// The intermediate of a bootstrapped student.
     pub via: Option<&'a str>,
-    /// The label threshold of a high-confidence student.
-    pub confident: Option<&'a str>,
+    /// How the student used the labels: `confident ≥ T`, `adaptive`, or both.
+    pub labels: Option<&'a str>,
     /// "" for reward modeling.
     pub scenario: &'a str,
 }
@@ -32,11 +35,10 @@ pub struct Parts<'a> {
 /// The parts of an analysis model name.
 pub fn parts(name: &str) -> Parts<'_> {
     let (rest, scenario) = name.rsplit_once(" · ").unwrap_or((name, ""));
-    let (rest, confident) = match rest
-        .strip_suffix(')')
-        .and_then(|r| r.rsplit_once(CONFIDENT))
-    {
-        Some((r, t)) => (r, Some(t)),
+    let labels = (rest.strip_suffix(')').and_then(|r| r.rsplit_once(" (")))
+        .filter(|(_, l)| l.starts_with(CONFIDENT) || l.starts_with(ADAPTIVE));
+    let (rest, labels) = match labels {
+        Some((r, l)) => (r, Some(l)),
         None => (rest, None),
     };
     let (model, via) = match rest.split_once(" via ") {
@@ -46,7 +48,7 @@ pub fn parts(name: &str) -> Parts<'_> {
     Parts {
         model,
         via,
-        confident,
+        labels,
         scenario,
     }
 }
@@ -109,11 +111,11 @@ impl ModelOrder {
     }
 
     /// The sort key of an analysis name.
-    pub fn key<'a>(&self, name: &'a str) -> (&'a str, usize, usize, bool, &'a str) {
+    pub fn key<'a>(&self, name: &'a str) -> (&'a str, usize, usize, Option<&'a str>, &'a str) {
         let p = parts(name);
         let via_place = p.via.map_or(0, |v| 1 + self.place(v));
         let place = self.place(p.model);
-        (p.scenario, place, via_place, p.confident.is_some(), name)
+        (p.scenario, place, via_place, p.labels, name)
     }
 
     /// Every name with its rank (0 = first) in this order.
@@ -189,13 +191,23 @@ mod tests {
         );
         let p = parts("x via y · dpo");
         assert_eq!(
-            (p.model, p.via, p.confident, p.scenario),
+            (p.model, p.via, p.labels, p.scenario),
             ("x", Some("y"), None, "dpo")
         );
         let p = parts("run:x (confident ≥ 0.75) · simpo");
         assert_eq!(
-            (p.model, p.confident, p.scenario),
-            ("run:x", Some("0.75"), "simpo")
+            (p.model, p.labels, p.scenario),
+            ("run:x", Some("confident ≥ 0.75"), "simpo")
+        );
+        let p = parts("m/a (b) (confident ≥ 0.75, adaptive)");
+        assert_eq!(
+            (p.model, p.labels),
+            ("m/a (b)", Some("confident ≥ 0.75, adaptive"))
+        );
+        assert_eq!(
+            parts("m/a (b)").model,
+            "m/a (b)",
+            "other brackets are part of the name"
         );
         // High-confidence cells right after the all-data ones of the same model.
         let r = o.ranks(["run:a (confident ≥ 0.8)", "run:b", "run:a", "c"]);

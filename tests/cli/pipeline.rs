@@ -395,6 +395,42 @@ fn high_confidence_students_live_beside_the_all_data_ones() {
     assert!(html.contains("confident ≥ 0.5"), "the series name");
 }
 
+/// Adaptive weighting (paper App. P) as a setting beside any objective: the weighted students
+/// have their own ids and their own no-conflict reference, and the report draws Fig. 23.
+#[test]
+fn adaptive_students_are_measured_against_an_adaptive_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = dir.path().join("mini.toml");
+    let text = mini(&root, r#"["none", "implicit"]"#)
+        .replace("objectives = [", "adaptive = true\nobjectives = [");
+    std::fs::write(&file, text).unwrap();
+    run(&file);
+    assert_eq!(
+        query(
+            &root,
+            "select run_id, reference_run, weak_model from experiments order by run_id"
+        ),
+        "run_id,reference_run,weak_model\n\
+         w2s-a-b-implicit,w2s-a-b-none,run:a\n\
+         w2s-a-b-implicit-ad,w2s-a-b-none-ad,run:a (adaptive)\n\
+         w2s-a-b-none,w2s-a-b-none,run:a\n\
+         w2s-a-b-none-ad,w2s-a-b-none-ad,run:a (adaptive)\n"
+    );
+    // The weighting changes training: the two no-conflict students differ.
+    let differ = query(
+        &root,
+        "select count(*) as differ from scores a join scores b on a.split_index = b.split_index \
+         and a.split = b.split where a.run_id = 'w2s-a-b-none' and b.run_id = 'w2s-a-b-none-ad' \
+         and a.margin <> b.margin",
+    );
+    assert_ne!(differ, "differ\n0\n", "{differ}");
+    let html = std::fs::read_to_string(crate::common::report_page(&root)).unwrap();
+    for id in ["adaptive_accuracy", "adaptive_deception"] {
+        assert!(html.contains(&format!("<figure id=\"{id}\"")), "{id}");
+    }
+}
+
 /// Bootstrapping on the embedded world (weak -> intermediate -> strong, SimPO, the conflict in
 /// the last stage only): the bootstrapped cells sit beside the direct ones in the analyses and
 /// the report has the Fig. 9 comparison.

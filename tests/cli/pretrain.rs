@@ -181,7 +181,10 @@ fn pretrained_model_is_probed_reloaded_and_repeatable() {
     );
     // The report shows the probe (no weak-to-strong runs yet: no other figure).
     let out = ok(w2s(&["report", "--artifacts", s(&a), "--bootstrap", "10"]));
-    assert!(out.contains("1 figures: knowledge"), "{out}");
+    assert!(
+        out.contains("4 figures: knowledge, training_loss, training_accuracy, learning_rate"),
+        "{out}"
+    );
     let page = std::fs::read_to_string(report_page(&a)).unwrap();
     assert!(page.contains("What each pretrained model knows"));
     check_in_chromium(&report_page(&a));

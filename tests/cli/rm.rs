@@ -126,6 +126,15 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     }
 }
 
+/// The oracle's four students as flags: `adaptive` is objective none with `--adaptive`.
+fn objective_of(o: &str) -> (&str, Option<&'static str>) {
+    if o == "adaptive" {
+        ("none", Some("--adaptive"))
+    } else {
+        (o, None)
+    }
+}
+
 #[test]
 fn losses_margins_and_labels_match_the_pytorch_oracle() {
     let expected: serde_json::Value =
@@ -158,23 +167,24 @@ fn losses_margins_and_labels_match_the_pytorch_oracle() {
         "--max-ctx",
         "48",
     ]));
+    // `adaptive`: the no-conflict objective with adaptive weighting (an orthogonal setting).
     for o in ["none", "explicit", "implicit", "adaptive"] {
-        run_with(
-            &[
-                "w2s-train",
-                "--artifacts",
-                r,
-                "--model",
-                &model,
-                "--teacher",
-                "teacher",
-                "--objective",
-                o,
-                "--run-id",
-                o,
-            ],
-            &args,
-        );
+        let (objective, weighting) = objective_of(o);
+        let mut argv = vec![
+            "w2s-train",
+            "--artifacts",
+            r,
+            "--model",
+            &model,
+            "--teacher",
+            "teacher",
+            "--objective",
+            objective,
+            "--run-id",
+            o,
+        ];
+        argv.extend(weighting);
+        run_with(&argv, &args);
     }
     for run in ["teacher", "none", "explicit", "implicit", "adaptive"] {
         ok(w2s(&[
@@ -247,7 +257,7 @@ fn losses_margins_and_labels_match_the_pytorch_oracle() {
          from runs order by run_id",
     );
     let want = [
-        ["adaptive", "w2s-train", "adaptive", "teacher", "-", "3"],
+        ["adaptive", "w2s-train", "none", "teacher", "-", "3"],
         ["explicit", "w2s-train", "explicit", "teacher", "0.5", "3"],
         ["implicit", "w2s-train", "implicit", "teacher", "-", "6"],
         ["none", "w2s-train", "none", "teacher", "-", "3"],
@@ -319,7 +329,8 @@ fn chain(root: &Path) {
         "48",
     ]));
     for o in ["none", "explicit", "implicit", "adaptive"] {
-        train(&[
+        let (objective, weighting) = objective_of(o);
+        let mut argv = vec![
             "w2s-train",
             "--artifacts",
             r,
@@ -328,10 +339,12 @@ fn chain(root: &Path) {
             "--teacher",
             "weak",
             "--objective",
-            o,
+            objective,
             "--run-id",
             o,
-        ]);
+        ];
+        argv.extend(weighting);
+        train(&argv);
     }
     for run in ["weak", "strong", "none", "explicit", "implicit", "adaptive"] {
         ok(w2s(&[
@@ -372,7 +385,8 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
     ] {
         assert_eq!(rows(&a, q), rows(&b, q), "{q}");
     }
-    // The analyses run over the chain: one row per conflict run, six cells in the summary.
+    // The analyses run over the chain: one row per conflict run (the adaptive run is a
+    // no-conflict run of its own cell, `(adaptive)` on the weak model).
     let out = ok(w2s(&[
         "analyze",
         "--artifacts",
@@ -380,11 +394,12 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
         "--bootstrap",
         "100",
     ]));
-    assert!(out.contains("analysis_deception (3)"), "{out}");
+    assert!(out.contains("analysis_deception (2)"), "{out}");
     assert_eq!(
         rows(&a, "select count(distinct objective) from analysis_summary"),
-        vec![vec!["4".to_string()]]
+        vec![vec!["3".to_string()]]
     );
+    assert!(out.contains("(adaptive) -> llama, none"), "{out}");
     // The report over the chain: every figure (runs without flips are shown as such); the page
     // opens cleanly in a browser.
     // W2S_TEST_REPORT_COPY=DIR keeps a copy of this report to look at.
@@ -395,11 +410,20 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
     }
     let out = ok(w2s(&args));
     assert!(
-        out.contains("5 figures: accuracy, deception_grid, deception_vs_area, flip_breakdown, threshold_sweep"),
+        out.contains("9 figures: accuracy, deception_grid, adaptive_accuracy, deception_vs_area, flip_breakdown, threshold_sweep, training_loss, training_accuracy, learning_rate"),
         "{out}"
     );
     let page = report_page(&a);
     let html = std::fs::read_to_string(&page).unwrap();
+    // Training curves: a line per ceiling and student, named by run and role.
+    for name in [
+        "weak (ceiling)",
+        "strong (ceiling)",
+        "implicit (student)",
+        "adaptive (student)",
+    ] {
+        assert!(html.contains(name), "training curve {name}");
+    }
     for run in ["weak", "strong", "none", "explicit", "implicit", "adaptive"] {
         assert!(
             html.contains(&format!("<td>{run}</td>")),

@@ -45,6 +45,8 @@ pub struct ReportData {
     pub ranks: BTreeMap<String, i64>,
     /// The leakage audit in a sentence, when the root has pairs to audit.
     pub leakage: Option<String>,
+    /// Training curves: (stage, run id) -> step -> [loss, accuracy, learning rate].
+    pub curves: BTreeMap<(String, String), BTreeMap<i64, [f64; 3]>>,
 }
 
 impl ReportData {
@@ -200,6 +202,27 @@ impl ReportData {
         for (title, anchor, text) in shown {
             tables.push((title.to_string(), anchor.to_string(), q(text).await?));
         }
+        let mut curves: BTreeMap<(String, String), BTreeMap<i64, [f64; 3]>> = BTreeMap::new();
+        if ctx.table_exist("train_log")? && ctx.table_exist("runs")? {
+            for b in q(include_str!("../../../sql/report/curves.sql")).await? {
+                let (run, stage, step) =
+                    (strs(&b, "run_id")?, strs(&b, "stage")?, ints(&b, "step")?);
+                let (loss, acc, lr) = (
+                    floats(&b, "loss")?,
+                    floats(&b, "accuracy")?,
+                    floats(&b, "lr")?,
+                );
+                for i in 0..b.num_rows() {
+                    let key = (
+                        stage[i].clone().unwrap_or_default(),
+                        run[i].clone().unwrap_or_default(),
+                    );
+                    let v = [loss[i], acc[i], lr[i]].map(|x| x.unwrap_or(f64::NAN));
+                    // A resumed run logs a step once; the last row wins if it appears twice.
+                    curves.entry(key).or_default().insert(step[i], v);
+                }
+            }
+        }
         let mut leakage = None;
         if ctx.table_exist("analysis_leakage")? {
             let b = q("select * from analysis_leakage order by training_split").await?;
@@ -229,6 +252,7 @@ impl ReportData {
             ));
         }
         Ok(ReportData {
+            curves,
             leakage,
             ranks,
             knowledge,

@@ -122,10 +122,12 @@ pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
         deception_controls,
         bootstrap,
         high_confidence,
+        adaptive,
         deception_vs_area,
         flip_breakdown,
         threshold_sweep,
         knowledge,
+        training_curves,
     ] {
         figure(&v, &mut out);
     }
@@ -366,6 +368,46 @@ fn high_confidence(v: &View, out: &mut Vec<Shown>) {
     }
 }
 
+/// Fig. 23: students with adaptive weighting beside the naive ones of the same cell.
+fn adaptive(v: &View, out: &mut Vec<Shown>) {
+    let (d, settings) = (v.d, &v.settings);
+    for (id, title, name, conflict_only) in [
+        (
+            "adaptive_deception",
+            "Deception score: adaptive weighting vs naive (Fig. 23)",
+            "deception_score",
+            true,
+        ),
+        (
+            "adaptive_accuracy",
+            "Test accuracy: adaptive weighting vs naive (Fig. 23)",
+            "accuracy",
+            false,
+        ),
+    ] {
+        let rank = |m: &str| d.rank(m);
+        let Some(chart) = variant_chart(
+            &d.cells,
+            settings,
+            name,
+            conflict_only,
+            &rank,
+            &ADAPTIVE_WEIGHTS,
+        ) else {
+            continue;
+        };
+        out.push(Shown {
+            caption: "Students whose label losses are weighted by the teacher's certainty |2M_w − 1| (paper App. P; run ids ending in -ad, each against the no-conflict student with the same weighting) beside the naive students of the same weak model, strong model and setting (mean over seeds, 95% intervals).".into(),
+            command: format!("w2s sql --artifacts ROOT \"select weak_model, strong_model, objective, value, ci_low, ci_high from analysis_summary where measure = '{name}' order by strong_model, objective, weak_model\""),
+            figure: Figure {
+                id: id.into(),
+                title: title.into(),
+                chart,
+            },
+        });
+    }
+}
+
 /// Fig. 8: each conflict run's deception score against its Strong-Known & Weak-Unknown share.
 fn deception_vs_area(v: &View, out: &mut Vec<Shown>) {
     let d = v.d;
@@ -506,6 +548,62 @@ fn threshold_sweep(v: &View, out: &mut Vec<Shown>) {
     }
 }
 
+/// Training curves of every ceiling and student (`train_log`): loss, training accuracy and
+/// learning rate per optimizer step, one line per run.
+fn training_curves(v: &View, out: &mut Vec<Shown>) {
+    let d = v.d;
+    if d.curves.is_empty() {
+        return;
+    }
+    for (k, id, title, y) in [
+        (
+            0,
+            "training_loss",
+            "Training loss per step",
+            "loss (mean over the step's pairs)",
+        ),
+        (
+            1,
+            "training_accuracy",
+            "Training accuracy per step",
+            "share of the step's pairs right",
+        ),
+        (
+            2,
+            "learning_rate",
+            "Learning rate per step",
+            "learning rate",
+        ),
+    ] {
+        let series = (d.curves.iter())
+            .map(|((stage, run), steps)| Series {
+                name: format!(
+                    "{run} ({})",
+                    if stage == "gt-train" {
+                        "ceiling"
+                    } else {
+                        "student"
+                    }
+                ),
+                points: steps.iter().map(|(s, v)| (*s as f64, v[k])).collect(),
+            })
+            .collect();
+        out.push(Shown {
+            caption: "One line per training run (ceilings and students), per optimizer step, from the train_log table: what one would otherwise open TensorBoard for. The loss is the step's objective (with the conflict term for the explicit objective); accuracy is against the step's training targets (the teacher's labels for a student).".into(),
+            command: "w2s sql sql/report/curves.sql --artifacts ROOT".into(),
+            figure: Figure {
+                id: id.into(),
+                title: title.into(),
+                chart: Chart::Curves {
+                    series,
+                    x_label: "optimizer step".into(),
+                    y_label: y.into(),
+                },
+            },
+        });
+    }
+}
+
 /// The pretrained models' knowledge probe: share of entities known by frequency rank.
 fn knowledge(v: &View, out: &mut Vec<Shown>) {
     let d = v.d;
@@ -562,17 +660,26 @@ fn unchain(weak: &str) -> Option<(String, String)> {
     })
 }
 
-/// A high-confidence student's weak model `<weak> (confident ≥ T)[ · <scenario>]` as its
-/// all-data weak model `<weak>[ · <scenario>]` and the label `confident ≥ T`.
-fn unconfident(weak: &str) -> Option<(String, String)> {
-    let p = crate::stages::order::parts(weak);
-    let t = p.confident?;
-    let at = weak.find(crate::stages::order::CONFIDENT)?;
-    let end = at + crate::stages::order::CONFIDENT.len() + t.len() + 1;
+/// A weak model name with a label decoration, `<weak> (<labels>)[ · <scenario>]`, as its
+/// plain name `<weak>[ · <scenario>]` and `<labels>`.
+fn unlabel(weak: &str) -> Option<(String, String)> {
+    let labels = crate::stages::order::parts(weak).labels?;
+    let tag = format!(" ({labels})");
+    let at = weak.rfind(&tag)?;
     Some((
-        format!("{}{}", &weak[..at], &weak[end..]),
-        format!("confident ≥ {t}"),
+        format!("{}{}", &weak[..at], &weak[at + tag.len()..]),
+        labels.to_string(),
     ))
+}
+
+/// A high-confidence student's weak model (labels `confident ≥ T` only) as the all-data one.
+fn unconfident(weak: &str) -> Option<(String, String)> {
+    unlabel(weak).filter(|(_, l)| !l.contains(crate::stages::order::ADAPTIVE))
+}
+
+/// An adaptive student's weak model (all labels, weighted) as the unweighted one.
+fn unweighted(weak: &str) -> Option<(String, String)> {
+    unlabel(weak).filter(|(_, l)| l == crate::stages::order::ADAPTIVE)
 }
 
 /// A cell's variant: how a decorated weak model name maps to the plain one and the variant's
@@ -597,6 +704,13 @@ const CONFIDENT_LABELS: Variant = Variant {
     split: &unconfident,
     plain: "all data",
     label: &|l| l.to_string(),
+};
+
+/// Adaptive students beside the naive (unweighted) ones.
+const ADAPTIVE_WEIGHTS: Variant = Variant {
+    split: &unweighted,
+    plain: "naive",
+    label: &|_| "adaptive weighting".to_string(),
 };
 
 /// Bars of one measure per (weak, strong, setting) that has a variant cell (bootstrapped, or

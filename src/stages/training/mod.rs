@@ -119,6 +119,11 @@ pub struct Student {
     /// Keep only teacher labels at least this confident (paper §6.1; preference scenarios).
     #[arg(long)]
     pub high_confidence: Option<f64>,
+    /// Weight each pair's label loss by the teacher's certainty |2 M_w - 1| (paper App. P),
+    /// with any objective; its no-conflict reference is the adaptive `none` student (reward
+    /// modeling).
+    #[arg(long)]
+    pub adaptive: bool,
 }
 
 /// The run id a ceiling gets without `--run-id`.
@@ -179,6 +184,11 @@ pub async fn w2s_train(
                 "--high-confidence filters a preference teacher's labels (paper §6.1): use it with --scenario simpo or dpo".into(),
             ));
         }
+    }
+    if student.adaptive && run.scenario != Scenario::Rm {
+        return Err(Error::Config(
+            "--adaptive weights a reward model's soft labels by the teacher's certainty (paper App. P): use it with --scenario rm (preference students train on hard labels)".into(),
+        ));
     }
     let report = train(store, "w2s-train", run, &run_id, Some(student), force).await?;
     Ok((run_id, report))
@@ -299,6 +309,7 @@ fn rm_settings(
         slot_seed: o.slot_seed,
         head_seed: o.head_seed,
         init_head: o.init_head.clone(),
+        adaptive: student.is_some_and(|s| s.adaptive),
         lora: o.lora(),
         grad_checkpoint: o.grad_checkpoint,
         dtype: o.dtype.clone(),

@@ -162,11 +162,6 @@ pub fn workload(s: &PoTrainSettings) -> Workload {
 
 /// Trains the policy.
 pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Result<TrainReport> {
-    if s.objective == Objective::Adaptive {
-        return Err(Error::Config(
-            "--objective adaptive is a reward-modeling objective (paper App. P); preference runs take none, explicit or implicit".into(),
-        ));
-    }
     let (base_dir, mut inputs) = inputs::base_and_split(store, &s.base_model).await?;
     inputs.extend(inputs::lora_inputs(s.lora.as_ref())?);
     let teacher = match &s.teacher {

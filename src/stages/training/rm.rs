@@ -36,6 +36,10 @@ pub struct RmTrainSettings {
     pub objective: Objective,
     /// Weight of the explicit conflict term.
     pub alpha: f64,
+    /// Label losses weighted by the teacher's certainty (paper App. P; absent from the
+    /// fingerprint when off).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adaptive: bool,
     #[serde(flatten)]
     pub train: LoopSettings,
     /// Longest sequence; longer ones keep their last tokens.
@@ -279,7 +283,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         let mut dz = Vec::with_capacity(mb.len());
         for (j, &i) in mb.iter().enumerate() {
             let x = &data[i];
-            let l = rm::pair_loss(zs[j], x.label, x.gt, s.objective, alpha);
+            let l = rm::pair_loss(zs[j], x.label, x.gt, s.objective, alpha, s.adaptive);
             loss += f64::from(l.loss / batch);
             dz.push(l.dz / batch);
             correct += usize::from((zs[j] >= 0.0) == (x.label >= 0.5));
