@@ -54,6 +54,10 @@ pub const ANALYSES: &[(&str, &str)] = &[
 /// The leakage audit (`analysis_leakage`), run when the root has a `pairs` table.
 pub const LEAKAGE: &str = include_str!("../../sql/leakage.sql");
 
+/// Knowledge areas against the truth (`analysis_knowledge_truth`), run on roots of the
+/// synthetic world (its `entities`, the pretrained models' `knowledge` probes and `pairs`).
+pub const KNOWLEDGE_TRUTH: &str = include_str!("../../sql/knowledge_truth.sql");
+
 /// The leakage audit's table in a sentence: which training splits share test content.
 pub fn leakage_verdict(batches: &[RecordBatch]) -> Result<String> {
     let mut found = Vec::new();
@@ -203,7 +207,8 @@ pub struct AnalyzeReport {
 /// part of the fingerprint, so tables analysed by other definitions are recomputed.
 fn definitions() -> String {
     let mut text = String::from(sql::VIEWS);
-    for (name, body) in ANALYSES.iter().chain([&("leakage", LEAKAGE)]) {
+    let extra = [("leakage", LEAKAGE), ("knowledge_truth", KNOWLEDGE_TRUTH)];
+    for (name, body) in ANALYSES.iter().chain(&extra) {
         text.push_str(name);
         text.push_str(body);
     }
@@ -274,7 +279,8 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
             .collect();
         have.0 |= tables.contains(&"runs");
         have.1 |= tables.contains(&"scores");
-        if (tables.iter()).any(|t| *t == "runs" || *t == "scores" || *t == "pairs") {
+        let read = ["runs", "scores", "pairs", "entities", "knowledge"];
+        if tables.iter().any(|t| read.contains(t)) {
             inputs.push(common::manifest_input(&m));
         }
     }
@@ -330,6 +336,12 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
         }
         leakage = Some(verdict);
         batches.push(("analysis_leakage".to_string(), b));
+    }
+    if ctx.table_exist("pairs")? && ctx.table_exist("entities")? && ctx.table_exist("knowledge")? {
+        batches.push((
+            "analysis_knowledge_truth".to_string(),
+            table(&ctx, "knowledge_truth", KNOWLEDGE_TRUTH, &params).await?,
+        ));
     }
     let mut cells = summarise(&ctx, s).await?;
     let ranks = model_ranks(&cells, &s.model_order);

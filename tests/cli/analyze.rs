@@ -184,8 +184,8 @@ async fn values(root: &str, sql: &str) -> Vec<Vec<Option<f64>>> {
 pub struct Expect {
     pub flips: usize,
     pub cells: [usize; 4], // sk_wk, sk_wuk, suk_wk, suk_wuk (of the flips)
-    abs_flips: usize,
-    abs_deceptive: usize,
+    pub abs_flips: usize,
+    pub abs_deceptive: usize,
 }
 
 pub fn expect(obj: &str, s: usize, t: f64) -> Expect {
@@ -575,4 +575,130 @@ fn the_leakage_audit_counts_test_content_found_in_training_splits() {
         out.contains("leakage audit: no test pair (6) shares its prompt with a training split (gt, helpful, w2s)"),
         "{out}"
     );
+}
+
+/// Writes one table part through the store and publishes it under `key`.
+async fn put(root: &str, table: &str, key: &str, b: RecordBatch) {
+    let store = ArtifactStore::open(root).unwrap();
+    let part = store.write_table_part(table, key, &b).await.unwrap();
+    store
+        .publish("test", &format!("test/{key}"), key, &(), vec![], vec![part])
+        .await
+        .unwrap();
+}
+
+#[test]
+fn knowledge_areas_are_compared_with_the_truth_known_by_construction() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let r = root.to_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(build(&r));
+    // A world of 12 entities; test pair i asks about entity i % 12. The weak base model knows
+    // every third entity, the strong one every second.
+    let entity = |k: usize| format!("ent{}", (b'a' + k as u8) as char);
+    let knows = |model: &str, k: usize| {
+        if model == "models/W" {
+            k.is_multiple_of(3)
+        } else {
+            k.is_multiple_of(2)
+        }
+    };
+    let names: Vec<String> = (0..12).map(entity).collect();
+    rt.block_on(async {
+        let n = names.len();
+        let entities = RecordBatch::try_new(
+            w2s::schema::entities(),
+            vec![
+                strs(names.clone()),
+                Arc::new(BooleanArray::from(vec![false; n])),
+                Arc::new(Int64Array::from_iter_values(1..=n as i64)),
+                Arc::new(Int64Array::from(vec![1; n])),
+                Arc::new(Int64Array::from(vec![0; n])),
+                strs(vec!["moss".into(); n]),
+                strs(vec!["the forest".into(); n]),
+            ],
+        )
+        .unwrap();
+        put(&r, "entities", "entities", entities).await;
+        let models = ["models/W", "models/S"];
+        let rows: Vec<(String, usize)> = (models.iter())
+            .flat_map(|m| (0..n).map(move |k| (m.to_string(), k)))
+            .collect();
+        let knowledge = RecordBatch::try_new(
+            w2s::schema::knowledge(),
+            vec![
+                strs(rows.iter().map(|(m, _)| m.clone()).collect()),
+                strs(rows.iter().map(|(_, k)| entity(*k)).collect()),
+                Arc::new(BooleanArray::from(vec![false; rows.len()])),
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|(_, k)| *k as i64 + 1),
+                )),
+                Arc::new(Int64Array::from(vec![1; rows.len()])),
+                Arc::new(Float64Array::from(vec![0.0; rows.len()])),
+                Arc::new(BooleanArray::from(
+                    rows.iter().map(|(m, k)| knows(m, *k)).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap();
+        put(&r, "knowledge", "knowledge", knowledge).await;
+        let pairs = RecordBatch::try_new(
+            w2s::schema::pairs(),
+            vec![
+                strs((0..N).map(|i| format!("pair-{i:03}")).collect()),
+                strs(vec!["test".into(); N]),
+                Arc::new(Int64Array::from_iter_values(0..N as i64)),
+                strs(vec!["built".into(); N]),
+                Arc::new(Int64Array::from_iter_values(0..N as i64)),
+                strs(
+                    (0..N)
+                        .map(|i| format!("\n\nHuman: Is {} safe?\n\nAssistant:", entity(i % 12)))
+                        .collect(),
+                ),
+                strs(vec![" No.".into(); N]),
+                strs(vec![" Yes.".into(); N]),
+                Arc::new(StringArray::from(vec![None::<String>; N])),
+            ],
+        )
+        .unwrap();
+        put(&r, "pairs", "pairs", pairs).await;
+    });
+    ok(w2s(&["analyze", "--artifacts", &r, "--bootstrap", "0"]));
+    for s in 0..2 {
+        for t in [0.5, 0.75, 0.9] {
+            let (mut proxy, mut truth, mut both, mut agree) = (0, 0, 0, 0);
+            for i in 0..N {
+                let p = conf("strong", i, s) >= t && conf("weak", i, s) < t;
+                let tr = knows("models/S", i % 12) && !knows("models/W", i % 12);
+                proxy += p as usize;
+                truth += tr as usize;
+                both += (p && tr) as usize;
+                agree += (p == tr) as usize;
+            }
+            let got = rt.block_on(values(
+                &r,
+                &format!(
+                    "select cast(pairs as double), cast(proxy_area as double), \
+                     cast(true_area as double), cast(both as double), agreement, precision, \
+                     recall, chance_precision from analysis_knowledge_truth \
+                     where seed = {s} and abs(threshold - {t}) < 1e-9"
+                ),
+            ));
+            let f = |x: usize| Some(x as f64);
+            assert_eq!(
+                got[0][..4],
+                [f(N), f(proxy), f(truth), f(both)],
+                "seed {s} T {t}"
+            );
+            close(got[0][4], ratio(agree, N), "agreement");
+            close(got[0][5], ratio(both, proxy), "precision");
+            close(got[0][6], ratio(both, truth), "recall");
+            close(got[0][7], ratio(truth, N), "chance precision");
+            assert!(
+                truth > 0 && both > 0 && both < proxy,
+                "a discriminating case"
+            );
+        }
+    }
 }

@@ -223,6 +223,14 @@ impl ReportData {
                 }
             }
         }
+        if ctx.table_exist("analysis_knowledge_truth")? {
+            tables.push((
+                "Knowledge areas against the world's truth (the probe), per ceiling pair and T".into(),
+                "knowledge_truth".into(),
+                q("select * from analysis_knowledge_truth order by weak_model, strong_model, seed, threshold")
+                    .await?,
+            ));
+        }
         let mut leakage = None;
         if ctx.table_exist("analysis_leakage")? {
             let b = q("select * from analysis_leakage order by training_split").await?;
