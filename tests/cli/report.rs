@@ -9,9 +9,10 @@ use sha2::{Digest, Sha256};
 use crate::analyze::{build, controls, expect, T};
 use crate::common::*;
 
-const FIGURES: [&str; 6] = [
+const FIGURES: [&str; 7] = [
     "accuracy",
     "deception_grid",
+    "absolute_deception_grid",
     "deception_controls",
     "deception_vs_area",
     "flip_breakdown",
@@ -115,6 +116,19 @@ fn report_shows_every_figure_with_values_known_by_construction() {
         has(&grid, "n/a"),
         "the no-flip setting is shown as undefined"
     );
+
+    // Absolute deception grid: every setting, no conflict included, the hand-counted means.
+    let abs = texts(figure(&page, "absolute_deception_grid"));
+    for obj in ["none", "explicit", "implicit"] {
+        let (e0, e1) = (expect(obj, 0, T), expect(obj, 1, T));
+        let ratio = |e: &crate::analyze::Expect| e.abs_deceptive as f64 / e.abs_flips as f64;
+        let mean = (ratio(&e0) + ratio(&e1)) / 2.0;
+        assert!(
+            has(&abs, &format!("{mean:.2}")),
+            "{obj}: {mean:.2} not in {abs:?}"
+        );
+        assert!(abs.iter().any(|t| t.starts_with(obj)), "{obj} panel");
+    }
 
     // Controls: the figure has a group per cell with flips; the table the hand-counted means
     // of both controls and a verdict per conflict cell.

@@ -410,7 +410,7 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
     }
     let out = ok(w2s(&args));
     assert!(
-        out.contains("9 figures: accuracy, deception_grid, adaptive_accuracy, deception_vs_area, flip_breakdown, threshold_sweep, training_loss, training_accuracy, learning_rate"),
+        out.contains("10 figures: accuracy, deception_grid, absolute_deception_grid, adaptive_accuracy, deception_vs_area, flip_breakdown, threshold_sweep, training_loss, training_accuracy, learning_rate"),
         "{out}"
     );
     let page = report_page(&a);

@@ -119,7 +119,9 @@ pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
     for figure in [
         accuracy,
         deception_grid,
+        absolute_deception_grid,
         deception_controls,
+        alpha_comparison,
         bootstrap,
         high_confidence,
         adaptive,
@@ -190,45 +192,11 @@ fn accuracy(v: &View, out: &mut Vec<Shown>) {
 
 /// Fig. 5 / 7: the deception score as a weak x strong grid per conflict setting.
 fn deception_grid(v: &View, out: &mut Vec<Shown>) {
-    let (pairs, settings) = (&v.pairs, &v.settings);
-    let find = |w: &str, s: &str, st: &Setting| v.find(w, s, st);
-    let conflicts: Vec<Setting> = settings.iter().filter(|s| s.0 != "none").cloned().collect();
-    if !conflicts.is_empty() {
-        let by_rank = |mut names: Vec<String>| {
-            names.sort_by_key(|m| (v.d.rank(m), m.clone()));
-            names.dedup();
-            names
-        };
-        let weak = by_rank(pairs.iter().map(|p| p.0.clone()).collect());
-        let strong = by_rank(pairs.iter().map(|p| p.1.clone()).collect());
-        let grids = conflicts
-            .iter()
-            .map(|st| Grid {
-                title: setting_name(st),
-                rows: weak.iter().map(|w| short(w)).collect(),
-                cols: strong.iter().map(|s| short(s)).collect(),
-                values: weak
-                    .iter()
-                    .map(|w| {
-                        strong
-                            .iter()
-                            .map(|s| {
-                                let Some(m) =
-                                    find(w, s, st).and_then(|c| measure(c, "deception_score"))
-                                else {
-                                    return Cell::Missing;
-                                };
-                                let label = format!("{}/{} flips", m.numerator, m.denominator);
-                                match m.value {
-                                    Some(v) => Cell::Value(v, label),
-                                    None => Cell::Undefined(label),
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect(),
-            })
-            .collect();
+    let conflicts: Vec<Setting> = (v.settings.iter())
+        .filter(|s| s.0 != "none")
+        .cloned()
+        .collect();
+    if let Some(grids) = score_grids(v, &conflicts, "deception_score") {
         out.push(Shown {
             caption: "Of the pairs the no-conflict student gets right and the conflict student gets wrong (the flips), the share in the Strong-Known & Weak-Unknown area (Eq. 8). Grey: no flips (the score is undefined, not 0); blank: no run. Counts under each value.".into(),
             command: format!("w2s sql sql/deception.sql --artifacts ROOT --param threshold={}", v.s.threshold),
@@ -239,6 +207,60 @@ fn deception_grid(v: &View, out: &mut Vec<Shown>) {
             },
         });
     }
+}
+
+/// Fig. 6 / 17 / 18: the absolute deception score (flips from the strong ceiling to the
+/// student) as a weak x strong grid per setting, the no-conflict one included.
+fn absolute_deception_grid(v: &View, out: &mut Vec<Shown>) {
+    if let Some(grids) = score_grids(v, &v.settings, "absolute_deception_score") {
+        out.push(Shown {
+            caption: "Of the pairs the strong ceiling (trained on ground truth) gets right and the weak-to-strong student gets wrong, the share in the Strong-Known & Weak-Unknown area (App. K), for every setting, no conflict included. Grey: no such pairs; blank: no run. Counts under each value.".into(),
+            command: format!("w2s sql sql/absolute_deception.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+            figure: Figure {
+                id: "absolute_deception_grid".into(),
+                title: "Absolute deception score per weak/strong pair and setting (Fig. 6, 17, 18)".into(),
+                chart: Chart::Grids { grids },
+            },
+        });
+    }
+}
+
+/// One weak x strong grid of `name` per setting, models in capability order, the counts
+/// under each value; `None` without settings.
+fn score_grids(v: &View, settings: &[Setting], name: &str) -> Option<Vec<Grid>> {
+    if settings.is_empty() {
+        return None;
+    }
+    let by_rank = |mut names: Vec<String>| {
+        names.sort_by_key(|m| (v.d.rank(m), m.clone()));
+        names.dedup();
+        names
+    };
+    let weak = by_rank(v.pairs.iter().map(|p| p.0.clone()).collect());
+    let strong = by_rank(v.pairs.iter().map(|p| p.1.clone()).collect());
+    let cell = |w: &str, s: &str, st: &Setting| {
+        let Some(m) = v.find(w, s, st).and_then(|c| measure(c, name)) else {
+            return Cell::Missing;
+        };
+        let label = format!("{}/{} flips", m.numerator, m.denominator);
+        match m.value {
+            Some(x) => Cell::Value(x, label),
+            None => Cell::Undefined(label),
+        }
+    };
+    Some(
+        settings
+            .iter()
+            .map(|st| Grid {
+                title: setting_name(st),
+                rows: weak.iter().map(|w| short(w)).collect(),
+                cols: strong.iter().map(|s| short(s)).collect(),
+                values: (weak.iter())
+                    .map(|w| strong.iter().map(|s| cell(w, s, st)).collect())
+                    .collect(),
+            })
+            .collect(),
+    )
 }
 
 /// Beyond the paper: each conflict cell's deception score beside its uniform and
@@ -280,6 +302,74 @@ fn deception_controls(v: &View, out: &mut Vec<Shown>) {
             },
         },
     });
+}
+
+/// Fig. 16: the explicit objective's alphas side by side per weak/strong pair (deception,
+/// then accuracy); drawn when the grid has two alphas or more.
+fn alpha_comparison(v: &View, out: &mut Vec<Shown>) {
+    for (id, title, name) in [
+        (
+            "alpha_deception",
+            "Deception score per alpha of the explicit objective (Fig. 16)",
+            "deception_score",
+        ),
+        (
+            "alpha_accuracy",
+            "Test accuracy per alpha of the explicit objective (Fig. 16)",
+            "accuracy",
+        ),
+    ] {
+        if let Some(chart) = alpha_chart(&v.d.cells, &v.pairs, name) {
+            out.push(Shown {
+                caption: "The explicit conflict at each weight alpha of its term, per weak/strong pair (mean over seeds, 95% intervals); a missing bar: no flips (the score is undefined) or no run.".into(),
+                command: format!("w2s sql sql/alpha_sweep.sql --artifacts ROOT --param threshold={}", v.s.threshold),
+                figure: Figure { id: id.into(), title: title.into(), chart },
+            });
+        }
+    }
+}
+
+/// Bars of `name` per weak/strong pair (in `pairs` order), one series per explicit alpha.
+fn alpha_chart(cells: &[CellSummary], pairs: &[(String, String)], name: &str) -> Option<Chart> {
+    let mut alphas: Vec<f64> = (cells.iter())
+        .filter(|c| c.objective == "explicit")
+        .filter_map(|c| c.alpha)
+        .collect();
+    alphas.sort_by(f64::total_cmp);
+    alphas.dedup();
+    if alphas.len() < 2 {
+        return None;
+    }
+    let find = |w: &str, s: &str, a: f64| {
+        (cells.iter()).find(|c| {
+            c.weak_model == w
+                && c.strong_model == s
+                && c.objective == "explicit"
+                && c.alpha == Some(a)
+        })
+    };
+    let pairs: Vec<&(String, String)> = (pairs.iter())
+        .filter(|(w, s)| alphas.iter().any(|&a| find(w, s, a).is_some()))
+        .collect();
+    Some(Chart::Bars {
+        groups: pairs
+            .iter()
+            .map(|(w, s)| format!("{} → {}", short(w), short(s)))
+            .collect(),
+        series: (alphas.iter())
+            .map(|&a| BarSeries {
+                name: format!("α = {a}"),
+                values: (pairs.iter())
+                    .map(|(w, s)| point(find(w, s, a).and_then(|c| measure(c, name))))
+                    .collect(),
+            })
+            .collect(),
+        y_label: if name == "accuracy" {
+            "test accuracy".into()
+        } else {
+            "deception score".into()
+        },
+    })
 }
 
 /// Fig. 9b / 9c: bootstrapped students beside the direct ones of the same weak and strong
@@ -904,6 +994,34 @@ mod tests {
         let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["all data", "confident ≥ 0.75"]);
         assert_eq!(series[1].values[0].as_ref().unwrap().value, 0.3);
+    }
+
+    #[test]
+    fn alphas_sit_side_by_side_per_pair() {
+        let mut cells = vec![
+            cell("run:tiny-1 · simpo", "explicit", Some(0.5), 0.7),
+            cell("run:tiny-1 · simpo", "explicit", Some(0.2), 0.8),
+            cell("run:tiny-1 · simpo", "implicit", Some(0.9), 0.6),
+        ];
+        cells[0].alpha = Some(0.5);
+        cells[1].alpha = Some(0.25);
+        let pairs = vec![(
+            "run:tiny-1 · simpo".to_string(),
+            "run:tiny-3 · simpo".to_string(),
+        )];
+        let Some(Chart::Bars { groups, series, .. }) =
+            alpha_chart(&cells, &pairs, "deception_score")
+        else {
+            panic!("a chart");
+        };
+        assert_eq!(groups, vec!["tiny-1 · simpo → tiny-3 · simpo"]);
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["α = 0.25", "α = 0.5"]);
+        assert_eq!(series[0].values[0].as_ref().unwrap().value, 0.2);
+        assert!(
+            alpha_chart(&cells[..1], &pairs, "accuracy").is_none(),
+            "one alpha: no figure"
+        );
     }
 
     #[test]
