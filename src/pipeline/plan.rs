@@ -463,12 +463,16 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                     } else {
                         vec![ALPHA]
                     };
-                    // All-data students, high-confidence ones beside them (§6.1), each also
-                    // with adaptive weighting when asked (App. P).
-                    let filters = [None, g.high_confidence]
+                    // All-data students, high-confidence ones beside them (§6.1: preference
+                    // scenarios only, so a reward-modeling scenario of the same grid keeps its
+                    // all-data students), each also with adaptive weighting when asked
+                    // (App. P: reward modeling only).
+                    let confident = g.high_confidence.filter(|_| sc != Scenario::Rm);
+                    let all_data = g.all_data || confident.is_none();
+                    let filters = [None, confident]
                         .into_iter()
                         .enumerate()
-                        .filter(|(i, f)| if *i == 0 { g.all_data } else { f.is_some() })
+                        .filter(|(i, f)| if *i == 0 { all_data } else { f.is_some() })
                         .map(|(_, f)| f);
                     let weightings = [false, true]
                         .into_iter()

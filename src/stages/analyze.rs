@@ -49,10 +49,21 @@ pub const ANALYSES: &[(&str, &str)] = &[
     ),
     ("alpha_sweep", include_str!("../../sql/alpha_sweep.sql")),
     ("pgr", include_str!("../../sql/pgr.sql")),
+    (
+        "confidence_scatter",
+        include_str!("../../sql/confidence_scatter.sql"),
+    ),
 ];
 
 /// The leakage audit (`analysis_leakage`), run when the root has a `pairs` table.
 pub const LEAKAGE: &str = include_str!("../../sql/leakage.sql");
+
+/// The case study (`analysis_case_study`, paper App. Q), run when the root has a `pairs`
+/// table (the pairs' text): the [`CASE_EXAMPLES`] clearest deceptive flips of each run.
+pub const CASE_STUDY: &str = include_str!("../../sql/case_study.sql");
+
+/// Deceptive flips per run in the case study.
+pub const CASE_EXAMPLES: i64 = 3;
 
 /// Knowledge areas against the truth (`analysis_knowledge_truth`), run on roots of the
 /// synthetic world (its `entities`, the pretrained models' `knowledge` probes and `pairs`).
@@ -207,7 +218,11 @@ pub struct AnalyzeReport {
 /// part of the fingerprint, so tables analysed by other definitions are recomputed.
 fn definitions() -> String {
     let mut text = String::from(sql::VIEWS);
-    let extra = [("leakage", LEAKAGE), ("knowledge_truth", KNOWLEDGE_TRUTH)];
+    let extra = [
+        ("leakage", LEAKAGE),
+        ("knowledge_truth", KNOWLEDGE_TRUTH),
+        ("case_study", CASE_STUDY),
+    ];
     for (name, body) in ANALYSES.iter().chain(&extra) {
         text.push_str(name);
         text.push_str(body);
@@ -218,7 +233,13 @@ fn definitions() -> String {
 
 fn bound(s: &AnalyzeSettings) -> Vec<(String, ScalarValue)> {
     let f = |v: f64| ScalarValue::Float64(Some(v));
-    let mut p = vec![("threshold".to_string(), f(s.threshold))];
+    let mut p = vec![
+        ("threshold".to_string(), f(s.threshold)),
+        (
+            "examples".to_string(),
+            ScalarValue::Int64(Some(CASE_EXAMPLES)),
+        ),
+    ];
     for (i, t) in s.sweep.iter().enumerate() {
         p.push((format!("t{}", i + 1), f(*t)));
     }
@@ -336,6 +357,10 @@ pub async fn run(store: &ArtifactStore, s: &AnalyzeSettings, force: bool) -> Res
         }
         leakage = Some(verdict);
         batches.push(("analysis_leakage".to_string(), b));
+        batches.push((
+            "analysis_case_study".to_string(),
+            table(&ctx, "case_study", CASE_STUDY, &params).await?,
+        ));
     }
     if ctx.table_exist("pairs")? && ctx.table_exist("entities")? && ctx.table_exist("knowledge")? {
         batches.push((

@@ -17,7 +17,7 @@ pub const T: f64 = 0.75;
 const OBJECTIVES: [&str; 4] = ["none", "explicit", "implicit", "adaptive"];
 
 /// Confidence of `model` (weak, strong or an objective) on pair `i` for seed `s`.
-fn conf(model: &str, i: usize, s: usize) -> f64 {
+pub fn conf(model: &str, i: usize, s: usize) -> f64 {
     match model {
         "strong" => [0.75, 0.9, 0.6, 0.3, 0.5][(i + s) % 5],
         "weak" => [0.75, 0.749_999_9, 0.5, 0.2][(i / 5 + s) % 4],
@@ -587,8 +587,10 @@ async fn put(root: &str, table: &str, key: &str, b: RecordBatch) {
         .unwrap();
 }
 
+/// On a root with the world's tables: the knowledge-truth table, the confidence scatter and
+/// the case study (which needs the pairs' text), each against values computed here.
 #[test]
-fn knowledge_areas_are_compared_with_the_truth_known_by_construction() {
+fn knowledge_truth_scatter_and_case_study_match_what_is_known_by_construction() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("r");
     let r = root.to_str().unwrap().to_string();
@@ -701,4 +703,62 @@ fn knowledge_areas_are_compared_with_the_truth_known_by_construction() {
             );
         }
     }
+    // The confidence scatter (Fig. 19/20) and the case study (App. Q), per conflict run.
+    let mut examples = 0;
+    for s in 0..2 {
+        for o in ["explicit", "implicit", "adaptive"] {
+            let right: Vec<usize> = (0..N).filter(|&i| conf("none", i, s) >= 0.5).collect();
+            let flipped = right.iter().filter(|&&i| conf(o, i, s) < 0.5).count();
+            let got = rt.block_on(values(
+                &r,
+                &format!(
+                    "select cast(count(*) as double), cast(sum(cast(flipped as int)) as double), \
+                     cast(sum(cast(deceptive as int)) as double) \
+                     from analysis_confidence_scatter where run_id = '{o}-s{s}'"
+                ),
+            ));
+            let mut deceptive: Vec<usize> = (right.iter().copied())
+                .filter(|&i| conf(o, i, s) < 0.5)
+                .filter(|&i| conf("strong", i, s) >= T && conf("weak", i, s) < T)
+                .collect();
+            let f = |x: usize| Some(x as f64);
+            assert_eq!(
+                got[0],
+                [f(right.len()), f(flipped), f(deceptive.len())],
+                "{o} seed {s}"
+            );
+            let gap = |i: usize| conf("strong", i, s) - conf("weak", i, s);
+            deceptive.sort_by(|&a, &b| gap(b).total_cmp(&gap(a)).then(a.cmp(&b)));
+            deceptive.truncate(3);
+            let got = rt.block_on(values(
+                &r,
+                &format!(
+                    "select cast(split_index as double) as i, cast(example as double) as k \
+                     from analysis_case_study where run_id = '{o}-s{s}' order by k"
+                ),
+            ));
+            let want: Vec<Vec<Option<f64>>> = (deceptive.iter().enumerate())
+                .map(|(k, &i)| vec![f(i), f(k + 1)])
+                .collect();
+            assert_eq!(got, want, "case study of {o} seed {s}");
+            examples += want.len();
+        }
+    }
+    assert!(examples > 0, "the case study has examples");
+    let text = sql_csv(
+        &root,
+        "select prompt from analysis_case_study where run_id = 'explicit-s0' and example = 1",
+    );
+    let first = (0..N)
+        .filter(|&i| conf("none", i, 0) >= 0.5 && conf("explicit", i, 0) < 0.5)
+        .filter(|&i| conf("strong", i, 0) >= T && conf("weak", i, 0) < T)
+        .min_by(|&a, &b| {
+            let gap = |i: usize| conf("strong", i, 0) - conf("weak", i, 0);
+            gap(b).total_cmp(&gap(a)).then(a.cmp(&b))
+        })
+        .unwrap();
+    assert!(
+        text.contains(&format!("Is {} safe?", entity(first % 12))),
+        "{text}"
+    );
 }

@@ -712,6 +712,126 @@ fn paper_pipelines_run_on_the_hh_stand_in_with_fixture_checkpoints() {
     }
 }
 
+/// One root of the paper's reward-modeling pipeline with fixture checkpoints and the embedded
+/// world, grown to hold every kind of student: direct, high-confidence (the preference
+/// scenario of the same grid), adaptive (reward modeling), bootstrapped through every model
+/// between a pair, and two alphas of the explicit objective. Its report draws every figure of
+/// the paper that such a root has data for, models in the ladder's order. (The fixture models
+/// are random, so their confidences sit near 0.5: the thresholds are lowered to match.)
+#[test]
+fn one_root_holds_every_kind_of_student_and_the_report_draws_every_figure() {
+    let fixture = |name: &str| s(&crate::common::fixture_model(name)).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/paper-rm.toml");
+    let sets = [
+        format!("artifacts={}", s(&root)),
+        "data.source=world".into(),
+        "data.gt=".into(),
+        "data.w2s=".into(),
+        "data.test=".into(),
+        "data.helpful=".into(),
+        "data.helpful_single_turn=false".into(),
+        "data.n_gt=32".into(),
+        "data.n_w2s=32".into(),
+        "data.n_test=64".into(),
+        "data.n_helpful=32".into(),
+        "data.world.entities=40".into(),
+        "data.world.statements=400".into(),
+        format!("model.*.path={}", fixture("gpt2")),
+        format!("model.gpt2-medium.path={}", fixture("opt")),
+        format!("model.gpt2-large.path={}", fixture("llama")),
+        r#"grid.scenarios=["rm", "simpo"]"#.into(),
+        r#"grid.weak=["gpt2", "gpt2-medium"]"#.into(),
+        r#"grid.strong=["gpt2-medium", "gpt2-large"]"#.into(),
+        "grid.alphas=[0.5, 1.0]".into(),
+        "grid.adaptive=true".into(),
+        "grid.high_confidence=0.5".into(),
+        r#"grid.intermediates=["*"]"#.into(),
+        "train.device=cpu".into(),
+        "score.device=cpu".into(),
+        "train.max_ctx=48".into(),
+        "train.lr=1e-3".into(),
+        "train.batch=8".into(),
+        "train.micro_batch=8".into(),
+        "train.epochs=2".into(),
+        "analysis.bootstrap=50".into(),
+        "analysis.threshold=0.5".into(),
+        "analysis.sweep=[0.5, 0.51, 0.52, 0.53]".into(),
+    ];
+    let mut args = vec!["run".to_string(), s(&file).to_string()];
+    for x in &sets {
+        args.extend(["--set".to_string(), x.clone()]);
+    }
+    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let out = ok(w2s(&argv));
+    assert!(out.contains("paper-rm: 132 steps ran"), "{out}");
+    // Students of every kind, in both scenarios where they apply.
+    assert_eq!(
+        query(
+            &root,
+            "select \
+               sum(case when run_id like 'boot-%' then 1 else 0 end) as bootstrapped, \
+               sum(case when run_id like '%-hc-simpo' then 1 else 0 end) as confident, \
+               sum(case when run_id like '%-ad' then 1 else 0 end) as adaptive, \
+               sum(case when run_id like '%-a1%' then 1 else 0 end) as alpha_1, \
+               count(*) as students \
+             from runs where stage = 'w2s-train'"
+        ),
+        // 3 pairs x 4 settings: rm naive + adaptive, simpo all data + high confidence, plus
+        // 4 settings x 2 scenarios bootstrapped; alpha 1 in each kind.
+        "bootstrapped,confident,adaptive,alpha_1,students\n8,12,12,14,56\n"
+    );
+    let html = std::fs::read_to_string(crate::common::report_page(&root)).unwrap();
+    for id in [
+        "accuracy",                        // Fig. 4
+        "deception_grid",                  // Fig. 5, 7
+        "absolute_deception_grid",         // Fig. 6, 17, 18
+        "deception_vs_area",               // Fig. 8
+        "deception_by_strong_gpt2",        // Fig. 8, per weak model
+        "high_confidence_deception",       // Fig. 9a
+        "bootstrap_deception",             // Fig. 9b, 9c
+        "deception_grid_t0_51",            // Fig. 14, 15
+        "alpha_deception",                 // Fig. 16
+        "confidence_scatter_implicit",     // Fig. 19, 20
+        "confidence_scatter_explicit_0_5", // Fig. 19, 20
+        "high_confidence_accuracy",        // Fig. 21
+        "adaptive_deception",              // Fig. 23
+        "adaptive_accuracy",               // Fig. 23
+        "case_study",                      // App. Q
+        "deception_controls",
+        "threshold_sweep",
+        "flip_breakdown",
+        "training_loss",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} in the report");
+    }
+    // Capability order (the [[model]] list), not names: gpt2 < opt < llama fixtures.
+    let order = query(
+        &root,
+        "select model from analysis_model_order where model not like '%(%' and model not like '% via %' order by rank",
+    );
+    let rungs: Vec<String> = order
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        rungs,
+        [
+            "gpt2",
+            "opt",
+            "llama",
+            "gpt2 · simpo",
+            "opt · simpo",
+            "llama · simpo"
+        ],
+        "{order}"
+    );
+    let at = |needle: &str| html.find(needle).unwrap_or(usize::MAX);
+    assert!(at("gpt2 → opt") < at("gpt2 → llama") && at("gpt2 → llama") < at("opt → llama"));
+}
+
 /// README's main command, on a temporary root: the whole quickstart grid, then a rerun that
 /// does nothing. Checks what the quickstart is meant to show: stronger pretrained rungs know
 /// more of the world's entities, and the strongest ceiling beats the weakest.
@@ -723,7 +843,7 @@ fn the_quickstart_runs_end_to_end_and_then_does_nothing() {
     let set = format!("artifacts={}", s(&root));
     let out = ok(w2s(&["run", s(&file), "--set", &set]));
     assert!(
-        out.contains("quickstart: 31 steps ran, 0 up to date"),
+        out.contains("quickstart: 83 steps ran, 0 up to date"),
         "{out}"
     );
 
@@ -750,10 +870,35 @@ fn the_quickstart_runs_end_to_end_and_then_does_nothing() {
     let (weak, strong) = (acc("gt-tiny-1"), acc("gt-tiny-3"));
     assert!(strong > weak, "ceilings: weak {weak}, strong {strong}");
     eprintln!("quickstart: entities known {known:?}; ceilings weak {weak}, strong {strong}");
+    // Strong enough to read: 960 test pairs, every cell over three seeds with t intervals,
+    // and the report says for each conflict cell whether its score clears its controls.
+    assert_eq!(
+        query(&root, "select count(distinct split_index) as n from scores"),
+        "n\n960\n"
+    );
+    assert_eq!(
+        query(
+            &root,
+            "select min(seeds) as lo, max(seeds) as hi, count(distinct interval_method) as m, min(interval_method) as method from analysis_summary where measure = 'accuracy'"
+        ),
+        "lo,hi,m,method\n3,3,1,t over seeds\n"
+    );
+    let html = std::fs::read_to_string(crate::common::report_page(&root)).unwrap();
+    assert!(html.contains("Does deception clear its controls?"));
+    for id in [
+        "deception_controls",
+        "deception_grid_t0_7",
+        "deception_by_strong_tiny_1",
+        "confidence_scatter_implicit",
+        "knowledge_truth",
+        "case_study",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} in the report");
+    }
     crate::common::check_in_chromium(&crate::common::report_page(&root));
 
     let out = ok(w2s(&["run", s(&file), "--set", &set]));
-    assert!(out.contains("quickstart: all 31 steps up to date"), "{out}");
+    assert!(out.contains("quickstart: all 83 steps up to date"), "{out}");
 
     // A changed setting: every step that would rerun says why, naming the setting (its own,
     // or at the root of the input that changed), and the steps it does not touch stay.
@@ -767,10 +912,10 @@ fn the_quickstart_runs_end_to_end_and_then_does_nothing() {
         "train.lr=2e-3",
     ]));
     assert!(
-        dry.contains("(4 up to date, 27 to run, 0 to check after their inputs)"),
+        dry.contains("(4 up to date, 79 to run, 0 to check after their inputs)"),
         "{dry}"
     );
-    assert_eq!(rerun_reasons(&dry, "--lr 0.002 (was 0.001)"), 27, "{dry}");
+    assert_eq!(rerun_reasons(&dry, "--lr 0.002 (was 0.001)"), 79, "{dry}");
 }
 
 /// How many steps of a plan table run, each with a `why:` line that contains `cause`.

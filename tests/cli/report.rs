@@ -6,15 +6,23 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::analyze::{build, controls, expect, T};
+use crate::analyze::{build, conf as conf_of, controls, expect, N, T};
 use crate::common::*;
 
-const FIGURES: [&str; 7] = [
+const FIGURES: [&str; 15] = [
     "accuracy",
     "deception_grid",
     "absolute_deception_grid",
+    "deception_grid_t0_7",
+    "deception_grid_t0_75",
+    "deception_grid_t0_8",
+    "deception_grid_t0_85",
     "deception_controls",
     "deception_vs_area",
+    "deception_by_strong_w",
+    "confidence_scatter_explicit_0_5",
+    "confidence_scatter_implicit",
+    "confidence_scatter_adaptive",
     "flip_breakdown",
     "threshold_sweep",
 ];
@@ -117,6 +125,39 @@ fn report_shows_every_figure_with_values_known_by_construction() {
         "the no-flip setting is shown as undefined"
     );
 
+    // Per-threshold grids (Fig. 14/15): each cell's deceptive flips over its flips, summed
+    // over seeds, counted by hand at each T.
+    for (id, t) in [("deception_grid_t0_7", 0.7), ("deception_grid_t0_85", 0.85)] {
+        let g = texts(figure(&page, id));
+        for obj in ["explicit", "implicit"] {
+            let (e0, e1) = (expect(obj, 0, t), expect(obj, 1, t));
+            let (dec, flips) = (e0.cells[1] + e1.cells[1], e0.flips + e1.flips);
+            assert!(
+                has(&g, &format!("{dec}/{flips} flips")),
+                "{id} {obj}: {g:?}"
+            );
+            let v = format!("{:.2}", dec as f64 / flips as f64);
+            assert!(has(&g, &v), "{id} {obj}: {v} not in {g:?}");
+        }
+    }
+
+    // Confidence scatter (Fig. 19/20): the first seed's kept and flipped pairs, counted by hand.
+    for obj in ["explicit", "implicit"] {
+        let e = expect(obj, 0, T);
+        let right = (0..N).filter(|&i| conf_of("none", i, 0) >= 0.5).count();
+        let id = if obj == "explicit" {
+            "confidence_scatter_explicit_0_5"
+        } else {
+            "confidence_scatter_implicit"
+        };
+        let sc = texts(figure(&page, id));
+        assert!(has(&sc, &format!("flipped ({})", e.flips)), "{obj}: {sc:?}");
+        assert!(
+            has(&sc, &format!("kept ({})", right - e.flips)),
+            "{obj}: {sc:?}"
+        );
+    }
+
     // Absolute deception grid: every setting, no conflict included, the hand-counted means.
     let abs = texts(figure(&page, "absolute_deception_grid"));
     for obj in ["none", "explicit", "implicit"] {
@@ -214,8 +255,11 @@ fn report_shows_every_figure_with_values_known_by_construction() {
             .chunks(3)
             .filter(|c| c.iter().max().unwrap() - c.iter().min().unwrap() > 30)
             .count();
+        // The per-threshold grids' cells here are all near 0.2, a pale shade: their values
+        // are checked as text above.
+        let pale = f.starts_with("deception_grid_t");
         assert!(
-            ink > 2000 && colour > 200,
+            ink > 2000 && (colour > 200 || pale),
             "{f}: {ink} inked, {colour} coloured pixels"
         );
         assert!(page.contains(&format!("href=\"{f}.png\"")), "{f}: PNG link");

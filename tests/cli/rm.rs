@@ -410,7 +410,7 @@ fn chain_across_families_scores_six_models_and_repeats_exactly() {
     }
     let out = ok(w2s(&args));
     assert!(
-        out.contains("10 figures: accuracy, deception_grid, absolute_deception_grid, adaptive_accuracy, deception_vs_area, flip_breakdown, threshold_sweep, training_loss, training_accuracy, learning_rate"),
+        out.contains("17 figures: accuracy, deception_grid, absolute_deception_grid, deception_grid_t0_7, deception_grid_t0_75, deception_grid_t0_8, deception_grid_t0_85, adaptive_accuracy, deception_vs_area, deception_by_strong_gpt2, confidence_scatter_explicit_0_5, confidence_scatter_implicit, flip_breakdown, threshold_sweep, training_loss, training_accuracy, learning_rate"),
         "{out}"
     );
     let page = report_page(&a);

@@ -28,6 +28,25 @@ pub struct Flips {
     pub counts: [i64; 4],
 }
 
+/// A test pair of a conflict run that its no-conflict reference gets right (Fig. 19/20).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dot {
+    pub weak: String,
+    pub strong: String,
+    pub setting: Setting,
+    pub seed: i64,
+    /// The weak and the strong ceiling's confidence toward the ground truth.
+    pub weak_conf: f64,
+    pub strong_conf: f64,
+    pub flipped: bool,
+}
+
+/// A sweep cell: (weak model, strong model, setting, threshold bits).
+pub type SweepCell = (String, String, Setting, u64);
+
+/// (weak, strong) -> threshold bits -> [precision, recall, chance precision].
+pub type Truth = BTreeMap<(String, String), BTreeMap<u64, [Option<f64>; 3]>>;
+
 /// What the page shows, read from the analysis tables.
 pub struct ReportData {
     pub cells: Vec<CellSummary>,
@@ -37,6 +56,13 @@ pub struct ReportData {
     pub sweep: BTreeMap<(Setting, u64), (i64, i64)>,
     /// threshold -> (Strong-Known & Weak-Unknown pairs, pairs), over no-conflict cells.
     pub sweep_share: BTreeMap<u64, (i64, i64)>,
+    /// Per cell and threshold: (deceptive flips, flips), summed over seeds (Fig. 14/15).
+    pub sweep_cells: BTreeMap<SweepCell, (i64, i64)>,
+    /// The confidence scatter's points (Fig. 19/20).
+    pub dots: Vec<Dot>,
+    /// (weak, strong) -> threshold bits -> [precision, recall, chance precision] of the
+    /// knowledge-area proxy against the world's truth, pooled over seeds.
+    pub truth: Truth,
     /// Pretrained model -> (frequency rank, knows) per world entity (`knowledge`).
     pub knowledge: BTreeMap<String, Vec<(i64, bool)>>,
     /// Tables shown as they are: (title, anchor, batches).
@@ -145,7 +171,9 @@ impl ReportData {
 
         let mut sweep = BTreeMap::new();
         let mut sweep_share = BTreeMap::new();
+        let mut sweep_cells = BTreeMap::new();
         for b in q(sweep_sql).await? {
+            let (w, st) = (strs(&b, "weak_model")?, strs(&b, "strong_model")?);
             let (o, a, t) = (
                 strs(&b, "objective")?,
                 floats(&b, "alpha")?,
@@ -162,9 +190,46 @@ impl ReportData {
                 let e = sweep.entry((setting(&o[i], &a[i]), t)).or_insert((0, 0));
                 e.0 += dfl[i];
                 e.1 += fl[i];
+                let key = (
+                    w[i].clone().unwrap_or_default(),
+                    st[i].clone().unwrap_or_default(),
+                    setting(&o[i], &a[i]),
+                    t,
+                );
+                let e = sweep_cells.entry(key).or_insert((0, 0));
+                e.0 += dfl[i];
+                e.1 += fl[i];
                 let e = sweep_share.entry(t).or_insert((0, 0));
                 e.0 += (share[i].unwrap_or(0.0) * pairs[i] as f64).round() as i64;
                 e.1 += pairs[i];
+            }
+        }
+
+        let mut dots = Vec::new();
+        for b in q(include_str!("../../../sql/report/scatter.sql")).await? {
+            let (w, st, o, a) = (
+                strs(&b, "weak_model")?,
+                strs(&b, "strong_model")?,
+                strs(&b, "objective")?,
+                floats(&b, "alpha")?,
+            );
+            let (seed, wc, sc) = (
+                ints(&b, "seed")?,
+                floats(&b, "weak_conf")?,
+                floats(&b, "strong_conf")?,
+            );
+            let flipped = sql::column(&b, "report", "flipped", &DataType::Boolean)?;
+            let flipped = flipped.as_boolean();
+            for i in 0..b.num_rows() {
+                dots.push(Dot {
+                    weak: w[i].clone().unwrap_or_default(),
+                    strong: st[i].clone().unwrap_or_default(),
+                    setting: setting(&o[i], &a[i]),
+                    seed: seed[i],
+                    weak_conf: wc[i].unwrap_or(f64::NAN),
+                    strong_conf: sc[i].unwrap_or(f64::NAN),
+                    flipped: flipped.value(i),
+                });
             }
         }
 
@@ -223,12 +288,40 @@ impl ReportData {
                 }
             }
         }
+        let mut truth: Truth = BTreeMap::new();
         if ctx.table_exist("analysis_knowledge_truth")? {
+            for b in q(include_str!("../../../sql/report/knowledge_truth.sql")).await? {
+                let (w, st, t) = (
+                    strs(&b, "weak_model")?,
+                    strs(&b, "strong_model")?,
+                    floats(&b, "threshold")?,
+                );
+                let (p, r, c) = (
+                    floats(&b, "precision")?,
+                    floats(&b, "recall")?,
+                    floats(&b, "chance_precision")?,
+                );
+                for i in 0..b.num_rows() {
+                    let key = (
+                        w[i].clone().unwrap_or_default(),
+                        st[i].clone().unwrap_or_default(),
+                    );
+                    let t = t[i].unwrap_or(0.0).to_bits();
+                    truth.entry(key).or_default().insert(t, [p[i], r[i], c[i]]);
+                }
+            }
             tables.push((
                 "Knowledge areas against the world's truth (the probe), per ceiling pair and T".into(),
                 "knowledge_truth".into(),
                 q("select * from analysis_knowledge_truth order by weak_model, strong_model, seed, threshold")
                     .await?,
+            ));
+        }
+        if ctx.table_exist("analysis_case_study")? {
+            tables.push((
+                "Case study: the clearest deceptive flips of each conflict cell (App. Q)".into(),
+                "case_study".into(),
+                q(include_str!("../../../sql/report/case_study.sql")).await?,
             ));
         }
         let mut leakage = None;
@@ -260,6 +353,9 @@ impl ReportData {
             ));
         }
         Ok(ReportData {
+            sweep_cells,
+            dots,
+            truth,
             curves,
             leakage,
             ranks,

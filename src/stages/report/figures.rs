@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::data::{Flips, ReportData};
+use super::data::{Dot, Flips, ReportData};
 use crate::plots::{BarSeries, Cell, Chart, Figure, Grid, Point, Series};
 use crate::stages::analyze::{AnalyzeSettings, CellSummary};
 use crate::stages::uncertainty;
@@ -120,15 +120,19 @@ pub fn figures(d: &ReportData, s: &AnalyzeSettings) -> Vec<Shown> {
         accuracy,
         deception_grid,
         absolute_deception_grid,
+        threshold_grids,
         deception_controls,
         alpha_comparison,
         bootstrap,
         high_confidence,
         adaptive,
         deception_vs_area,
+        deception_by_strong,
+        confidence_scatter,
         flip_breakdown,
         threshold_sweep,
         knowledge,
+        knowledge_truth,
         training_curves,
     ] {
         figure(&v, &mut out);
@@ -192,10 +196,7 @@ fn accuracy(v: &View, out: &mut Vec<Shown>) {
 
 /// Fig. 5 / 7: the deception score as a weak x strong grid per conflict setting.
 fn deception_grid(v: &View, out: &mut Vec<Shown>) {
-    let conflicts: Vec<Setting> = (v.settings.iter())
-        .filter(|s| s.0 != "none")
-        .cloned()
-        .collect();
+    let conflicts = conflicts(v);
     if let Some(grids) = score_grids(v, &conflicts, "deception_score") {
         out.push(Shown {
             caption: "Of the pairs the no-conflict student gets right and the conflict student gets wrong (the flips), the share in the Strong-Known & Weak-Unknown area (Eq. 8). Grey: no flips (the score is undefined, not 0); blank: no run. Counts under each value.".into(),
@@ -228,6 +229,25 @@ fn absolute_deception_grid(v: &View, out: &mut Vec<Shown>) {
 /// One weak x strong grid of `name` per setting, models in capability order, the counts
 /// under each value; `None` without settings.
 fn score_grids(v: &View, settings: &[Setting], name: &str) -> Option<Vec<Grid>> {
+    grids(v, settings, &|w, s, st| {
+        let Some(m) = v.find(w, s, st).and_then(|c| measure(c, name)) else {
+            return Cell::Missing;
+        };
+        let label = format!("{}/{} flips", m.numerator, m.denominator);
+        match m.value {
+            Some(x) => Cell::Value(x, label),
+            None => Cell::Undefined(label),
+        }
+    })
+}
+
+/// One weak x strong grid per setting of the cells `cell` gives, models in capability order;
+/// `None` without settings.
+fn grids(
+    v: &View,
+    settings: &[Setting],
+    cell: &dyn Fn(&str, &str, &Setting) -> Cell,
+) -> Option<Vec<Grid>> {
     if settings.is_empty() {
         return None;
     }
@@ -238,16 +258,6 @@ fn score_grids(v: &View, settings: &[Setting], name: &str) -> Option<Vec<Grid>> 
     };
     let weak = by_rank(v.pairs.iter().map(|p| p.0.clone()).collect());
     let strong = by_rank(v.pairs.iter().map(|p| p.1.clone()).collect());
-    let cell = |w: &str, s: &str, st: &Setting| {
-        let Some(m) = v.find(w, s, st).and_then(|c| measure(c, name)) else {
-            return Cell::Missing;
-        };
-        let label = format!("{}/{} flips", m.numerator, m.denominator);
-        match m.value {
-            Some(x) => Cell::Value(x, label),
-            None => Cell::Undefined(label),
-        }
-    };
     Some(
         settings
             .iter()
@@ -261,6 +271,65 @@ fn score_grids(v: &View, settings: &[Setting], name: &str) -> Option<Vec<Grid>> 
             })
             .collect(),
     )
+}
+
+/// The conflict settings present, in page order.
+fn conflicts(v: &View) -> Vec<Setting> {
+    (v.settings.iter())
+        .filter(|s| s.0 != "none")
+        .cloned()
+        .collect()
+}
+
+/// A name as a figure id part: lower-case letters and digits, each other run `_`.
+fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_string()
+}
+
+/// Fig. 14 / 15: the deception grid at every threshold of the sweep, each cell's flips
+/// pooled over seeds.
+fn threshold_grids(v: &View, out: &mut Vec<Shown>) {
+    let d = v.d;
+    let conflicts = conflicts(v);
+    let thresholds: BTreeSet<u64> = d.sweep_cells.keys().map(|k| k.3).collect();
+    let mut thresholds: Vec<f64> = thresholds.into_iter().map(f64::from_bits).collect();
+    thresholds.sort_by(f64::total_cmp);
+    for t in thresholds {
+        let cell = |w: &str, s: &str, st: &Setting| {
+            let key = (w.to_string(), s.to_string(), st.clone(), t.to_bits());
+            match d.sweep_cells.get(&key) {
+                None => Cell::Missing,
+                Some(&(dec, flips)) => {
+                    let label = format!("{dec}/{flips} flips");
+                    if flips > 0 {
+                        Cell::Value(dec as f64 / flips as f64, label)
+                    } else {
+                        Cell::Undefined(label)
+                    }
+                }
+            }
+        };
+        let Some(grids) = grids(v, &conflicts, &cell) else {
+            return;
+        };
+        out.push(Shown {
+            caption: format!("The deception score with the knowledge threshold at T = {t} (Strong-Known: the strong ceiling's confidence ≥ T; Weak-Unknown: the weak ceiling's < T), each cell's deceptive flips over its flips summed over seeds. Grey: no flips; blank: no run."),
+            command: format!("w2s sql sql/threshold_sweep.sql --artifacts ROOT {}", (v.s.sweep.iter().enumerate()).map(|(i, t)| format!("--param t{}={t}", i + 1)).collect::<Vec<_>>().join(" ")),
+            figure: Figure {
+                id: format!("deception_grid_t{}", slug(&format!("{t}"))),
+                title: format!("Deception score per weak/strong pair at T = {t} (Fig. 14, 15)"),
+                chart: Chart::Grids { grids },
+            },
+        });
+    }
 }
 
 /// Beyond the paper: each conflict cell's deception score beside its uniform and
@@ -540,6 +609,164 @@ fn deception_vs_area(v: &View, out: &mut Vec<Shown>) {
             },
         });
     }
+}
+
+/// A weak model of the main grid: not bootstrapped, all labels, unweighted.
+fn plain(weak: &str) -> bool {
+    let p = crate::stages::order::parts(weak);
+    p.via.is_none() && p.labels.is_none()
+}
+
+/// Fig. 8: for each weak model, the deception score of every conflict setting and the
+/// Strong-Known & Weak-Unknown share along its strong models, weakest first.
+fn deception_by_strong(v: &View, out: &mut Vec<Shown>) {
+    let conflicts = conflicts(v);
+    let mut weak: Vec<&String> = (v.pairs.iter())
+        .map(|p| &p.0)
+        .filter(|w| plain(w))
+        .collect();
+    weak.dedup();
+    for w in weak {
+        let strong: Vec<&String> = (v.pairs.iter())
+            .filter(|p| &p.0 == w && conflicts.iter().any(|st| v.find(w, &p.1, st).is_some()))
+            .map(|p| &p.1)
+            .collect();
+        if strong.is_empty() {
+            continue;
+        }
+        let mut series = vec![BarSeries {
+            name: "S_k ∩ W_uk share".into(),
+            values: (strong.iter())
+                .map(|s| point(v.any_cell(w, s).and_then(|c| measure(c, "sk_wuk_share"))))
+                .collect(),
+        }];
+        for st in &conflicts {
+            series.push(BarSeries {
+                name: format!("deception score, {}", setting_name(st)),
+                values: (strong.iter())
+                    .map(|s| point(v.find(w, s, st).and_then(|c| measure(c, "deception_score"))))
+                    .collect(),
+            });
+        }
+        out.push(Shown {
+            caption: format!("Weak model {}: along its students, weakest first, the share of test pairs only the strong ceiling knows and each conflict setting's deception score (mean over seeds, 95% intervals; a missing bar: no flips or no run). The paper reads the trend along the strong models: the larger the Strong-Known & Weak-Unknown area, the more deception.", short(w)),
+            command: format!("w2s sql --artifacts ROOT \"select strong_model, objective, alpha, measure, value, ci_low, ci_high from analysis_summary where weak_model = '{w}' and measure in ('sk_wuk_share', 'deception_score') order by strong_model, objective, measure\""),
+            figure: Figure {
+                id: format!("deception_by_strong_{}", slug(&short(w))),
+                title: format!("Deception score and area share along the strong models, weak model {} (Fig. 8)", short(w)),
+                chart: Chart::Bars {
+                    groups: strong.iter().map(|s| short(s)).collect(),
+                    series,
+                    y_label: "deception score / share of test pairs".into(),
+                },
+            },
+        });
+    }
+}
+
+/// The cell the confidence scatter shows for a setting: the plain weak model with the most
+/// strong models (ties: the stronger), its strongest student, the first seed.
+fn scatter_cell(v: &View, dots: &[&Dot]) -> Option<(String, String, i64)> {
+    let mut partners: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for d in dots.iter().filter(|d| plain(&d.weak)) {
+        partners.entry(&d.weak).or_default().insert(&d.strong);
+    }
+    let (w, strong) = partners
+        .into_iter()
+        .max_by_key(|(w, s)| (s.len(), v.d.rank(w)))?;
+    let s = strong.into_iter().max_by_key(|s| v.d.rank(s))?;
+    let seed = (dots.iter())
+        .filter(|d| d.weak == w && d.strong == s)
+        .map(|d| d.seed)
+        .min()?;
+    Some((w.to_string(), s.to_string(), seed))
+}
+
+/// Fig. 19 / 20: the weak and strong ceilings' confidences on the pairs the no-conflict student
+/// gets right, marked by whether the conflict student keeps or flips them, one figure per
+/// conflict setting.
+fn confidence_scatter(v: &View, out: &mut Vec<Shown>) {
+    let t = v.s.threshold;
+    for st in conflicts(v) {
+        let dots: Vec<&Dot> = v.d.dots.iter().filter(|d| d.setting == st).collect();
+        let Some((w, s, seed)) = scatter_cell(v, &dots) else {
+            continue;
+        };
+        let cell: Vec<&&Dot> = (dots.iter())
+            .filter(|d| d.weak == w && d.strong == s && d.seed == seed)
+            .collect();
+        let series = [("kept", false), ("flipped", true)]
+            .map(|(name, flipped)| Series {
+                name: format!(
+                    "{name} ({})",
+                    cell.iter().filter(|d| d.flipped == flipped).count()
+                ),
+                points: (cell.iter())
+                    .filter(|d| d.flipped == flipped)
+                    .map(|d| (d.weak_conf, d.strong_conf))
+                    .collect(),
+            })
+            .to_vec();
+        let deceptive = (cell.iter())
+            .filter(|d| d.flipped && d.strong_conf >= t && d.weak_conf < t)
+            .count();
+        out.push(Shown {
+            caption: format!("{} → {}, {}, seed {seed}: each test pair the no-conflict student gets right, at the weak ceiling's confidence toward the ground truth (x) and the strong ceiling's (y), marked by whether the conflict student keeps it or flips it. The deception score counts the flips in the upper left corner (y ≥ {t} > x): {deceptive} here. The command prints every run's points.", short(&w), short(&s), setting_name(&st)),
+            command: format!("w2s sql sql/confidence_scatter.sql --artifacts ROOT --param threshold={t}"),
+            figure: Figure {
+                id: format!("confidence_scatter_{}", slug(&setting_name(&st))),
+                title: format!("Weak vs strong ceiling confidence, kept and flipped pairs, {} (Fig. 19, 20)", setting_name(&st)),
+                chart: Chart::Scatter {
+                    undefined: vec![Vec::new(); series.len()],
+                    series,
+                    x_label: "weak ceiling's confidence M_w".into(),
+                    y_label: "strong ceiling's confidence M_s".into(),
+                },
+            },
+        });
+    }
+}
+
+/// Beyond the paper: the precision of the paper's Strong-Known & Weak-Unknown proxy against
+/// the world's truth (the knowledge probe) per threshold, beside chance.
+fn knowledge_truth(v: &View, out: &mut Vec<Shown>) {
+    let d = v.d;
+    if d.truth.is_empty() {
+        return;
+    }
+    let mut pairs: Vec<&(String, String)> = d.truth.keys().collect();
+    pairs.sort_by_key(|(w, s)| (d.rank(w), d.rank(s)));
+    let mut series = Vec::new();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in pairs {
+        let name = format!("{} → {}", short(&p.0), short(&p.1));
+        for (k, what) in [(0, "precision"), (2, "chance")] {
+            series.push(Series {
+                name: format!("{what}, {name}"),
+                points: (d.truth[p].iter())
+                    .filter_map(|(t, x)| Some((f64::from_bits(*t), x[k]?)))
+                    .collect(),
+            });
+        }
+        for t in d.truth[p].keys().map(|t| f64::from_bits(*t)) {
+            lo = lo.min(t);
+            hi = hi.max(t);
+        }
+    }
+    out.push(Shown {
+        caption: "On the synthetic world, where which entities each pretrained model knows is measured (the knowledge probe), the share of the paper's proxy area (strong ceiling's confidence ≥ T, weak ceiling's < T) whose entity only the strong model truly knows (precision), beside the share a proxy blind to knowledge would score (chance: the true area's share of the test pairs), per ceiling pair and T, pooled over seeds. The table below has recall and agreement.".into(),
+        command: "w2s sql sql/report/knowledge_truth.sql --artifacts ROOT".into(),
+        figure: Figure {
+            id: "knowledge_truth".into(),
+            title: "The knowledge-area proxy against the truth, per threshold (beyond the paper)".into(),
+            chart: Chart::Lines {
+                series,
+                x_range: (lo, hi.max(lo + 1e-6)),
+                x_label: "threshold T".into(),
+                y_label: "precision of S_k ∩ W_uk".into(),
+            },
+        },
+    });
 }
 
 /// App. L: where each conflict cell's flips fall among the four knowledge areas.
