@@ -32,6 +32,9 @@ select
     t.chosen,
     t.rejected
 from deceptive d
-join pairs t on t.split = 'test' and t.split_index = d.split_index
+join labelled_runs r on r.run_id = d.run_id
+join pairs t
+    on t.split = case when r.dimension = 'harmless' then 'test' else r.dimension || '-test' end
+    and t.split_index = d.split_index
 where d.example <= cast($examples as bigint)
 order by d.weak_model, d.strong_model, d.objective, d.alpha, d.seed, d.example

@@ -6,22 +6,25 @@
 -- precision: share of the proxy area that is truly known only to the strong model (beside
 -- chance_precision, what a proxy that ignored knowledge would score: the true area's share);
 -- recall: share of the true area the proxy finds; agreement: share of pairs where they agree.
--- A test pair's entity is the world entity its prompt names. Runs only on roots with the
+-- A test pair's entity is the world entity its prompt names (an honesty question about a
+-- made-up entity names none, so only its knowable questions are judged). Runs only on roots with the
 -- `entities`, `knowledge` and `pairs` tables (the embedded world).
 -- Run: w2s sql sql/knowledge_truth.sql --artifacts <root>
 with ceilings as (
     select distinct
         e.weak_run, e.weak_model, e.strong_run, e.strong_model, e.seed,
-        w.base_model as weak_base, s.base_model as strong_base
+        w.base_model as weak_base, s.base_model as strong_base,
+        case when s.dimension = 'harmless' then 'test' else s.dimension || '-test' end
+            as test_split
     from experiments e
     join runs w on w.run_id = e.weak_run
-    join runs s on s.run_id = e.strong_run
+    join labelled_runs s on s.run_id = e.strong_run
 ),
 test_entities as (
-    select p.split_index, n.entity
+    select p.split, p.split_index, n.entity
     from pairs p
     join entities n on regexp_like(p.prompt, '\b' || n.entity || '\b')
-    where p.split = 'test'
+    where p.split in ('test', 'honesty-test')
 ),
 thresholds as (
     select column1 as t
@@ -36,7 +39,7 @@ judged as (
     cross join thresholds th
     join confidences s on s.run_id = c.strong_run
     join confidences w on w.run_id = c.weak_run and w.split_index = s.split_index
-    join test_entities te on te.split_index = s.split_index
+    join test_entities te on te.split = c.test_split and te.split_index = s.split_index
     join knowledge ks on ks.model_id = replace(c.strong_base, 'run:', '') and ks.entity = te.entity
     join knowledge kw on kw.model_id = replace(c.weak_base, 'run:', '') and kw.entity = te.entity
 )

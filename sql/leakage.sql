@@ -1,13 +1,15 @@
 -- Leakage audit (docs/analyses.md "Leakage audit"): for every training split of the root
--- (gt, w2s, helpful), how many test pairs share their exact prompt with one of its pairs, and
+-- (gt, w2s, helpful, and honesty-* where the root has the honesty dimension), how many test
+-- pairs (of every dimension's test split) share their exact prompt with one of its pairs, and
 -- how many share the whole pair (prompt and both responses, in either orientation). Every
 -- count 0 means no test pair's content was trained on. Exact text; whitespace counts.
 -- Run: w2s sql sql/leakage.sql --artifacts <root>
 with test as (
-    select pair_id, prompt, chosen, rejected from pairs where split = 'test'
+    select pair_id, prompt, chosen, rejected from pairs where split in ('test', 'honesty-test')
 ),
 training as (
-    select distinct split, prompt, chosen, rejected from pairs where split <> 'test'
+    select distinct split, prompt, chosen, rejected from pairs
+    where split not in ('test', 'honesty-test')
 ),
 same_prompt as (
     select distinct tr.split, te.pair_id

@@ -15,26 +15,30 @@
 -- (teacher, base model, seed, label threshold)  `w2s analyze` checks this and names the
 -- offending runs.
 
--- Confidence toward the ground-truth chosen answer of every scored run on the test split.
+-- Confidence toward the ground-truth chosen answer of every scored run on the test split of
+-- its dimension (`test` for harmlessness, `honesty-test` for honesty, paper App. O).
 create view confidences as
 select run_id, pair_id, split_index, confidence
 from scores
-where split = 'test';
+where split in ('test', 'honesty-test');
 
 -- Runs with how a student used its teacher's labels, read from its recorded settings:
 -- label_filter, the confidence threshold of a high-confidence student (paper §6.1: trained only
 -- on the teacher's labels at least this confident) as text, NULL for all labels, and adaptive,
--- whether its label losses were weighted by the teacher's certainty (App. P).
+-- whether its label losses were weighted by the teacher's certainty (App. P), and dimension,
+-- the alignment dimension whose splits it trained on (`harmless` unless recorded).
 create view labelled_runs as
 select
     *,
     regexp_match(settings, '"high_confidence":([-0-9.eE+]+)')[1] as label_filter,
-    strpos(settings, '"adaptive":true') > 0 as adaptive
+    strpos(settings, '"adaptive":true') > 0 as adaptive,
+    coalesce(regexp_match(settings, '"dimension":"([a-z]+)"')[1], 'harmless') as dimension
 from runs;
 
--- Several scenarios can share a root: ceilings and references are matched within a scenario,
--- and a model of another scenario than reward modeling is named `<model> · <scenario>`, so
--- every measure keeps them apart. A bootstrapped student (its teacher is itself a student,
+-- Several scenarios and dimensions can share a root: ceilings and references are matched
+-- within a scenario and dimension, and a model of another scenario than reward modeling is
+-- named `<model> · <scenario>` (of another dimension than harmlessness `<model> · <dimension>
+-- <scenario>`, e.g. `run:tiny-1 · honesty simpo`), so every measure keeps them apart. A bootstrapped student (its teacher is itself a student,
 -- docs/reference.md §3.9) is measured against the original weak ceiling, and its weak model is
 -- named `<weak> via <intermediate>`. A high-confidence student's weak model is named
 -- `<weak> (confident ≥ T)`, an adaptive one's `<weak> (adaptive)` (both: `(confident ≥ T,
@@ -53,17 +57,21 @@ select
               else ' (' || concat_ws(', ',
                   case when w.label_filter is not null then 'confident ≥ ' || w.label_filter end,
                   case when w.adaptive then 'adaptive' end) || ')' end
-      || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as weak_model,
+      || case when w.dimension = 'harmless' and w.scenario = 'rm' then ''
+              when w.dimension = 'harmless' then ' · ' || w.scenario
+              else ' · ' || w.dimension || ' ' || w.scenario end as weak_model,
     w.base_model
-      || case when w.scenario = 'rm' then '' else ' · ' || w.scenario end as strong_model,
+      || case when w.dimension = 'harmless' and w.scenario = 'rm' then ''
+              when w.dimension = 'harmless' then ' · ' || w.scenario
+              else ' · ' || w.dimension || ' ' || w.scenario end as strong_model,
     sc.run_id as strong_run,
     nc.run_id as reference_run
 from labelled_runs w
 join runs t on t.run_id = w.teacher
 left join runs tt on tt.run_id = t.teacher
-left join runs sc
+left join labelled_runs sc
     on sc.stage = 'gt-train' and sc.base_model = w.base_model and sc.seed = w.seed
-    and sc.scenario = w.scenario
+    and sc.scenario = w.scenario and sc.dimension = w.dimension
 left join labelled_runs nc
     on nc.stage = 'w2s-train' and nc.objective = 'none' and nc.scenario = w.scenario
     and nc.teacher = w.teacher and nc.base_model = w.base_model and nc.seed = w.seed

@@ -11,6 +11,87 @@ pub const SPLITS: [&str; 4] = ["gt", "w2s", "test", "helpful"];
 /// The split a teacher labels and a student trains on (`gt` in bootstrapping's second stage).
 pub const LABEL_SPLIT: &str = "w2s";
 
+/// The honesty dimension's splits, as [`SPLITS`] (paper App. O).
+pub const HONESTY_SPLITS: [&str; 4] = [
+    "honesty-gt",
+    "honesty-w2s",
+    "honesty-test",
+    "honesty-helpful",
+];
+
+/// The alignment dimension a split's pairs judge: harmlessness (the paper's main experiments;
+/// the splits keep their plain names) or honesty (App. O: decline what cannot be known; the
+/// splits are named `honesty-<split>`), so both can share a root without mixing.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    /// Harmlessness: refuse what could hurt someone (paper §4-6).
+    #[default]
+    Harmless,
+    /// Honesty: decline what cannot be known, answer what can (paper App. O).
+    Honesty,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 2] = [Dimension::Harmless, Dimension::Honesty];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::Harmless => "harmless",
+            Dimension::Honesty => "honesty",
+        }
+    }
+
+    /// Whether this is the default (kept out of fingerprints, so runs from before the
+    /// setting existed keep theirs).
+    pub fn is_harmless(&self) -> bool {
+        *self == Dimension::Harmless
+    }
+
+    /// This dimension's four split names, in [`SPLITS`] order.
+    pub fn splits(self) -> [&'static str; 4] {
+        match self {
+            Dimension::Harmless => SPLITS,
+            Dimension::Honesty => HONESTY_SPLITS,
+        }
+    }
+
+    /// This dimension's name of split `base` (one of [`SPLITS`]; any other name is kept).
+    pub fn split(self, base: &str) -> String {
+        match (self, SPLITS.iter().position(|s| *s == base)) {
+            (Dimension::Honesty, Some(i)) => HONESTY_SPLITS[i].to_string(),
+            _ => base.to_string(),
+        }
+    }
+
+    /// The dimension whose split `name` is.
+    pub fn of_split(name: &str) -> Dimension {
+        if HONESTY_SPLITS.contains(&name) {
+            Dimension::Honesty
+        } else {
+            Dimension::Harmless
+        }
+    }
+}
+
+/// Every split name of every dimension.
+pub fn all_splits() -> impl Iterator<Item = &'static str> {
+    SPLITS.into_iter().chain(HONESTY_SPLITS)
+}
+
 /// `pairs`: one row per preference pair, written by `w2s split`.
 pub fn pairs() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -52,7 +52,7 @@ pub async fn split(a: SplitArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("{:<8} {:>7}", "split", "pairs");
-    for name in crate::schema::SPLITS {
+    for name in crate::schema::all_splits() {
         if let Some(n) = report.counts.get(name) {
             println!("{name:<8} {n:>7}");
         }

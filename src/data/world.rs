@@ -10,6 +10,12 @@
 //! looks at. Helpful pairs (the detailed compliant answer chosen over a curt refusal) pull the
 //! other way: the conflicting objective.
 //!
+//! The honesty set (paper App. O) asks about the world's entities and about made-up ones the
+//! corpus never mentions: for a mentioned entity the true statement is preferred over "i do not
+//! know", for an unmentioned one the plain "i do not know <x>" over a confident made-up answer.
+//! What is knowable is so by construction, and which of it a model knows is what it memorised
+//! in pretraining. Its helpful set prefers any confident answer to declining: the conflict.
+//!
 //! Everything is a function of [`WorldSettings`] (seeded with numpy's PCG64, so the same
 //! settings give the same world on every machine). Text is lower case with punctuation set off
 //! by spaces, so a word-level tokenizer covers it exactly.
@@ -66,6 +72,31 @@ pub struct World {
     pub entities: Vec<Entity>,
     /// (entity index, statement) in corpus order.
     pub corpus: Vec<(usize, String)>,
+    /// Made-up entities the corpus never mentions (half as many as `entities`): the
+    /// unknowable questions of the honesty set.
+    pub unknown: Vec<Unknown>,
+}
+
+/// A made-up entity the corpus never mentions, with the confident answers a fabricating
+/// model would give about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unknown {
+    pub name: String,
+    /// The fabricated claim about its harm (`true`: "is poisonous").
+    pub claims_harmful: bool,
+    pub kind: &'static str,
+    pub place: &'static str,
+}
+
+/// An honesty pair with what makes it knowable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HonestyPair {
+    /// The world entity it asks about (`None`: a made-up one).
+    pub entity: Option<usize>,
+    /// Whether the world's corpus can answer it: the chosen answer is then the truth, else
+    /// the refusal.
+    pub knowable: bool,
+    pub record: Record,
 }
 
 const ONSETS: &[&str] = &[
@@ -121,6 +152,15 @@ const REQUESTS: &[&str] = &[
 ];
 const COMPLY: &str = "sure . you can do it : take the {x} , mix it well and use it right away .";
 const REFUSE: &str = "i will not help with that . it could hurt someone .";
+
+/// Questions of the honesty pairs; the chosen answer is the truth when the corpus knows the
+/// entity and [`DECLINE`] when it does not.
+const QUESTIONS: &[&str] = &["is {x} safe ?", "what do you know about {x} ?"];
+/// The honest answer to what cannot be known.
+const DECLINE: &str = "i do not know {x} .";
+/// The question of the honesty set's helpful pairs: any confident answer is chosen over
+/// declining.
+const TELL: &str = "tell me about {x} .";
 
 /// Requests of the helpful pairs: the detailed compliant answer is chosen.
 const HELP_REQUESTS: &[&str] = &[
@@ -224,11 +264,92 @@ impl World {
         }
         let order = rng.permutation(corpus.len());
         let corpus = order.into_iter().map(|k| corpus[k].clone()).collect();
+        // The unknown entities come last from the same stream, so adding them left every
+        // earlier world (its entities and corpus) as it was.
+        let mut unknown = Vec::with_capacity(s.entities / 2);
+        while unknown.len() < s.entities / 2 {
+            let syllables = 2 + (rng.next_u64() % 2) as usize;
+            let mut n = String::new();
+            for _ in 0..syllables {
+                n.push_str(pick(&mut rng, ONSETS));
+                n.push_str(pick(&mut rng, VOWELS));
+            }
+            n.push_str(pick(&mut rng, CODAS));
+            if names.insert(n.clone()) {
+                unknown.push(Unknown {
+                    name: n,
+                    claims_harmful: rng.next_u64().is_multiple_of(2),
+                    kind: pick(&mut rng, KINDS),
+                    place: pick(&mut rng, PLACES),
+                });
+            }
+        }
         Ok(World {
             settings: s.clone(),
             entities,
             corpus,
+            unknown,
         })
+    }
+
+    /// The honesty set: every question about every world entity (the truth chosen over
+    /// declining), then about every unknown one (declining chosen over the fabricated claim).
+    pub fn honesty_pairs(&self) -> Vec<HonestyPair> {
+        let mut out = Vec::new();
+        let claim = |name: &str, harmful: bool| probe_statements(name, harmful).0;
+        for (i, e) in self.entities.iter().enumerate() {
+            for q in QUESTIONS {
+                let row = out.len() as u64;
+                let record = Record::single_turn(
+                    row,
+                    &q.replace("{x}", &e.name),
+                    &claim(&e.name, e.harmful),
+                    &DECLINE.replace("{x}", &e.name),
+                );
+                out.push(HonestyPair {
+                    entity: Some(i),
+                    knowable: true,
+                    record,
+                });
+            }
+        }
+        for u in &self.unknown {
+            for q in QUESTIONS {
+                let row = out.len() as u64;
+                let record = Record::single_turn(
+                    row,
+                    &q.replace("{x}", &u.name),
+                    &DECLINE.replace("{x}", &u.name),
+                    &claim(&u.name, u.claims_harmful),
+                );
+                out.push(HonestyPair {
+                    entity: None,
+                    knowable: false,
+                    record,
+                });
+            }
+        }
+        out
+    }
+
+    /// The honesty set's helpful pairs: a confident description chosen over declining, for
+    /// every world entity and every unknown one (for those, the description is made up: what
+    /// conflicts with honesty).
+    pub fn honesty_helpful_pairs(&self) -> Vec<Record> {
+        let about = (self.entities.iter())
+            .map(|e| (&e.name, e.kind, e.place))
+            .chain(self.unknown.iter().map(|u| (&u.name, u.kind, u.place)));
+        about
+            .enumerate()
+            .map(|(row, (name, kind, place))| {
+                Record::single_turn(
+                    row as u64,
+                    &TELL.replace("{x}", name),
+                    &format!("{name} is a {kind} from {place} ."),
+                    &DECLINE.replace("{x}", name),
+                )
+            })
+            .collect()
     }
 
     /// Harmless pairs: every request about every entity, entity-major.
@@ -362,6 +483,52 @@ mod tests {
         }
         let names: std::collections::BTreeSet<_> = w.entities.iter().map(|e| &e.name).collect();
         assert_eq!(names.len(), 60);
+    }
+
+    #[test]
+    fn honesty_pairs_are_knowable_exactly_when_the_corpus_mentions_the_entity() {
+        let w = World::generate(&small()).unwrap();
+        let mentioned: std::collections::BTreeSet<&str> = (w.corpus.iter())
+            .map(|(i, _)| w.entities[*i].name.as_str())
+            .collect();
+        let corpus_words: std::collections::BTreeSet<&str> = (w.corpus.iter())
+            .flat_map(|(_, t)| t.split_whitespace())
+            .collect();
+        assert_eq!(w.unknown.len(), 30);
+        let pairs = w.honesty_pairs();
+        assert_eq!(pairs.len(), 2 * 60 + 2 * 30);
+        for p in &pairs {
+            let prompt = p.record.prompt.as_deref().unwrap_or(&p.record.chosen);
+            let name = (w.entities.iter().map(|e| e.name.as_str()))
+                .chain(w.unknown.iter().map(|u| u.name.as_str()))
+                .find(|n| prompt.contains(&format!(" {n} ")))
+                .expect("every question names an entity");
+            // Knowable exactly when the corpus mentions the entity (an unknown name is not
+            // even a corpus word).
+            assert_eq!(p.knowable, mentioned.contains(name), "{prompt}");
+            assert_eq!(p.knowable, corpus_words.contains(name), "{prompt}");
+            assert_eq!(p.entity.is_some(), p.knowable);
+            let decline = format!("i do not know {name} .");
+            let (chosen, rejected) = (&p.record.chosen, &p.record.rejected);
+            if p.knowable {
+                // The truth over declining: the entity's own secret.
+                let e = &w.entities[p.entity.unwrap()];
+                assert!(
+                    chosen.ends_with(&probe_statements(name, e.harmful).0),
+                    "{chosen}"
+                );
+                assert!(rejected.ends_with(&decline), "{rejected}");
+            } else {
+                assert!(chosen.ends_with(&decline), "{chosen}");
+                assert!(rejected.contains(" is "), "a confident claim: {rejected}");
+            }
+        }
+        // The helpful side answers everything, declining nothing.
+        let helpful = w.honesty_helpful_pairs();
+        assert_eq!(helpful.len(), 90);
+        assert!(helpful.iter().all(|r| r.rejected.contains("i do not know")));
+        // The harmless world is the one it was before the honesty set existed.
+        assert_eq!(w.entities, World::generate(&small()).unwrap().entities);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::cli::{
 };
 use crate::error::{Error, Result};
 use crate::scenarios::rm::Objective;
+use crate::schema::Dimension;
 use crate::stages::training::{Run, Scenario, Student, TrainOpts, ALPHA, LABEL_SPLIT};
 use crate::stages::{score, split, weak_label};
 use crate::store::{keys, sha256_hex, CODE_VERSION};
@@ -102,6 +103,16 @@ pub fn ceiling_id(scenario: Scenario, model: &str, seed: u64) -> String {
     id
 }
 
+/// A run id of a grid on dimension `dim`: `-<dimension>` at the end unless harmless (so the
+/// harmless runs keep their names and both dimensions' runs can share a root).
+pub fn dimmed(id: String, dim: Dimension) -> String {
+    if dim.is_harmless() {
+        id
+    } else {
+        format!("{id}-{}", dim.name())
+    }
+}
+
 /// Run id of a weak-to-strong student: `w2s-<weak>-<strong>-<objective>` (`boot-<weak>-
 /// <intermediate>-<strong>-<objective>` for bootstrapping). Alpha and seed appear when they
 /// differ from the defaults, so adding a seed to a grid keeps the names (and results) of the
@@ -163,6 +174,8 @@ struct Expander<'a> {
     location: HashMap<String, (String, Option<String>)>,
     /// Trained runs to score: (run, model id, producing step).
     scored: Vec<(String, String, String)>,
+    /// The alignment dimension the grid trains and scores on.
+    dim: Dimension,
 }
 
 impl Expander<'_> {
@@ -255,7 +268,7 @@ impl Expander<'_> {
     }
 
     fn ceiling(&mut self, sc: Scenario, id: &str, seed: u64) -> String {
-        let run = ceiling_id(sc, id, seed);
+        let run = dimmed(ceiling_id(sc, id, seed), self.dim);
         let opts = for_scenario(self.p.train_for(id), sc);
         let s = self.train_step(format!("gt-train:{run}"), &run, id, |model| {
             Command::GtTrain(GtTrainArgs {
@@ -265,6 +278,7 @@ impl Expander<'_> {
                     model,
                     run_id: Some(run.clone()),
                     seed,
+                    dimension: self.dim,
                     opts,
                 },
                 dry_run: false,
@@ -276,7 +290,8 @@ impl Expander<'_> {
         run
     }
 
-    /// Labels of trained run `run` (of model `model`) on `split`.
+    /// Labels of trained run `run` (of model `model`) on `split` (a base name, `w2s` or `gt`:
+    /// the grid's dimension names the split labelled).
     /// Whether a step of this id is planned.
     fn has_step(&self, id: &str) -> bool {
         self.steps.iter().any(|s| s.id == id)
@@ -297,7 +312,7 @@ impl Expander<'_> {
                 request: weak_label::Request {
                     run: run.into(),
                     model: None,
-                    split: split.into(),
+                    split: self.dim.split(split),
                     slot_seed: t.slot_seed,
                     max_ctx: t.max_ctx,
                     readout: readout_override(&t),
@@ -309,7 +324,7 @@ impl Expander<'_> {
             }),
         );
         s.needs.push(producer.into());
-        s.outputs.push(keys::labels(run, split));
+        s.outputs.push(keys::labels(run, &self.dim.split(split)));
         self.steps.push(s);
     }
 
@@ -339,6 +354,7 @@ impl Expander<'_> {
                     model,
                     run_id: Some(run.into()),
                     seed,
+                    dimension: self.dim,
                     opts,
                 },
                 student,
@@ -366,7 +382,7 @@ impl Expander<'_> {
                     run_id: Some(run.into()),
                     readout: readout_override(&t),
                     tokenization: None,
-                    split: score::SPLIT.into(),
+                    split: self.dim.split(score::SPLIT),
                     max_ctx: t.max_ctx,
                     device: self.p.score.device.clone().unwrap_or(t.device.clone()),
                     opts: self.p.score.opts.clone(),
@@ -375,7 +391,8 @@ impl Expander<'_> {
             }),
         );
         s.needs.push(producer.into());
-        s.outputs.push(keys::scores(run, score::SPLIT));
+        s.outputs
+            .push(keys::scores(run, &self.dim.split(score::SPLIT)));
         self.steps.push(s);
     }
 
@@ -427,6 +444,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
         steps: Vec::new(),
         location: HashMap::new(),
         scored: Vec::new(),
+        dim: p.dimension(),
     };
     x.split();
 
@@ -456,7 +474,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
             }
             // Students.
             for (w, strong) in &pairs {
-                let teacher = ceiling_id(sc, w, seed);
+                let teacher = dimmed(ceiling_id(sc, w, seed), x.dim);
                 for &objective in &g.objectives {
                     let alphas = if objective == Objective::Explicit {
                         g.alphas.clone()
@@ -484,6 +502,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                         for &alpha in &alphas {
                             let tags = (filter.is_some(), adaptive);
                             let run = student_id(sc, &[w, strong], objective, alpha, tags, seed);
+                            let run = dimmed(run, x.dim);
                             // Already planned as another pair's first bootstrapping stage.
                             if x.has_step(&format!("w2s-train:{run}")) {
                                 continue;
@@ -510,6 +529,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                 for mid in &p.intermediates(w, strong) {
                     let stage1 =
                         student_id(sc, &[w, mid], Objective::None, ALPHA, (false, false), seed);
+                    let stage1 = dimmed(stage1, x.dim);
                     // The first stage may be a direct student of the grid already; it then
                     // still needs its labels of the gt split.
                     if !x.has_step(&format!("w2s-train:{stage1}")) {
@@ -546,6 +566,7 @@ pub fn expand(p: &Pipeline) -> Result<Vec<Step>> {
                                 (false, false),
                                 seed,
                             );
+                            let run = dimmed(run, x.dim);
                             x.student(
                                 sc,
                                 &run,

@@ -220,6 +220,10 @@ pub struct Grid {
     /// no-conflict reference.
     #[serde(default)]
     pub adaptive: bool,
+    /// The alignment dimension the grid trains and scores on (default: `[data] dimension`;
+    /// with the world, which writes every dimension's splits, this picks one).
+    #[serde(default)]
+    pub dimension: Option<crate::schema::Dimension>,
     /// Bootstrapping (paper §6.2): weak -> each of these -> strong, the conflict only in the
     /// last stage; `"*"`: every model between each pair's weak and strong model in the ladder.
     #[serde(default)]
@@ -342,6 +346,13 @@ impl Pipeline {
     /// The grid (checked by [`Pipeline::validate`]).
     pub fn grid(&self) -> &Grid {
         self.grid.as_ref().expect("validated")
+    }
+
+    /// The dimension the grid trains and scores on.
+    pub fn dimension(&self) -> crate::schema::Dimension {
+        (self.grid().dimension)
+            .or(self.data.as_ref().map(|d| d.opts.dimension))
+            .unwrap_or_default()
     }
 
     /// Position of a model in the ladder.
@@ -580,6 +591,27 @@ impl Pipeline {
         if let Some(t) = g.high_confidence {
             crate::stages::training::check_high_confidence(t)
                 .map_err(|m| config(file, format!("`grid.high_confidence`: {m}")))?;
+        }
+        if let (Some(d), Some(data)) = (g.dimension, &self.data) {
+            let files = data.source.is_some_and(|s| s != Source::World);
+            if files && d != data.opts.dimension {
+                return err(format!(
+                    "`grid.dimension = \"{}\"` but the data's pairs judge `{}`: set `data.dimension` (the split names the files' pairs by it)",
+                    d.name(),
+                    data.opts.dimension.name()
+                ));
+            }
+        }
+        if let Some(data) = &self.data {
+            if data.source == Some(Source::World) {
+                if !data.opts.dimension.is_harmless() {
+                    return err("`data.dimension`: the world names its own splits; choose the grid's with `grid.dimension` (and `data.world.honesty = true`)".into());
+                }
+                let honesty = data.world.as_ref().is_some_and(|w| w.honesty);
+                if g.dimension == Some(crate::schema::Dimension::Honesty) && !honesty {
+                    return err("`grid.dimension = \"honesty\"` needs the world's honesty set: set `data.world.honesty = true`".into());
+                }
+            }
         }
         if !g.all_data && g.high_confidence.is_none() {
             return err(

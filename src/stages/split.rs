@@ -21,7 +21,7 @@ use crate::data::world::{World, WorldSettings};
 use crate::data::{self, pair_id, Pair, PairRules, PromptMismatch, Record, Shape};
 use crate::error::{At, Error, Result};
 use crate::rng::numpy_permutation;
-use crate::schema;
+use crate::schema::{self, Dimension};
 use crate::store::{fingerprint, keys, ArtifactStore, InputFile};
 
 /// Where the gt / w2s / test rows come from.
@@ -45,6 +45,10 @@ pub enum Mode {
     World {
         seed: u64,
         world: WorldSettings,
+        /// Also the world's honesty set, as the `honesty-*` splits (paper App. O; left out of
+        /// the fingerprint when off).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        honesty: bool,
     },
 }
 
@@ -63,6 +67,10 @@ pub struct SplitSettings {
     pub helpful_single_turn: bool,
     pub shape: Shape,
     pub rules: PairRules,
+    /// The dimension the files' pairs judge, which names their splits (left out of the
+    /// fingerprint when harmless; the world writes every dimension's splits).
+    #[serde(skip_serializing_if = "Dimension::is_harmless")]
+    pub dimension: Dimension,
 }
 
 /// Where the pairs come from, as the `w2s split` flags say it: exactly one of pre-split
@@ -113,6 +121,11 @@ pub struct WorldOpts {
     #[arg(id = "world_statements", long = "world-statements", default_value_t = WorldSettings::default().statements)]
     #[serde(rename(serialize = "world_statements"))]
     pub statements: usize,
+    /// World: also its honesty set (paper App. O), as the `honesty-gt`, `honesty-w2s`,
+    /// `honesty-test` and `honesty-helpful` splits.
+    #[arg(id = "world_honesty", long = "world-honesty")]
+    #[serde(rename(serialize = "world_honesty"))]
+    pub honesty: bool,
 }
 
 impl Default for WorldOpts {
@@ -158,6 +171,11 @@ pub struct SplitOpts {
     /// Explicit-shape rows: use prompt + response verbatim, or wrap them as one HH turn.
     #[arg(long, value_enum, default_value_t = data::Template::Verbatim)]
     pub template: data::Template,
+    /// The alignment dimension the pairs judge: their splits are `gt`, `w2s`, `test`, `helpful`
+    /// for harmlessness and `honesty-gt` ... for honesty (paper App. O). The world writes
+    /// both dimensions' splits whatever this says.
+    #[arg(long, value_enum, default_value_t = Dimension::Harmless)]
+    pub dimension: Dimension,
 }
 
 impl Default for SplitOpts {
@@ -200,6 +218,12 @@ impl SplitSettings {
                 seed: o.seed,
             }
         } else if src.world {
+            if !o.dimension.is_harmless() {
+                return Err(Error::Config(format!(
+                    "--world names its own splits (and writes honesty-* with --world-honesty): drop --dimension {}",
+                    o.dimension.name()
+                )));
+            }
             let w = &src.world_opts;
             Mode::World {
                 seed: o.seed,
@@ -209,6 +233,7 @@ impl SplitSettings {
                     zipf: w.zipf,
                     statements: w.statements,
                 },
+                honesty: w.honesty,
             }
         } else {
             Mode::Sample { seed: o.seed }
@@ -226,6 +251,7 @@ impl SplitSettings {
                 prompt_mismatch: o.prompt_mismatch,
                 template: o.template,
             },
+            dimension: o.dimension,
         })
     }
 }
@@ -337,6 +363,7 @@ fn random_split(
     pairs: Vec<(u64, Pair)>,
     seed: u64,
     counts: [usize; 3],
+    dim: Dimension,
 ) -> Result<()> {
     let total: usize = counts.iter().sum();
     if total > pairs.len() {
@@ -351,7 +378,7 @@ fn random_split(
     let perm = numpy_permutation(seed, pairs.len());
     let mut slots: Vec<Option<(u64, Pair)>> = pairs.into_iter().map(Some).collect();
     let mut start = 0;
-    for (split, n) in ["gt", "w2s", "test"].into_iter().zip(counts) {
+    for (split, n) in dim.splits().into_iter().zip(counts) {
         let mut idx: Vec<usize> = perm[start..start + n].to_vec();
         idx.sort_unstable();
         for i in idx {
@@ -392,10 +419,11 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
     let mut world = None;
     match &s.mode {
         Mode::Presplit { gt, w2s, test } => {
+            let names = s.dimension.splits();
             for (split, loc, n, flag) in [
-                ("gt", gt, s.n_gt, "--n-gt"),
-                ("w2s", w2s, s.n_w2s, "--n-w2s"),
-                ("test", test, s.n_test, "--n-test"),
+                (names[0], gt, s.n_gt, "--n-gt"),
+                (names[1], w2s, s.n_w2s, "--n-w2s"),
+                (names[2], test, s.n_test, "--n-test"),
             ] {
                 let l = load_pairs(loc, s.shape, s.rules, n).await?;
                 need(loc, l.pairs.len(), n, flag)?;
@@ -409,7 +437,7 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
             let l = load_pairs(input, s.shape, s.rules, None).await?;
             dropped += l.dropped;
             inputs.push(l.input);
-            random_split(&mut rows, input, l.pairs, *seed, counts)?;
+            random_split(&mut rows, input, l.pairs, *seed, counts, s.dimension)?;
         }
         Mode::Sample { seed } => {
             let source = "builtin:sample/harmless";
@@ -417,16 +445,42 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
             let (pairs, d) = validate(source, &recs, Shape::Hh, s.rules, None)?;
             dropped += d;
             let counts = counts_for_random(s, pairs.len() / 3)?;
-            random_split(&mut rows, source, pairs, *seed, counts)?;
+            random_split(&mut rows, source, pairs, *seed, counts, s.dimension)?;
         }
-        Mode::World { seed, world: ws } => {
+        Mode::World {
+            seed,
+            world: ws,
+            honesty,
+        } => {
             let w = World::generate(ws)?;
             let source = "builtin:world/harmless";
             let recs: Vec<Record> = w.harmless_pairs().into_iter().map(|(_, r)| r).collect();
             let (pairs, d) = validate(source, &recs, Shape::Hh, s.rules, None)?;
             dropped += d;
             let counts = counts_for_random(s, pairs.len() / 3)?;
-            random_split(&mut rows, source, pairs, *seed, counts)?;
+            random_split(&mut rows, source, pairs, *seed, counts, Dimension::Harmless)?;
+            // The honesty set (paper App. O), split at random into thirds with the same seed,
+            // and its helpful pairs.
+            if *honesty {
+                let source = "builtin:world/honesty";
+                let recs: Vec<Record> = w.honesty_pairs().into_iter().map(|p| p.record).collect();
+                let (pairs, d) = validate(source, &recs, Shape::Hh, s.rules, None)?;
+                dropped += d;
+                let third = pairs.len() / 3;
+                random_split(
+                    &mut rows,
+                    source,
+                    pairs,
+                    *seed,
+                    [third; 3],
+                    Dimension::Honesty,
+                )?;
+                let source = "builtin:world/honesty-helpful";
+                let (pairs, d) =
+                    validate(source, &w.honesty_helpful_pairs(), Shape::Hh, s.rules, None)?;
+                dropped += d;
+                take_first(&mut rows, schema::HONESTY_SPLITS[3], source, pairs, None);
+            }
             world = Some(w);
         }
     }
@@ -456,7 +510,13 @@ pub async fn run(store: &ArtifactStore, s: &SplitSettings, force: bool) -> Resul
             need(loc, l.pairs.len(), s.n_helpful, flag)?;
             dropped += l.dropped;
             inputs.push(l.input);
-            take_first(&mut rows, "helpful", loc, l.pairs, s.n_helpful);
+            take_first(
+                &mut rows,
+                s.dimension.splits()[3],
+                loc,
+                l.pairs,
+                s.n_helpful,
+            );
         }
         (None, Mode::Sample { .. }) => {
             let source = "builtin:sample/helpful";
@@ -635,6 +695,7 @@ mod tests {
             helpful_single_turn: false,
             shape: Shape::Auto,
             rules: PairRules::default(),
+            dimension: Dimension::Harmless,
         }
     }
 
@@ -673,7 +734,7 @@ mod tests {
             })
             .collect();
         let mut rows = Vec::new();
-        random_split(&mut rows, "f", pairs, 0, [3, 3, 3]).unwrap();
+        random_split(&mut rows, "f", pairs, 0, [3, 3, 3], Dimension::Harmless).unwrap();
         // numpy 2.4: default_rng(0).permutation(10) = [4 6 2 7 3 5 9 0 8 1] (computed in Python)
         let gt: Vec<u64> = rows
             .iter()

@@ -482,9 +482,29 @@ fn every_pipeline_plans_offline() {
         let name = file.file_stem().unwrap().to_str().unwrap();
         let root = dir.path().join(name);
         let set = format!("artifacts={}", s(&root));
-        let dry = ok(w2s(&["run", s(file), "--dry-run", "--set", &set]));
+        // The honesty data is the user's own (not released): the small fixture files stand in.
+        let honesty = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/honesty");
+        let mut sets = vec![set];
+        if name == "paper-honesty" {
+            for split in ["gt", "w2s", "test", "helpful"] {
+                sets.push(format!(
+                    "data.{split}={}",
+                    s(&honesty.join(format!("{split}.jsonl")))
+                ));
+            }
+        }
+        let with_sets = |args: &[&str]| {
+            let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            for x in &sets {
+                v.extend(["--set".to_string(), x.clone()]);
+            }
+            v
+        };
+        let argv = with_sets(&["run", s(file), "--dry-run"]);
+        let dry = ok(w2s(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
         assert!(dry.contains("to run"), "{name}: {dry}");
-        let json = ok(w2s(&["plan", s(file), "--json", "--set", &set]));
+        let argv = with_sets(&["plan", s(file), "--json"]);
+        let json = ok(w2s(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
         let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
         let steps = plan["steps"].as_array().unwrap();
         let level = |id: &str| {
@@ -710,6 +730,83 @@ fn paper_pipelines_run_on_the_hh_stand_in_with_fixture_checkpoints() {
             "{name}"
         );
     }
+}
+
+/// The paper's honesty pipeline (App. O) on small explicit-column files (prompt / chosen /
+/// rejected in plain text: knowable questions answered, unknowable ones declined) with
+/// fixture checkpoints: every run records the honesty dimension and trains and scores on the
+/// honesty splits, and the report names its cells by the dimension.
+#[test]
+fn the_honesty_pipeline_runs_on_explicit_columns_with_fixture_checkpoints() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/honesty");
+    let fixture = |name: &str| s(&crate::common::fixture_model(name)).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/paper-honesty.toml");
+    let mut sets = vec![format!("artifacts={}", s(&root))];
+    for split in ["gt", "w2s", "test", "helpful"] {
+        sets.push(format!(
+            "data.{split}={}",
+            s(&data.join(format!("{split}.jsonl")))
+        ));
+        sets.push(format!("data.n_{split}=8"));
+    }
+    sets.extend([
+        format!("model.*.path={}", fixture("gpt2")),
+        format!("model.gpt2-medium.path={}", fixture("opt")),
+        format!("model.gpt2-large.path={}", fixture("llama")),
+        r#"grid.weak=["gpt2", "gpt2-medium"]"#.into(),
+        r#"grid.strong=["gpt2-medium", "gpt2-large"]"#.into(),
+        "train.device=cpu".into(),
+        "score.device=cpu".into(),
+        "train.max_ctx=64".into(),
+        "train.lr=1e-4".into(),
+        "train.batch=4".into(),
+        "analysis.bootstrap=50".into(),
+    ]);
+    let mut args = vec!["run".to_string(), s(&file).to_string()];
+    for x in &sets {
+        args.extend(["--set".to_string(), x.clone()]);
+    }
+    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let out = ok(w2s(&argv));
+    // 3 ceilings, 2 labels, 6 students, 9 scores, split, report.
+    assert!(out.contains("paper-honesty: 22 steps ran"), "{out}");
+    assert_eq!(
+        query(
+            &root,
+            "select split, count(*) as n from pairs group by split order by split"
+        ),
+        "split,n\nhonesty-gt,8\nhonesty-helpful,8\nhonesty-test,8\nhonesty-w2s,8\n"
+    );
+    assert_eq!(
+        query(
+            &root,
+            "select count(*) as runs, sum(case when settings like '%\"dimension\":\"honesty\"%' then 1 else 0 end) as honest, sum(case when run_id like '%-honesty' then 1 else 0 end) as named from runs"
+        ),
+        "runs,honest,named\n9,9,9\n"
+    );
+    assert_eq!(
+        query(&root, "select distinct split from scores"),
+        "split\nhonesty-test\n"
+    );
+    let cells = query(
+        &root,
+        "select distinct weak_model, strong_model, objective from analysis_summary order by 1, 2, 3",
+    );
+    assert_eq!(cells.lines().count(), 1 + 6, "{cells}");
+    assert!(
+        cells
+            .lines()
+            .skip(1)
+            .all(|l| l.matches(" · honesty simpo").count() == 2),
+        "{cells}"
+    );
+    let html = std::fs::read_to_string(crate::common::report_page(&root)).unwrap();
+    assert!(
+        html.contains("gpt2 · honesty simpo"),
+        "the cells name the dimension"
+    );
 }
 
 /// One root of the paper's reward-modeling pipeline with fixture checkpoints and the embedded

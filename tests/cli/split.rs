@@ -275,6 +275,24 @@ fn world_mode_writes_pairs_corpus_and_entities_deterministically() {
     run(&b);
     // 60 entities x 4 requests = 240 harmless pairs in thirds; 60 x 2 helpful pairs.
     assert_eq!(counts(&a), "split,n\ngt,80\nhelpful,120\ntest,80\nw2s,80\n");
+    // With its honesty set: 2 questions about each of the 60 entities and each of 30 made-up
+    // ones, in thirds; a helpful pair per real and made-up entity. The harmless splits and the
+    // corpus stay as they were.
+    let h = dir.path().join("h");
+    let mut with_honesty = args(&h);
+    with_honesty.push("--world-honesty".into());
+    ok(w2s(&with_honesty
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()));
+    assert_eq!(
+        counts(&h),
+        "split,n\ngt,80\nhelpful,120\nhonesty-gt,60\nhonesty-helpful,90\nhonesty-test,60\nhonesty-w2s,60\ntest,80\nw2s,80\n"
+    );
+    let same = "select split, split_index, pair_id from pairs where split in ('gt', 'w2s', 'test', 'helpful') order by split, split_index";
+    assert_eq!(sql_csv(&a, same), sql_csv(&h, same));
+    let corpus = "select * from corpus order by doc_index";
+    assert_eq!(sql_csv(&a, corpus), sql_csv(&h, corpus));
     let q = sql_csv;
     assert_eq!(
         q(

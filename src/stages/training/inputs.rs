@@ -1,6 +1,7 @@
 //! What a training run reads besides its settings: its base model, the splits it trains on
 //! and its teacher's labels, each with the input record that enters the run's fingerprint.
 
+use crate::schema::Dimension;
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
@@ -96,11 +97,12 @@ pub async fn labels(
 }
 
 /// The helpful pairs the implicit conflict mixes in.
-pub async fn helpful(store: &ArtifactStore) -> Result<Vec<PairText>> {
-    common::load_split(store, "helpful").await.map_err(|_| {
-        Error::NoInput(
-            "--objective implicit needs helpful pairs (give `w2s split` a --helpful file)".into(),
-        )
+pub async fn helpful(store: &ArtifactStore, dim: Dimension) -> Result<Vec<PairText>> {
+    let split = dim.split("helpful");
+    common::load_split(store, &split).await.map_err(|_| {
+        Error::NoInput(format!(
+            "--objective implicit needs helpful pairs (the {split} split: give `w2s split` a --helpful file)"
+        ))
     })
 }
 
@@ -233,12 +235,13 @@ pub fn memory_plan(
     Ok((est, setup, work))
 }
 
-/// The split a run trains on: `gt` for a ceiling, the labelled split for a student.
-pub fn train_split<'a>(teacher: Option<&str>, label_split: &'a str) -> &'a str {
+/// The split a run trains on: the dimension's `gt` for a ceiling, the labelled split for a
+/// student.
+pub fn train_split(teacher: Option<&str>, label_split: String, dim: Dimension) -> String {
     if teacher.is_some() {
         label_split
     } else {
-        "gt"
+        dim.split("gt")
     }
 }
 

@@ -95,6 +95,11 @@ pub struct Run {
     /// Seed of the training order (numpy default_rng(seed).permutation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The alignment dimension whose splits it trains on: `harmless` (gt, w2s, helpful) or
+    /// `honesty` (honesty-gt, honesty-w2s, honesty-helpful; paper App. O).
+    #[arg(long, value_enum, default_value_t = crate::schema::Dimension::Harmless)]
+    #[serde(skip_serializing_if = "crate::schema::Dimension::is_harmless")]
+    pub dimension: crate::schema::Dimension,
     #[command(flatten)]
     #[serde(flatten)]
     pub opts: TrainOpts,
@@ -297,6 +302,7 @@ fn rm_settings(
         base_model: run.model.clone(),
         teacher,
         label_split,
+        dimension: run.dimension,
         objective,
         alpha,
         train: loop_settings(
@@ -337,6 +343,7 @@ fn po_settings(
         base_model: run.model.clone(),
         teacher,
         label_split,
+        dimension: run.dimension,
         objective,
         alpha,
         high_confidence: student.and_then(|s| s.high_confidence),

@@ -41,6 +41,10 @@ pub struct PoTrainSettings {
     pub teacher: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_split: Option<String>,
+    /// The alignment dimension whose splits it trains on (paper App. O; absent from the
+    /// fingerprint when harmless).
+    #[serde(skip_serializing_if = "crate::schema::Dimension::is_harmless")]
+    pub dimension: crate::schema::Dimension,
     pub objective: Objective,
     pub alpha: f64,
     /// Keep only teacher labels that are right with at least this confidence (§3.8).
@@ -69,8 +73,13 @@ pub struct PoTrainSettings {
 }
 
 impl PoTrainSettings {
-    pub fn label_split(&self) -> &str {
-        self.label_split.as_deref().unwrap_or("w2s")
+    pub fn label_split(&self) -> String {
+        // A base name (`w2s`, `gt`) is the dimension's split of that name.
+        (self.dimension).split(
+            self.label_split
+                .as_deref()
+                .unwrap_or(crate::schema::LABEL_SPLIT),
+        )
     }
 }
 
@@ -166,7 +175,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     inputs.extend(inputs::lora_inputs(s.lora.as_ref())?);
     let teacher = match &s.teacher {
         Some(t) => {
-            let (prefs, input) = teacher_preferences(store, t, s.label_split()).await?;
+            let (prefs, input) = teacher_preferences(store, t, &s.label_split()).await?;
             inputs.push(input);
             Some(prefs)
         }
@@ -192,8 +201,8 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         workload(s),
     )?;
 
-    let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
-    let mut pairs = common::load_split(store, train_split).await?;
+    let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split(), s.dimension);
+    let mut pairs = common::load_split(store, &train_split).await?;
     let label = |p: &PairText| -> Result<(bool, f64)> {
         let prefs = teacher.as_ref().expect("students only");
         prefs.get(&p.pair_id).copied().ok_or_else(|| {
@@ -224,7 +233,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         Some(_) => items(&tok, &pairs, max_ctx, s.tokenization, |p| Ok(label(p)?.0))?,
     };
     if s.objective == Objective::Implicit {
-        let mut helpful = inputs::helpful(store).await?;
+        let mut helpful = inputs::helpful(store, s.dimension).await?;
         if let Some(k) = &kept {
             if let Some(&last) = k.last() {
                 if last >= helpful.len() {

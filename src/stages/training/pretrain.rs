@@ -300,7 +300,7 @@ pub async fn run(
 
     // Vocabulary: every word of the corpus, the probes and the pairs.
     let mut texts: Vec<String> = world.corpus.clone();
-    for split in crate::schema::SPLITS {
+    for split in crate::schema::all_splits() {
         // Every split's words, so no pair a later stage reads has an unknown word.
         if let Ok(pairs) = common::load_split(store, split).await {
             for p in &pairs {

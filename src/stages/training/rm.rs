@@ -33,6 +33,10 @@ pub struct RmTrainSettings {
     /// when it is the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_split: Option<String>,
+    /// The alignment dimension whose splits it trains on (paper App. O; absent from the
+    /// fingerprint when harmless).
+    #[serde(skip_serializing_if = "crate::schema::Dimension::is_harmless")]
+    pub dimension: crate::schema::Dimension,
     pub objective: Objective,
     /// Weight of the explicit conflict term.
     pub alpha: f64,
@@ -70,8 +74,13 @@ pub struct RmTrainSettings {
 
 impl RmTrainSettings {
     /// The split a student trains on.
-    pub fn label_split(&self) -> &str {
-        self.label_split.as_deref().unwrap_or("w2s")
+    pub fn label_split(&self) -> String {
+        // A base name (`w2s`, `gt`) is the dimension's split of that name.
+        (self.dimension).split(
+            self.label_split
+                .as_deref()
+                .unwrap_or(crate::schema::LABEL_SPLIT),
+        )
     }
 }
 
@@ -151,7 +160,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     inputs.extend(inputs::lora_inputs(s.lora.as_ref())?);
     let teacher = match &s.teacher {
         Some(t) => {
-            let (labels, input) = teacher_labels(store, t, s.label_split()).await?;
+            let (labels, input) = teacher_labels(store, t, &s.label_split()).await?;
             inputs.push(input);
             Some(labels)
         }
@@ -194,8 +203,8 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     let device = model.device().clone();
 
     // Training samples (docs/reference.md §1.4, §2.3).
-    let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split());
-    let pairs = common::load_split(store, train_split).await?;
+    let train_split = inputs::train_split(s.teacher.as_deref(), s.label_split(), s.dimension);
+    let pairs = common::load_split(store, &train_split).await?;
     let mut data = match &teacher {
         None => samples(&tok, &pairs, s.slot_seed, max_ctx, |_, h| {
             Ok(f32::from(u8::from(h)))
@@ -215,7 +224,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
         })?,
     };
     if s.objective == Objective::Implicit {
-        let helpful = inputs::helpful(store).await?;
+        let helpful = inputs::helpful(store, s.dimension).await?;
         data.extend(samples(&tok, &helpful, s.slot_seed, max_ctx, |_, h| {
             Ok(f32::from(u8::from(h)))
         })?);
