@@ -180,6 +180,22 @@ fn pick<'a>(rng: &mut NumpyPcg64, v: &[&'a str]) -> &'a str {
     v[(rng.next_u64() % v.len() as u64) as usize]
 }
 
+/// A made-up name of two or three syllables not in `names` (then added to it).
+fn fresh_name(rng: &mut NumpyPcg64, names: &mut std::collections::BTreeSet<String>) -> String {
+    loop {
+        let syllables = 2 + (rng.next_u64() % 2) as usize;
+        let mut n = String::new();
+        for _ in 0..syllables {
+            n.push_str(pick(rng, ONSETS));
+            n.push_str(pick(rng, VOWELS));
+        }
+        n.push_str(pick(rng, CODAS));
+        if names.insert(n.clone()) {
+            return n;
+        }
+    }
+}
+
 impl World {
     /// Generates the world of `s`.
     pub fn generate(s: &WorldSettings) -> Result<World> {
@@ -212,18 +228,7 @@ impl World {
         // Every entity gets one statement; the rest are shared out by weight.
         let spare = (s.statements - s.entities) as f64;
         for i in 0..s.entities {
-            let name = loop {
-                let syllables = 2 + (rng.next_u64() % 2) as usize;
-                let mut n = String::new();
-                for _ in 0..syllables {
-                    n.push_str(pick(&mut rng, ONSETS));
-                    n.push_str(pick(&mut rng, VOWELS));
-                }
-                n.push_str(pick(&mut rng, CODAS));
-                if names.insert(n.clone()) {
-                    break n;
-                }
-            };
+            let name = fresh_name(&mut rng, &mut names);
             let rank = rank_order[i] + 1;
             let mentions = 1 + (spare * weights[rank - 1] / total).floor() as usize;
             entities.push(Entity {
@@ -268,21 +273,13 @@ impl World {
         // earlier world (its entities and corpus) as it was.
         let mut unknown = Vec::with_capacity(s.entities / 2);
         while unknown.len() < s.entities / 2 {
-            let syllables = 2 + (rng.next_u64() % 2) as usize;
-            let mut n = String::new();
-            for _ in 0..syllables {
-                n.push_str(pick(&mut rng, ONSETS));
-                n.push_str(pick(&mut rng, VOWELS));
-            }
-            n.push_str(pick(&mut rng, CODAS));
-            if names.insert(n.clone()) {
-                unknown.push(Unknown {
-                    name: n,
-                    claims_harmful: rng.next_u64().is_multiple_of(2),
-                    kind: pick(&mut rng, KINDS),
-                    place: pick(&mut rng, PLACES),
-                });
-            }
+            let name = fresh_name(&mut rng, &mut names);
+            unknown.push(Unknown {
+                name,
+                claims_harmful: rng.next_u64().is_multiple_of(2),
+                kind: pick(&mut rng, KINDS),
+                place: pick(&mut rng, PLACES),
+            });
         }
         Ok(World {
             settings: s.clone(),

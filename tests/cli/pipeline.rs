@@ -74,6 +74,15 @@ fn run(file: &Path) -> String {
     ok(w2s(&["run", s(file)]))
 }
 
+/// `w2s ARGS` with `--set S` for each of `sets`: its stdout (it must succeed).
+fn w2s_with_sets(args: &[&str], sets: &[String]) -> String {
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    for x in sets {
+        v.extend(["--set".to_string(), x.clone()]);
+    }
+    ok(w2s(&v.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
 fn query(root: &Path, q: &str) -> String {
     ok(w2s(&["sql", "--artifacts", s(root), "--format", "csv", q]))
 }
@@ -493,18 +502,9 @@ fn every_pipeline_plans_offline() {
                 ));
             }
         }
-        let with_sets = |args: &[&str]| {
-            let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            for x in &sets {
-                v.extend(["--set".to_string(), x.clone()]);
-            }
-            v
-        };
-        let argv = with_sets(&["run", s(file), "--dry-run"]);
-        let dry = ok(w2s(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+        let dry = w2s_with_sets(&["run", s(file), "--dry-run"], &sets);
         assert!(dry.contains("to run"), "{name}: {dry}");
-        let argv = with_sets(&["plan", s(file), "--json"]);
-        let json = ok(w2s(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+        let json = w2s_with_sets(&["plan", s(file), "--json"], &sets);
         let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
         let steps = plan["steps"].as_array().unwrap();
         let level = |id: &str| {
@@ -641,12 +641,7 @@ fn the_lora_pipeline_runs_on_fixture_checkpoints() {
         "model.llama-3-8b.train.lr=1e-3".into(),
         "analysis.bootstrap=20".into(),
     ];
-    let mut args = vec!["run".to_string(), s(&file).to_string()];
-    for x in &sets {
-        args.extend(["--set".to_string(), x.clone()]);
-    }
-    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
-    let out = ok(w2s(&argv));
+    let out = w2s_with_sets(&["run", s(&file)], &sets);
     // 3 ceilings, 2 labels, 4 students, 7 scores, split, report.
     assert!(out.contains("paper-llama-lora: 18 steps ran"), "{out}");
     assert!(out.contains("--lora-rank 8"), "{out}");
@@ -713,12 +708,7 @@ fn paper_pipelines_run_on_the_hh_stand_in_with_fixture_checkpoints() {
             "train.lr=1e-4".into(),
             "analysis.bootstrap=50".into(),
         ];
-        let mut args = vec!["run".to_string(), s(&file).to_string()];
-        for x in &sets {
-            args.extend(["--set".to_string(), x.clone()]);
-        }
-        let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
-        let out = ok(w2s(&argv));
+        let out = w2s_with_sets(&["run", s(&file)], &sets);
         // 3 ceilings, 2 labels, 4 students, 7 scores, split, report.
         assert!(out.contains(&format!("{name}: 18 steps ran")), "{out}");
         assert_eq!(
@@ -764,12 +754,7 @@ fn the_honesty_pipeline_runs_on_explicit_columns_with_fixture_checkpoints() {
         "train.batch=4".into(),
         "analysis.bootstrap=50".into(),
     ]);
-    let mut args = vec!["run".to_string(), s(&file).to_string()];
-    for x in &sets {
-        args.extend(["--set".to_string(), x.clone()]);
-    }
-    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
-    let out = ok(w2s(&argv));
+    let out = w2s_with_sets(&["run", s(&file)], &sets);
     // 3 ceilings, 2 labels, 6 students, 9 scores, split, report.
     assert!(out.contains("paper-honesty: 22 steps ran"), "{out}");
     assert_eq!(
@@ -856,12 +841,7 @@ fn one_root_holds_every_kind_of_student_and_the_report_draws_every_figure() {
         "analysis.threshold=0.5".into(),
         "analysis.sweep=[0.5, 0.51, 0.52, 0.53]".into(),
     ];
-    let mut args = vec!["run".to_string(), s(&file).to_string()];
-    for x in &sets {
-        args.extend(["--set".to_string(), x.clone()]);
-    }
-    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
-    let out = ok(w2s(&argv));
+    let out = w2s_with_sets(&["run", s(&file)], &sets);
     assert!(out.contains("paper-rm: 132 steps ran"), "{out}");
     // Students of every kind, in both scenarios where they apply.
     assert_eq!(
