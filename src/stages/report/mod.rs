@@ -6,12 +6,13 @@
 //! It reads only the `analysis_*` tables (running `w2s analyze` first if they are missing or
 //! stale) and the `runs` table, so every number on the page is one a reader can get back with
 //! `w2s sql`: [`data`] reads them (its queries are the files of `sql/report/`), [`figures`]
-//! builds one figure each with its caption, [`html`] writes the page; drawing is
-//! `crate::plots`.
+//! builds one figure each with its caption ([`variants`] those of bootstrapped, high-confidence
+//! and adaptive students), [`html`] writes the page; drawing is `crate::plots`.
 
 mod data;
 mod figures;
 mod html;
+mod variants;
 
 use std::collections::BTreeMap;
 use std::path::Path;
