@@ -57,74 +57,65 @@ pub(super) fn bootstrap(v: &View, out: &mut Vec<Shown>) {
 /// Fig. 9a / 21: high-confidence students beside the all-data ones of the same weak and
 /// strong model (deception, then accuracy).
 pub(super) fn high_confidence(v: &View, out: &mut Vec<Shown>) {
-    let (d, settings) = (v.d, &v.settings);
-    for (id, title, name, conflict_only) in [
-        (
-            "high_confidence_deception",
-            "Deception score: high-confidence labels vs all data (Fig. 9a)",
-            "deception_score",
-            true,
-        ),
-        (
-            "high_confidence_accuracy",
-            "Test accuracy: high-confidence labels vs all data (Fig. 21)",
-            "accuracy",
-            false,
-        ),
-    ] {
-        let rank = |m: &str| d.rank(m);
-        let Some(chart) = variant_chart(
-            &d.cells,
-            settings,
-            name,
-            conflict_only,
-            &rank,
-            &CONFIDENT_LABELS,
-        ) else {
-            continue;
-        };
-        out.push(Shown {
-            caption: "Students trained only on the teacher's labels at least T confident (paper §6.1; run ids ending in -hc, each against the no-conflict student of the same threshold) beside the all-data students of the same weak model, strong model and setting; the same ceilings measure both (mean over seeds, 95% intervals).".into(),
-            command: format!("w2s sql --artifacts ROOT \"select weak_model, strong_model, objective, value, ci_low, ci_high from analysis_summary where measure = '{name}' order by strong_model, objective, weak_model\""),
-            figure: Figure {
-                id: id.into(),
-                title: title.into(),
-                chart,
-            },
-        });
-    }
+    variant_figures(
+        v,
+        out,
+        &CONFIDENT_LABELS,
+        [
+            (
+                "high_confidence_deception",
+                "Deception score: high-confidence labels vs all data (Fig. 9a)",
+            ),
+            (
+                "high_confidence_accuracy",
+                "Test accuracy: high-confidence labels vs all data (Fig. 21)",
+            ),
+        ],
+        "Students trained only on the teacher's labels at least T confident (paper §6.1; run ids ending in -hc, each against the no-conflict student of the same threshold) beside the all-data students of the same weak model, strong model and setting; the same ceilings measure both (mean over seeds, 95% intervals).",
+    );
 }
 
 /// Fig. 23: students with adaptive weighting beside the naive ones of the same cell.
 pub(super) fn adaptive(v: &View, out: &mut Vec<Shown>) {
-    let (d, settings) = (v.d, &v.settings);
-    for (id, title, name, conflict_only) in [
-        (
-            "adaptive_deception",
-            "Deception score: adaptive weighting vs naive (Fig. 23)",
-            "deception_score",
-            true,
-        ),
-        (
-            "adaptive_accuracy",
-            "Test accuracy: adaptive weighting vs naive (Fig. 23)",
-            "accuracy",
-            false,
-        ),
+    variant_figures(
+        v,
+        out,
+        &ADAPTIVE_WEIGHTS,
+        [
+            (
+                "adaptive_deception",
+                "Deception score: adaptive weighting vs naive (Fig. 23)",
+            ),
+            (
+                "adaptive_accuracy",
+                "Test accuracy: adaptive weighting vs naive (Fig. 23)",
+            ),
+        ],
+        "Students whose label losses are weighted by the teacher's certainty |2M_w − 1| (paper App. P; run ids ending in -ad, each against the no-conflict student with the same weighting) beside the naive students of the same weak model, strong model and setting (mean over seeds, 95% intervals).",
+    );
+}
+
+/// A variant's two figures, (id, title) each: its deception score (conflict settings only),
+/// then its test accuracy, both with `caption`; a figure without variant cells is left out.
+fn variant_figures(
+    v: &View,
+    out: &mut Vec<Shown>,
+    variant: &Variant,
+    [deception, accuracy]: [(&str, &str); 2],
+    caption: &str,
+) {
+    let d = v.d;
+    let rank = |m: &str| d.rank(m);
+    for ((id, title), name, conflict_only) in [
+        (deception, "deception_score", true),
+        (accuracy, "accuracy", false),
     ] {
-        let rank = |m: &str| d.rank(m);
-        let Some(chart) = variant_chart(
-            &d.cells,
-            settings,
-            name,
-            conflict_only,
-            &rank,
-            &ADAPTIVE_WEIGHTS,
-        ) else {
+        let Some(chart) = variant_chart(&d.cells, &v.settings, name, conflict_only, &rank, variant)
+        else {
             continue;
         };
         out.push(Shown {
-            caption: "Students whose label losses are weighted by the teacher's certainty |2M_w − 1| (paper App. P; run ids ending in -ad, each against the no-conflict student with the same weighting) beside the naive students of the same weak model, strong model and setting (mean over seeds, 95% intervals).".into(),
+            caption: caption.into(),
             command: format!("w2s sql --artifacts ROOT \"select weak_model, strong_model, objective, value, ci_low, ci_high from analysis_summary where measure = '{name}' order by strong_model, objective, weak_model\""),
             figure: Figure {
                 id: id.into(),
