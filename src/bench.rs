@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::engine::Engine;
 use crate::models::readout::sequence_logprobs;
 use crate::models::Model;
 use crate::optim::{Adam, AdamConfig};
@@ -250,8 +251,22 @@ pub fn peak_rss_mib() -> f64 {
 
 /// Runs one measurement in this process on `dev`: one warm-up step, then the shape's timed
 /// steps.
-pub fn run_one(arch: Arch, task: Task, model_dir: &Path, dev: &Device) -> Result<Measurement> {
-    run_steps(arch, task, model_dir, arch.shape().steps, dev)
+pub fn run_one(
+    arch: Arch,
+    task: Task,
+    model_dir: &Path,
+    dev: &Device,
+    engine: Engine,
+) -> Result<Measurement> {
+    run_steps(arch, task, model_dir, arch.shape().steps, dev, engine)
+}
+
+/// The engine's name in measurements: `w2s` (the default engine) or `w2s-autograd`.
+fn engine_name(e: Engine) -> &'static str {
+    match e {
+        Engine::Owned => "w2s",
+        Engine::Autograd => "w2s-autograd",
+    }
 }
 
 /// [`run_one`] with `steps` timed steps.
@@ -261,6 +276,7 @@ pub fn run_steps(
     model_dir: &Path,
     steps: usize,
     dev: &Device,
+    engine: Engine,
 ) -> Result<Measurement> {
     let s = Shape {
         steps,
@@ -282,11 +298,12 @@ pub fn run_steps(
         .map(|r| (0..r.len()).map(|i| u32::from(i >= prompt)).collect())
         .collect();
     let trainable = matches!(task, Task::RmTrain | Task::PoTrain);
-    let model = if trainable {
+    let mut model = if trainable {
         Model::load(model_dir, &dev)?
     } else {
         Model::load_frozen(model_dir, &dev)?
     };
+    model.set_engine(engine);
     let head = Var::from_tensor(&crate::scenarios::rm::init_head(s.width, 0, &dev)?)?;
     let mut vars: Vec<(String, Var)> = model
         .params()
@@ -317,7 +334,7 @@ pub fn run_steps(
                     let z = rm.margins(&[side(p)], &[side(n + p)])?;
                     // −log σ(z) = softplus(−z), composed (differentiable).
                     let loss = ((z.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
-                    adam.accumulate(&loss.backward()?)?;
+                    adam.accumulate(&rm.model.backward(&loss)?)?;
                 }
                 adam.step_accumulated()
             }
@@ -331,13 +348,13 @@ pub fn run_steps(
                 let chosen: Vec<usize> = (0..n).collect();
                 let (sum, _) = logps(&chosen, false)?;
                 let loss = (sum.neg()?.sum_all()? / (n * (s.seq - prompt)) as f64)?;
-                adam.step(&loss.backward()?)?;
+                adam.step(&rm.model.backward(&loss)?)?;
                 let all: Vec<usize> = (0..2 * n).collect();
                 let (_, mean) = logps(&all, true)?;
                 let d = (mean.narrow(0, 0, n)? - mean.narrow(0, n, n)?)?;
                 let x = ((d * 2.0)? - 1.0)?;
                 let loss = ((x.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
-                adam2.step(&loss.backward()?)
+                adam2.step(&rm.model.backward(&loss)?)
             }
             Task::PoScore => {
                 let all: Vec<usize> = (0..2 * n).collect();
@@ -362,7 +379,7 @@ pub fn run_steps(
         _ => 2 * n * s.seq,
     };
     Ok(Measurement {
-        engine: "w2s".into(),
+        engine: engine_name(engine).into(),
         device: device_name(&dev),
         arch: arch.name().into(),
         task: task.name().into(),
@@ -396,6 +413,9 @@ pub struct Row {
     pub torch_tokens_per_s: Option<f64>,
     pub w2s_peak_rss_mib: f64,
     pub torch_peak_rss_mib: Option<f64>,
+    /// The autograd engine's medians, when measured (`--autograd`).
+    pub autograd_tokens_per_s: Option<f64>,
+    pub autograd_peak_rss_mib: Option<f64>,
     pub repeats: usize,
 }
 
@@ -406,6 +426,12 @@ impl Row {
 
     pub fn memory_ratio(&self) -> Option<f64> {
         self.torch_peak_rss_mib.map(|t| self.w2s_peak_rss_mib / t)
+    }
+
+    /// The default engine's speed over the autograd engine's.
+    pub fn engine_ratio(&self) -> Option<f64> {
+        self.autograd_tokens_per_s
+            .map(|t| self.w2s_tokens_per_s / t)
     }
 }
 
@@ -427,6 +453,7 @@ pub fn rows(ms: &[Measurement]) -> Vec<Row> {
             };
             let w = of("w2s");
             let t = of("torch");
+            let a = of("w2s-autograd");
             let med = |v: &[&Measurement], f: fn(&Measurement) -> f64| {
                 median(&v.iter().map(|m| f(m)).collect::<Vec<_>>())
             };
@@ -436,6 +463,8 @@ pub fn rows(ms: &[Measurement]) -> Vec<Row> {
                 w2s_peak_rss_mib: med(&w, |m| m.peak_rss_mib),
                 torch_tokens_per_s: (!t.is_empty()).then(|| med(&t, |m| m.tokens_per_s)),
                 torch_peak_rss_mib: (!t.is_empty()).then(|| med(&t, |m| m.peak_rss_mib)),
+                autograd_tokens_per_s: (!a.is_empty()).then(|| med(&a, |m| m.tokens_per_s)),
+                autograd_peak_rss_mib: (!a.is_empty()).then(|| med(&a, |m| m.peak_rss_mib)),
                 arch,
                 task,
             }
@@ -450,11 +479,11 @@ pub fn table(rows: &[Row]) -> String {
         _ => "-".into(),
     };
     let mut out = String::from(
-        "| arch | task | w2s tokens/s | PyTorch tokens/s | speed w2s/PyTorch | w2s peak RSS MiB | PyTorch peak RSS MiB | RSS w2s/PyTorch |\n|---|---|---|---|---|---|---|---|\n",
+        "| arch | task | w2s tokens/s | PyTorch tokens/s | speed w2s/PyTorch | w2s peak RSS MiB | PyTorch peak RSS MiB | RSS w2s/PyTorch | autograd tokens/s | autograd RSS MiB | speed w2s/autograd |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.arch,
             r.task,
             f(Some(r.w2s_tokens_per_s), 0),
@@ -463,6 +492,9 @@ pub fn table(rows: &[Row]) -> String {
             f(Some(r.w2s_peak_rss_mib), 0),
             f(r.torch_peak_rss_mib, 0),
             f(r.memory_ratio(), 2),
+            f(r.autograd_tokens_per_s, 0),
+            f(r.autograd_peak_rss_mib, 0),
+            f(r.engine_ratio(), 2),
         ));
     }
     out
@@ -515,6 +547,9 @@ pub struct EngineOpts {
     /// scripts/gpu-check.sh).
     #[arg(long, default_value = crate::models::CPU)]
     pub device: String,
+    /// Also measure the autograd engine (the owned engine's reference) beside the default.
+    #[arg(long)]
+    pub autograd: bool,
 }
 
 /// The PyTorch baseline script, beside the sources.
@@ -586,15 +621,23 @@ pub fn engine(o: &EngineOpts, exe: &Path) -> Result<(String, serde_json::Value)>
         let dir = checkpoint(arch, Path::new(&o.models))?;
         for &task in &tasks {
             for rep in 0..o.repeats {
-                let m = measure(
-                    std::process::Command::new(exe)
-                        .args(["--log", "warn", "bench", "one", "--arch", arch.name()])
-                        .args(["--task", task.name(), "--device", &o.device, "--model"])
-                        .arg(&dir),
-                    "w2s",
-                )?;
-                show(&m, rep);
-                all.push(m);
+                let engines: &[Engine] = if o.autograd {
+                    &[Engine::Owned, Engine::Autograd]
+                } else {
+                    &[Engine::Owned]
+                };
+                for &e in engines {
+                    let m = measure(
+                        std::process::Command::new(exe)
+                            .args(["--log", "warn", "--engine", e.name()])
+                            .args(["bench", "one", "--arch", arch.name()])
+                            .args(["--task", task.name(), "--device", &o.device, "--model"])
+                            .arg(&dir),
+                        "w2s",
+                    )?;
+                    show(&m, rep);
+                    all.push(m);
+                }
                 if let Some(py) = &python {
                     let m = measure(
                         std::process::Command::new(py)
@@ -644,6 +687,7 @@ mod tests {
             m("w2s", "rm-train", 200.0, 60.0),
             m("torch", "rm-train", 100.0, 120.0),
             m("w2s", "rm-score", 10.0, 1.0),
+            m("w2s-autograd", "rm-score", 5.0, 2.0),
         ];
         let r = rows(&ms);
         assert_eq!(r.len(), 2);
@@ -651,12 +695,15 @@ mod tests {
         assert_eq!(r[0].speed_ratio(), Some(2.0));
         assert_eq!(r[0].memory_ratio(), Some(0.5));
         assert_eq!(r[1].speed_ratio(), None);
+        assert_eq!(r[1].engine_ratio(), Some(2.0));
+        assert_eq!(r[0].engine_ratio(), None);
         let t = table(&r);
         assert!(
-            t.contains("| tiny | rm-train | 200 | 100 | 2.00 | 60 | 120 | 0.50 |"),
+            t.contains("| tiny | rm-train | 200 | 100 | 2.00 | 60 | 120 | 0.50 | - | - | - |"),
             "{t}"
         );
         assert!(t.contains("| tiny | rm-score | 10 | - | - |"), "{t}");
+        assert!(t.contains("| 5 | 2 | 2.00 |"), "{t}");
     }
 
     /// Every task runs on a tiny checkpoint and the PO / RM steps change the weights.
@@ -666,9 +713,12 @@ mod tests {
         let ck = checkpoint(Arch::Tiny, dir.path()).unwrap();
         assert!(ck.join("config.json").exists());
         for task in Task::ALL {
-            let r = run_steps(Arch::Tiny, task, &ck, 1, &Device::Cpu).unwrap();
-            assert!(r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite(), "{r:?}");
-            assert!(r.peak_rss_mib > 0.0, "{r:?}");
+            for e in [Engine::Owned, Engine::Autograd] {
+                let r = run_steps(Arch::Tiny, task, &ck, 1, &Device::Cpu, e).unwrap();
+                assert!(r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite(), "{r:?}");
+                assert!(r.peak_rss_mib > 0.0, "{r:?}");
+                assert_eq!(r.engine, engine_name(e));
+            }
         }
     }
 }

@@ -32,7 +32,13 @@ pub fn run(c: BenchCommand) -> Result<()> {
         }
         BenchCommand::One(a) => {
             let dev = crate::models::parse_device(&a.device)?;
-            let m = bench::run_one(a.arch, a.task, std::path::Path::new(&a.model), &dev)?;
+            let m = bench::run_one(
+                a.arch,
+                a.task,
+                std::path::Path::new(&a.model),
+                &dev,
+                crate::models::engine::current(),
+            )?;
             println!("{}", serde_json::to_string(&m)?);
         }
         BenchCommand::Checkpoint(a) => {

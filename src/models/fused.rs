@@ -74,6 +74,21 @@ fn tanh_fast(x: f32) -> f32 {
     1.0 - 2.0 / (exp_fast(2.0 * x) + 1.0)
 }
 
+/// `gelu_new(x)`.
+#[inline(always)]
+pub(super) fn gelu_new_value(x: f32) -> f32 {
+    let t = tanh_fast(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+    0.5 * x * (1.0 + t)
+}
+
+/// `gelu_new'(x)`.
+#[inline(always)]
+pub(super) fn gelu_new_slope(x: f32) -> f32 {
+    let t = tanh_fast(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}
+
 struct GeluNew;
 
 impl CustomOp1 for GeluNew {
@@ -88,8 +103,7 @@ impl CustomOp1 for GeluNew {
             .zip(x.par_chunks(16384))
             .for_each(|(y, x)| {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    let t = tanh_fast(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-                    *y = 0.5 * x * (1.0 + t);
+                    *y = gelu_new_value(x);
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -103,9 +117,7 @@ impl CustomOp1 for GeluNew {
                     .zip(x.par_chunks(16384).zip(g.par_chunks(16384)))
                     .for_each(|(d, (x, g))| {
                         for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                            let t = tanh_fast(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-                            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-                            *d = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+                            *d = g * gelu_new_slope(x);
                         }
                     });
                 Ok(dx)

@@ -3,10 +3,12 @@
 
 pub mod attention;
 pub mod config;
+pub mod engine;
 pub mod frozen;
 pub mod fused;
 pub mod gpt2;
 pub mod head;
+pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod lora;
@@ -200,6 +202,12 @@ pub struct Model {
     head_tapes: std::sync::Mutex<Vec<head::HeadTape>>,
     /// Tokens per log-prob chunk (`None`: [`head::chunk_tokens`] of the vocabulary).
     pub(crate) head_chunk: Option<usize>,
+    /// Which engine runs the layers (see [`engine`]).
+    engine: engine::Engine,
+    /// The owned engine's buffers, reused across forwards.
+    pool: engine::Pool,
+    /// The owned engine's training forwards since the last [`Model::backward`].
+    owned_tapes: std::sync::Mutex<Vec<engine::Tape>>,
 }
 
 impl Model {
@@ -270,6 +278,9 @@ impl Model {
             tapes: std::sync::Mutex::new(Vec::new()),
             head_tapes: std::sync::Mutex::new(Vec::new()),
             head_chunk: None,
+            engine: engine::current(),
+            pool: engine::Pool::default(),
+            owned_tapes: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -342,7 +353,16 @@ impl Model {
 
     fn forward(&self, ids: &Tensor, attend: Attend) -> Result<Tensor> {
         let (x, shared) = self.net.embed(ids, attend, &self.device)?;
-        if self.recompute && !self.params.is_empty() {
+        let training = !self.params.is_empty();
+        if self.engine == engine::Engine::Owned && engine::applies(&self.net, &x, &shared.bias) {
+            let keep = training.then_some(self.recompute);
+            let (y, tape) = engine::forward(&self.net, &self.pool, x, &shared, keep)?;
+            if let Some(tape) = tape {
+                self.owned_tapes.lock().expect("tapes lock").push(tape);
+            }
+            return self.net.finish(&y);
+        }
+        if self.recompute && training {
             let (hidden, tape) = recompute::forward(&self.net, x, shared)?;
             self.tapes.lock().expect("tapes lock").push(tape);
             return Ok(hidden);
@@ -358,8 +378,19 @@ impl Model {
     /// dropped.
     pub fn set_recompute(&mut self, on: bool) {
         self.recompute = on;
+        self.clear_tapes();
+    }
+
+    /// Chooses the engine of the layers (see [`engine`]); pending tapes are dropped.
+    pub fn set_engine(&mut self, e: engine::Engine) {
+        self.engine = e;
+        self.clear_tapes();
+    }
+
+    fn clear_tapes(&mut self) {
         self.tapes.lock().expect("tapes lock").clear();
         self.head_tapes.lock().expect("tapes lock").clear();
+        self.owned_tapes.lock().expect("tapes lock").clear();
     }
 
     /// The gradients of `loss` for every trainable parameter: `loss.backward()`, and under
@@ -392,6 +423,10 @@ impl Model {
         let tapes = std::mem::take(&mut *self.tapes.lock().expect("tapes lock"));
         for tape in tapes.into_iter().rev() {
             recompute::backward(&self.net, tape, &mut grads, &frozen, &trainable)?;
+        }
+        let owned = std::mem::take(&mut *self.owned_tapes.lock().expect("tapes lock"));
+        for tape in owned.into_iter().rev() {
+            engine::backward(&self.net, &self.pool, tape, &mut grads, &frozen, &trainable)?;
         }
         Ok(grads)
     }

@@ -364,7 +364,9 @@ mod model_tests {
                     assert!(diff < 1e-5, "{}: seq {s} token {i}: {diff}", dir.display());
                 }
             }
-            let grads = hp.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = model
+                .backward(&hp.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
             for (name, v) in model.params() {
                 if name.starts_with("lm_head.") {
                     continue;

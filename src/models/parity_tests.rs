@@ -95,7 +95,7 @@ fn check_family(name: &str) {
     let d = max_abs_diff(&loss, e.t("loss"));
     assert!(d < 1e-4, "{name}: loss differs by {d}");
 
-    let grads = loss.backward().unwrap();
+    let grads = model.backward(&loss).unwrap();
     let mut checked = 0;
     for (pname, var) in model.params() {
         let g = grads

@@ -148,16 +148,17 @@ pub fn detached(grads: GradStore) -> GradStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::{Path, PathBuf};
 
     use candle_core::{Device, Tensor};
 
+    use crate::models::engine::Engine;
     use crate::models::pack::Packed;
     use crate::models::weights::LoraSpec;
     use crate::models::{max_abs_diff, ops, Model};
 
-    fn fixture(name: &str) -> PathBuf {
+    pub(crate) fn fixture(name: &str) -> PathBuf {
         Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/models"
@@ -166,7 +167,7 @@ mod tests {
     }
 
     /// A loss over padded rows and one over packed pairs, each read through the LM head.
-    fn loss(m: &Model, packed: bool) -> Tensor {
+    pub(crate) fn loss(m: &Model, packed: bool) -> Tensor {
         let dev = Device::Cpu;
         let hidden = if packed {
             let (a, b): (&[u32], &[u32]) = (&[5, 9, 3, 7], &[5, 9, 2]);
@@ -192,7 +193,7 @@ mod tests {
 
     /// A loss over sequence log-probs of packed pairs (the policies' path), whose logits are
     /// computed two tokens at a time under recompute.
-    fn seq_loss(m: &Model) -> Tensor {
+    pub(crate) fn seq_loss(m: &Model) -> Tensor {
         let seqs: Vec<(&[u32], &[u32])> = vec![
             (&[5, 9, 3, 7, 2, 8], &[0, 0, 1, 1, 1, 1]),
             (&[5, 9, 4, 6, 1], &[0, 0, 1, 1, 1]),
@@ -211,6 +212,8 @@ mod tests {
         let run = |recompute: bool| {
             let mut m = load();
             m.head_chunk = Some(2);
+            // This module's path (the owned engine has its own tests against it).
+            m.set_engine(crate::models::engine::Engine::Autograd);
             m.set_recompute(recompute);
             let loss = loss(&m);
             let value = loss.to_scalar::<f32>().unwrap();
@@ -326,11 +329,16 @@ mod tests {
 
     #[test]
     fn a_forward_without_backward_is_dropped_with_the_next_switch() {
-        let mut m = Model::load(&fixture("gpt2"), &Device::Cpu).unwrap();
-        m.set_recompute(true);
-        let _ = loss(&m, false);
-        assert_eq!(m.tapes.lock().unwrap().len(), 1);
-        m.set_recompute(false);
-        assert!(m.tapes.lock().unwrap().is_empty());
+        for engine in [Engine::Autograd, Engine::Owned] {
+            let mut m = Model::load(&fixture("gpt2"), &Device::Cpu).unwrap();
+            m.set_engine(engine);
+            m.set_recompute(true);
+            let _ = loss(&m, false);
+            let tapes =
+                |m: &Model| m.tapes.lock().unwrap().len() + m.owned_tapes.lock().unwrap().len();
+            assert_eq!(tapes(&m), 1);
+            m.set_recompute(false);
+            assert_eq!(tapes(&m), 0);
+        }
     }
 }

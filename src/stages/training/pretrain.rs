@@ -397,7 +397,7 @@ pub async fn run(
             // "Right" for the log: a sequence whose mean token probability beats 1/2.
             correct: means.iter().filter(|&&m| m > (0.5f32).ln()).count(),
             tokens: mb.len() * s.ctx,
-            grads: loss.backward()?,
+            grads: model.backward(&loss)?,
         })
     })
     .await?;

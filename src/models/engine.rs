@@ -1,0 +1,586 @@
+//! The owned engine: the transformer body's forward and backward written out per layer (as
+//! llm.c does for GPT-2) over buffers that are allocated once per shape and reused, instead of
+//! candle's autograd graph.
+//!
+//! candle's graph keeps every intermediate of a layer as its own tensor, its backward builds
+//! each gradient as zeros plus a sum into fresh tensors, and every elementwise op is a pass
+//! over memory of its own. Here a layer is a dozen calls into `kernels` on plain f32 buffers:
+//! the matrix products go straight to `gemm` (transposes as strides, bias gradients as column
+//! sums), attention runs a head at a time and keeps only each query's log-sum-exp (the
+//! probabilities are recomputed in the backward), and a layer keeps about 11 values a token
+//! and width (its input, both norms' outputs and statistics, `q | k | v`, the attention output,
+//! the residual after attention and the MLP's pre-activation) where the graph kept ~37.
+//!
+//! Only the layers are owned. The embedding and everything from the final norm on stay in
+//! candle's graph: the embedding output's graph is kept (its gradient reaches the token and
+//! position tables through it) and the last layer's output is a variable, so the loss's
+//! backward leaves that output's gradient in the store, from which [`backward`] walks the
+//! layers down, as `recompute` does. Under recompute (`--grad-checkpoint`) a tape keeps only
+//! each layer's input and the backward reruns that layer's owned forward first.
+//!
+//! It applies on the CPU in f32 to GPT-2 without adapters; anything else takes the autograd
+//! path, which is also the oracle the tests compare this one with (values and every
+//! parameter's gradient).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, Device, Storage, Tensor, TensorId, Var};
+
+use super::{Net, Shared};
+use crate::error::{Error, Result};
+
+/// Which engine runs the transformer body.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// candle's autograd graph (every family, device and dtype).
+    Autograd,
+    /// The owned per-layer forward and backward where it applies (CPU, f32, GPT-2 without
+    /// adapters), autograd elsewhere.
+    #[default]
+    Owned,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Autograd => "autograd",
+            Engine::Owned => "owned",
+        }
+    }
+}
+
+/// The process's engine for every model it loads (`--engine`, `W2S_ENGINE`).
+static DEFAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets the engine of every model loaded after this call (the CLI's global `--engine`).
+pub fn set_default(e: Engine) {
+    DEFAULT.store(e == Engine::Owned, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The engine models load with.
+pub fn current() -> Engine {
+    if DEFAULT.load(std::sync::atomic::Ordering::Relaxed) {
+        Engine::Owned
+    } else {
+        Engine::Autograd
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Engine> {
+        match s {
+            "autograd" => Ok(Engine::Autograd),
+            "owned" => Ok(Engine::Owned),
+            _ => Err(Error::Config(format!(
+                "--engine `{s}`: expected owned or autograd"
+            ))),
+        }
+    }
+}
+
+/// One layer call's inputs: the block's weights, its input `[B·T, d]` and the additive
+/// attention bias `[B or 1, T, T]`.
+#[derive(Clone, Copy)]
+pub struct LayerIo<'a> {
+    pub w: &'a [&'a [f32]],
+    pub x: &'a [f32],
+    pub bias: &'a [f32],
+    pub b: usize,
+    pub t: usize,
+}
+
+/// A block's shape at one batch shape.
+pub struct Dims {
+    pub heads: super::kernels::Heads,
+    pub d: usize,
+    pub inner: usize,
+}
+
+/// Values a token of each activation buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActSizes {
+    /// Tokens.
+    pub n: usize,
+    pub d: usize,
+    pub qkv: usize,
+    pub att: usize,
+    /// The MLP's width.
+    pub inner: usize,
+    /// The MLP's pre-activation (also the backward's `[T, d]` scratch).
+    pub up: usize,
+    /// The MLP's activation (also the backward's scratch for the MLP's and `q | k | v`'s
+    /// gradients).
+    pub act: usize,
+    /// Log-sum-exp values in all (`B·H·T`).
+    pub lse: usize,
+}
+
+/// What one layer's forward keeps for its backward.
+pub struct Acts {
+    pub n1: Vec<f32>,
+    pub mean1: Vec<f32>,
+    pub rstd1: Vec<f32>,
+    pub qkv: Vec<f32>,
+    pub att: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub x1: Vec<f32>,
+    pub n2: Vec<f32>,
+    pub mean2: Vec<f32>,
+    pub rstd2: Vec<f32>,
+    pub up: Vec<f32>,
+    /// Scratch: the activation during the forward, gradients during the backward. Not part
+    /// of what a tape keeps (the backward recomputes the activation from `up`).
+    pub act: Vec<f32>,
+}
+
+impl Acts {
+    fn take(pool: &Pool, s: ActSizes, act: Vec<f32>) -> Acts {
+        let n = s.n;
+        Acts {
+            n1: pool.take(n * s.d),
+            mean1: pool.take(n),
+            rstd1: pool.take(n),
+            qkv: pool.take(n * s.qkv),
+            att: pool.take(n * s.att),
+            lse: pool.take(s.lse),
+            x1: pool.take(n * s.d),
+            n2: pool.take(n * s.d),
+            mean2: pool.take(n),
+            rstd2: pool.take(n),
+            up: pool.take(n * s.up),
+            act,
+        }
+    }
+
+    /// Gives every buffer but the scratch back; returns the scratch.
+    fn give(self, pool: &Pool) -> Vec<f32> {
+        for v in [
+            self.n1, self.mean1, self.rstd1, self.qkv, self.att, self.lse, self.x1, self.n2,
+            self.mean2, self.rstd2, self.up,
+        ] {
+            pool.give(v);
+        }
+        self.act
+    }
+}
+
+/// Free f32 buffers by capacity, handed out again best-fit: a step's buffers serve the next
+/// step's (and the next micro-batch's) of the same or a slightly smaller size, so the steady
+/// state allocates nothing. Holds at most what was out at once at the peak.
+#[derive(Default)]
+pub struct Pool(Mutex<PoolState>);
+
+#[derive(Default)]
+struct PoolState {
+    free: BTreeMap<usize, Vec<Vec<f32>>>,
+    free_values: usize,
+    out: usize,
+    peak_out: usize,
+}
+
+impl Pool {
+    /// A buffer of `len` values (contents unspecified: every user overwrites it).
+    pub fn take(&self, len: usize) -> Vec<f32> {
+        let mut s = self.0.lock().expect("pool lock");
+        s.out += len;
+        s.peak_out = s.peak_out.max(s.out);
+        // Best fit within twice the size, so a small request never pins a big buffer.
+        let cap = s
+            .free
+            .range(len..=len.saturating_mul(2))
+            .next()
+            .map(|(c, _)| *c);
+        if let Some(cap) = cap {
+            let list = s.free.get_mut(&cap).expect("listed capacity");
+            let mut v = list.pop().expect("non-empty list");
+            if list.is_empty() {
+                s.free.remove(&cap);
+            }
+            s.free_values -= v.len();
+            v.truncate(len);
+            return v;
+        }
+        drop(s);
+        vec![0f32; len]
+    }
+
+    /// Returns a buffer for reuse (dropped if the pool already holds the peak's worth).
+    pub fn give(&self, mut v: Vec<f32>) {
+        let mut s = self.0.lock().expect("pool lock");
+        s.out = s.out.saturating_sub(v.len());
+        // Back to its full (initialised) capacity, so a later best fit can use all of it.
+        v.resize(v.capacity(), 0.0);
+        if v.is_empty() || s.free_values + v.len() > s.peak_out {
+            return;
+        }
+        s.free_values += v.len();
+        s.free.entry(v.len()).or_default().push(v);
+    }
+}
+
+/// Runs `f` on the values of contiguous f32 CPU tensors.
+fn with_values<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut values = Vec::with_capacity(ts.len());
+    for (s, l) in &guards {
+        let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&**s, l.contiguous_offsets())
+        else {
+            return Err(Error::Model {
+                file: "owned engine".into(),
+                msg: "expected contiguous f32 CPU tensors".into(),
+            });
+        };
+        values.push(&v[a..b]);
+    }
+    Ok(f(&values))
+}
+
+/// A tensor's values copied into a pool buffer.
+fn to_buffer(pool: &Pool, t: &Tensor) -> Result<Vec<f32>> {
+    let t = t.contiguous()?;
+    let mut v = pool.take(t.elem_count());
+    with_values(&[&t], |x| v.copy_from_slice(x[0]))?;
+    Ok(v)
+}
+
+/// Whether the owned engine runs this forward.
+pub(super) fn applies(net: &Net, x: &Tensor, bias: &Tensor) -> bool {
+    match net {
+        Net::Gpt2(m) => m.owned_applies() && super::fused::applies(&[x, bias]),
+        _ => false,
+    }
+}
+
+/// What a training forward through the owned engine keeps for [`backward`].
+pub struct Tape {
+    /// The embedding output, with its graph.
+    embedded: Tensor,
+    /// Each layer's input `[B·T, d]`.
+    inputs: Vec<Vec<f32>>,
+    /// Each layer's activations; empty under recompute.
+    acts: Vec<Acts>,
+    bias: Tensor,
+    b: usize,
+    t: usize,
+    /// The last layer's output as a variable (the loss's backward leaves its gradient).
+    out: Var,
+}
+
+/// The layers of one forward. `keep`: `None` for inference (buffers go straight back to the
+/// pool), `Some(false)` to keep every layer's activations, `Some(true)` to keep only each
+/// layer's input (recompute). Returns the last layer's output and the tape if kept.
+pub(super) fn forward(
+    net: &Net,
+    pool: &Pool,
+    embedded: Tensor,
+    shared: &Shared,
+    keep: Option<bool>,
+) -> Result<(Tensor, Option<Tape>)> {
+    let Net::Gpt2(m) = net else {
+        unreachable!("the owned engine applies to GPT-2 only");
+    };
+    let (b, t, d) = embedded.dims3()?;
+    let sizes = m.acts_sizes(b, t);
+    let mut cur = to_buffer(pool, &embedded)?;
+    let mut inputs = Vec::new();
+    let mut acts = Vec::new();
+    let mut scratch = Some(pool.take(sizes.n * sizes.act));
+    let mut kept: Option<Acts> = None;
+    for l in 0..net.layers() {
+        let mut a = match kept.take() {
+            Some(a) => a,
+            None => Acts::take(pool, sizes, scratch.take().expect("a scratch")),
+        };
+        let mut y = pool.take(b * t * d);
+        let ws = m.block_weights(l);
+        with_values(&ws, |w| {
+            with_values(&[&shared.bias], |bias| {
+                let io = LayerIo {
+                    w,
+                    x: &cur,
+                    bias: bias[0],
+                    b,
+                    t,
+                };
+                m.block_forward(io, &mut a, &mut y);
+            })
+        })??;
+        let x = std::mem::replace(&mut cur, y);
+        match keep {
+            // Every layer's activations kept; the scratch serves the next layer.
+            Some(false) => {
+                scratch = Some(std::mem::take(&mut a.act));
+                acts.push(a);
+                inputs.push(x);
+            }
+            Some(true) => {
+                inputs.push(x);
+                kept = Some(a);
+            }
+            None => {
+                pool.give(x);
+                kept = Some(a);
+            }
+        }
+        crate::alloc::trace_heap(format_args!("owned forward of layer {l}"));
+    }
+    if let Some(a) = kept {
+        pool.give(a.give(pool));
+    }
+    if let Some(s) = scratch {
+        pool.give(s);
+    }
+    let out = Tensor::from_vec(cur, (b, t, d), &Device::Cpu)?;
+    let Some(_) = keep else {
+        return Ok((out, None));
+    };
+    let out = Var::from_tensor(&out)?;
+    Ok((
+        out.as_tensor().clone(),
+        Some(Tape {
+            embedded,
+            inputs,
+            acts,
+            bias: shared.bias.clone(),
+            b,
+            t,
+            out,
+        }),
+    ))
+}
+
+/// Adds the layers' and the embeddings' gradients of one owned tape to `grads` (which holds
+/// the gradient of the tape's output from the loss's backward), every pool buffer going back.
+pub(super) fn backward(
+    net: &Net,
+    pool: &Pool,
+    tape: Tape,
+    grads: &mut GradStore,
+    frozen: &[&Tensor],
+    trainable: &HashSet<TensorId>,
+) -> Result<()> {
+    let Net::Gpt2(m) = net else {
+        unreachable!("the owned engine applies to GPT-2 only");
+    };
+    let Tape {
+        embedded,
+        mut inputs,
+        mut acts,
+        bias,
+        b,
+        t,
+        out,
+    } = tape;
+    let g = grads.remove(out.as_tensor());
+    drop(out);
+    let Some(g) = g else {
+        // A forward the loss does not read: nothing to propagate.
+        for v in inputs {
+            pool.give(v);
+        }
+        for a in acts {
+            let s = a.give(pool);
+            pool.give(s);
+        }
+        return Ok(());
+    };
+    let sizes = m.acts_sizes(b, t);
+    let recompute = acts.is_empty();
+    let mut dy = to_buffer(pool, &g)?;
+    drop(g);
+    let mut dx = pool.take(dy.len());
+    let mut scratch = (recompute).then(|| Acts::take(pool, sizes, pool.take(sizes.n * sizes.act)));
+    for l in (0..inputs.len()).rev() {
+        let x = inputs.pop().expect("one input a layer");
+        let ws = m.block_weights(l);
+        let mut a = match scratch.take() {
+            Some(a) => a,
+            None => {
+                let mut a = acts.pop().expect("activations a layer");
+                a.act = pool.take(sizes.n * sizes.act);
+                a
+            }
+        };
+        let mut gs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.elem_count()]).collect();
+        with_values(&ws, |w| {
+            with_values(&[&bias], |bias| {
+                let io = LayerIo {
+                    w,
+                    x: &x,
+                    bias: bias[0],
+                    b,
+                    t,
+                };
+                if recompute {
+                    // The forward's output is not needed: only what it keeps.
+                    let mut y = pool.take(x.len());
+                    m.block_forward(io, &mut a, &mut y);
+                    pool.give(y);
+                } else {
+                    // The backward's first product reads the MLP activation, which the tape
+                    // does not keep: recomputed from the pre-activation.
+                    let ni = sizes.n * sizes.inner;
+                    super::kernels::gelu(&a.up[..ni], &mut a.act[..ni]);
+                }
+                m.block_backward(io, &mut a, &dy, &mut dx, &mut gs);
+            })
+        })??;
+        pool.give(x);
+        if recompute {
+            scratch = Some(a);
+        } else {
+            let s = a.give(pool);
+            pool.give(s);
+        }
+        let mut layer = GradStore::default();
+        for (w, g) in ws.iter().zip(gs) {
+            if trainable.contains(&w.id()) {
+                layer.insert(w, Tensor::from_vec(g, w.shape(), &Device::Cpu)?);
+            }
+        }
+        grads.extend(layer)?;
+        std::mem::swap(&mut dy, &mut dx);
+        crate::alloc::trace_heap(format_args!("owned backward of layer {l}"));
+    }
+    if let Some(a) = scratch {
+        let s = a.give(pool);
+        pool.give(s);
+    }
+    pool.give(dx);
+    let g = Tensor::from_vec(dy, embedded.shape(), &Device::Cpu)?;
+    if embedded.track_op() {
+        let mut emb = super::recompute::detached((embedded * &g)?.sum_all()?.backward()?);
+        super::recompute::drop_grads(&mut emb, frozen);
+        super::recompute::retain(&mut emb, trainable);
+        grads.extend(emb)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::Engine;
+    use crate::models::recompute::tests::{fixture, loss, seq_loss};
+    use crate::models::{max_abs_diff, ops, Model};
+
+    /// The loss and every parameter's gradient of one engine (and recompute setting).
+    fn run(
+        name: &str,
+        engine: Engine,
+        recompute: bool,
+        loss: &dyn Fn(&Model) -> Tensor,
+    ) -> (f32, Vec<(String, Tensor)>, usize) {
+        let mut m = Model::load(&fixture(name), &Device::Cpu).unwrap();
+        m.head_chunk = Some(3);
+        m.set_engine(engine);
+        m.set_recompute(recompute);
+        let l = loss(&m);
+        let taped = !m.owned_tapes.lock().unwrap().is_empty();
+        assert_eq!(
+            taped,
+            engine == Engine::Owned,
+            "{name} {engine:?}: which engine ran"
+        );
+        let grads = m.backward(&l).unwrap();
+        assert!(
+            m.owned_tapes.lock().unwrap().is_empty(),
+            "a tape left behind"
+        );
+        let params: std::collections::HashSet<_> =
+            m.params().values().map(|v| v.as_tensor().id()).collect();
+        let extra = grads.get_ids().filter(|id| !params.contains(id)).count();
+        let g = (m.params().iter())
+            .map(|(k, v)| {
+                let g = grads.get(v.as_tensor());
+                let g = g.unwrap_or_else(|| panic!("{name} {engine:?}: {k}: no gradient"));
+                assert!(!g.track_op(), "{k}: gradient attached to a graph");
+                (k.clone(), g.clone())
+            })
+            .collect();
+        (l.to_scalar::<f32>().unwrap(), g, extra)
+    }
+
+    #[test]
+    fn owned_gpt2_layers_give_the_autograd_values_and_gradients() {
+        type Loss<'a> = &'a dyn Fn(&Model) -> Tensor;
+        let losses: [(&str, Loss); 3] = [
+            ("padded", &|m| loss(m, false)),
+            ("packed", &|m| loss(m, true)),
+            ("sequence log-probs", &seq_loss),
+        ];
+        for (what, f) in losses {
+            let (want, oracle, extra0) = run("gpt2", Engine::Autograd, false, f);
+            for recompute in [false, true] {
+                let (got, grads, extra) = run("gpt2", Engine::Owned, recompute, f);
+                let what = format!("{what}, recompute {recompute}");
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{what}: loss {got} vs {want}"
+                );
+                assert!(
+                    extra <= extra0,
+                    "{what}: {extra} gradients of non-parameters"
+                );
+                assert_eq!(grads.len(), oracle.len());
+                for ((k, a), (_, b)) in oracle.iter().zip(&grads) {
+                    let scale = max_abs_diff(a, &a.zeros_like().unwrap()).max(1e-3);
+                    let d = max_abs_diff(a, b);
+                    assert!(
+                        d <= 2e-5 * scale,
+                        "{what}: {k} off by {d} (largest entry {scale})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn owned_inference_gives_the_autograd_hidden_states() {
+        let rows = vec![vec![5u32, 9, 3, 7, 2, 8], vec![0u32, 0, 4, 1, 6, 2]];
+        let mask = vec![vec![1u32; 6], vec![0, 0, 1, 1, 1, 1]];
+        let ids = ops::ids_tensor(&rows, &Device::Cpu).unwrap();
+        let hidden = |e: Engine| {
+            let mut m = Model::load_frozen(&fixture("gpt2"), &Device::Cpu).unwrap();
+            m.set_engine(e);
+            // Twice: the second forward runs on the pool's reused buffers.
+            let _ = m.hidden(&ids, &mask).unwrap();
+            m.hidden(&ids, &mask).unwrap()
+        };
+        let (a, b) = (hidden(Engine::Autograd), hidden(Engine::Owned));
+        assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
+    }
+
+    #[test]
+    fn the_pool_reuses_a_close_fit_and_keeps_at_most_the_peak() {
+        let pool = super::Pool::default();
+        let a = pool.take(100);
+        let p = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(80);
+        assert_eq!((b.len(), b.as_ptr()), (80, p), "best fit reused");
+        pool.give(b);
+        // Too small a request for the 100-value buffer: a fresh one.
+        let c = pool.take(10);
+        assert_ne!(c.as_ptr(), p);
+        pool.give(c);
+        let s = pool.0.lock().unwrap();
+        assert!(s.free_values <= s.peak_out);
+    }
+}
