@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 pub enum Engine {
     /// candle's autograd graph (every family, device and dtype).
     Autograd,
-    /// The owned per-layer forward and backward where it applies (CPU, f32, GPT-2 without
+    /// the owned per-layer forward and backward where it applies (CPU, f32, GPT-2 without
     /// adapters), autograd elsewhere.
     #[default]
     Owned,

@@ -50,9 +50,11 @@ const GELU_C: f32 = 0.044_715;
 /// e^x for x in [-87, 88] (clamped outside), branch-free so that loops over slices vectorize:
 /// Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r
 /// (relative error ~2e-7), then 2^n from the exponent bits. glibc's scalar `tanhf` (through
-/// `expm1f`) was 7% of a GPT-2-small training step.
+/// `expm1f`) was 7% of a GPT-2-small training step, and its `expf` takes a slow path (errno
+/// and all) on every underflow, which the masked scores of attention (bias -1e9) hit on every
+/// other entry: every softmax and log-softmax here uses this one.
 #[inline(always)]
-fn exp_fast(x: f32) -> f32 {
+pub(super) fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Round to nearest by the 1.5·2^23 trick (exact for |x·log2e| < 2^22), SSE2-vectorizable.
     const ROUND: f32 = 12_582_912.0;
@@ -132,6 +134,53 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluNew)
 }
 
+/// Lanes of the row reductions: independent partial results, so the loops vectorize (a single
+/// running f32 sum or max is a dependency chain the compiler may not reorder).
+const LANES: usize = 16;
+
+/// The largest value of a row.
+pub(super) fn row_max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for c in &mut c {
+        for i in 0..LANES {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    let tail = c
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    m.iter().copied().fold(tail, f32::max)
+}
+
+/// Σ exp(x − max) over a row.
+pub(super) fn sum_exp(x: &[f32], max: f32) -> f32 {
+    let mut a = [0f32; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for c in &mut c {
+        for i in 0..LANES {
+            a[i] += exp_fast(c[i] - max);
+        }
+    }
+    let tail: f32 = c.remainder().iter().map(|v| exp_fast(v - max)).sum();
+    a.iter().sum::<f32>() + tail
+}
+
+/// `x ← exp(x − max)` over a row; returns the sum.
+pub(super) fn exp_in_place(x: &mut [f32], max: f32) -> f32 {
+    x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
+    let mut a = [0f32; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for c in &mut c {
+        for i in 0..LANES {
+            a[i] += c[i];
+        }
+    }
+    a.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
+}
+
 struct Softmax;
 
 fn softmax_rows(x: &[f32], d: usize) -> Vec<f32> {
@@ -141,12 +190,9 @@ fn softmax_rows(x: &[f32], d: usize) -> Vec<f32> {
         .zip(x.par_chunks(per))
         .for_each(|(y, x)| {
             for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - max).exp();
-                    sum += *y;
-                }
+                let max = row_max(x);
+                y.copy_from_slice(x);
+                let sum = exp_in_place(y, max);
                 let inv = 1.0 / sum;
                 y.iter_mut().for_each(|y| *y *= inv);
             }
@@ -194,7 +240,7 @@ fn softmax_rows_half<T: Half>(x: &[T], d: usize) -> Vec<T> {
                     .fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for (b, &v) in buf.iter_mut().zip(x) {
-                    *b = (v.to_f32() - max).exp();
+                    *b = exp_fast(v.to_f32() - max);
                     sum += *b;
                 }
                 let inv = 1.0 / sum;
@@ -444,9 +490,8 @@ struct TokenLogprob;
 impl TokenLogprob {
     /// Per row: the max and log Σ exp(x − max).
     fn lse(x: &[f32]) -> (f32, f32) {
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = x.iter().map(|v| (v - max).exp()).sum();
-        (max, sum.ln())
+        let max = row_max(x);
+        (max, sum_exp(x, max).ln())
     }
 }
 
@@ -521,7 +566,7 @@ impl candle_core::CustomOp2 for TokenLogprob {
                         }
                         let (max, lse) = Self::lse(x);
                         for (d, &x) in d.iter_mut().zip(x) {
-                            *d = -g * (x - max - lse).exp();
+                            *d = -g * exp_fast(x - max - lse);
                         }
                         d[t] += g;
                     });

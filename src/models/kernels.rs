@@ -8,6 +8,8 @@
 //! sums in chunk order, so results do not depend on the thread count's scheduling.
 
 use gemm::Parallelism;
+
+use super::fused::{exp_fast, exp_in_place, row_max};
 use rayon::prelude::*;
 
 /// A read-only strided matrix: element `(i, j)` is `v[i * rs + j * cs]`.
@@ -379,12 +381,8 @@ pub fn attention(
             let (bi, hi) = (idx / s.h, idx % s.h);
             scores(qkv, bias, s, bi, hi, scale, p);
             for (row, l) in p.chunks_mut(t).zip(lse.iter_mut()) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
+                let max = row_max(row);
+                let sum = exp_in_place(row, max);
                 let inv = 1.0 / sum;
                 row.iter_mut().for_each(|v| *v *= inv);
                 *l = max + sum.ln();
@@ -428,7 +426,7 @@ pub fn attention_backward(
                 scores(qkv, bias, s, bi, hi, scale, p);
                 let lse = &lse[(bi * s.h + hi) * t..][..t];
                 for (r, &l) in p.chunks_mut(t).zip(lse) {
-                    r.iter_mut().for_each(|v| *v = (*v - l).exp());
+                    r.iter_mut().for_each(|v| *v = exp_fast(*v - l));
                 }
                 let (oq, ok, ov) = s.offsets(hi);
                 let base = bi * t * row;
