@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Device, Storage, Tensor, TensorId, Var};
 
+use super::block::PreNorm;
 use super::{Net, Shared};
 use crate::error::{Error, Result};
 
@@ -258,12 +259,30 @@ fn to_buffer(pool: &Pool, t: &Tensor) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-/// Whether the owned engine runs this forward.
-pub(super) fn applies(net: &Net, x: &Tensor, bias: &Tensor) -> bool {
+/// Layer `l` as the owned engine runs it, if it can.
+fn block(net: &Net, l: usize) -> Option<PreNorm<'_>> {
     match net {
-        Net::Gpt2(m) => m.owned_applies() && super::fused::applies(&[x, bias]),
-        _ => false,
+        Net::Gpt2(m) => m.block(l),
+        Net::Opt(m) => m.block(l),
+        Net::Llama(_) => None,
     }
+}
+
+/// Layer `l`, known to apply.
+fn block_of(net: &Net, l: usize) -> Result<PreNorm<'_>> {
+    block(net, l).ok_or_else(|| Error::Model {
+        file: "owned engine".into(),
+        msg: format!("layer {l} cannot run on the owned engine"),
+    })
+}
+
+/// Whether the owned engine runs this forward: every layer a plain pre-norm block with f32
+/// CPU weights, and f32 CPU activations.
+pub(super) fn applies(net: &Net, x: &Tensor, bias: &Tensor) -> bool {
+    super::fused::applies(&[x, bias])
+        && net.layers() > 0
+        && (0..net.layers())
+            .all(|l| block(net, l).is_some_and(|b| super::fused::applies(&b.weights())))
 }
 
 /// What a training forward through the owned engine keeps for [`backward`].
@@ -291,11 +310,8 @@ pub(super) fn forward(
     shared: &Shared,
     keep: Option<bool>,
 ) -> Result<(Tensor, Option<Tape>)> {
-    let Net::Gpt2(m) = net else {
-        unreachable!("the owned engine applies to GPT-2 only");
-    };
     let (b, t, d) = embedded.dims3()?;
-    let sizes = m.acts_sizes(b, t);
+    let sizes = block_of(net, 0)?.sizes(b, t);
     let mut cur = to_buffer(pool, &embedded)?;
     let mut inputs = Vec::new();
     let mut acts = Vec::new();
@@ -307,7 +323,8 @@ pub(super) fn forward(
             None => Acts::take(pool, sizes, scratch.take().expect("a scratch")),
         };
         let mut y = pool.take(b * t * d);
-        let ws = m.block_weights(l);
+        let blk = block_of(net, l)?;
+        let ws = blk.weights();
         with_values(&ws, |w| {
             with_values(&[&shared.bias], |bias| {
                 let io = LayerIo {
@@ -317,7 +334,7 @@ pub(super) fn forward(
                     b,
                     t,
                 };
-                m.block_forward(io, &mut a, &mut y);
+                blk.forward(io, &mut a, &mut y);
             })
         })??;
         let x = std::mem::replace(&mut cur, y);
@@ -374,9 +391,6 @@ pub(super) fn backward(
     frozen: &[&Tensor],
     trainable: &HashSet<TensorId>,
 ) -> Result<()> {
-    let Net::Gpt2(m) = net else {
-        unreachable!("the owned engine applies to GPT-2 only");
-    };
     let Tape {
         embedded,
         mut inputs,
@@ -399,7 +413,7 @@ pub(super) fn backward(
         }
         return Ok(());
     };
-    let sizes = m.acts_sizes(b, t);
+    let sizes = block_of(net, 0)?.sizes(b, t);
     let recompute = acts.is_empty();
     let mut dy = to_buffer(pool, &g)?;
     drop(g);
@@ -407,7 +421,8 @@ pub(super) fn backward(
     let mut scratch = (recompute).then(|| Acts::take(pool, sizes, pool.take(sizes.n * sizes.act)));
     for l in (0..inputs.len()).rev() {
         let x = inputs.pop().expect("one input a layer");
-        let ws = m.block_weights(l);
+        let blk = block_of(net, l)?;
+        let ws = blk.weights();
         let mut a = match scratch.take() {
             Some(a) => a,
             None => {
@@ -429,15 +444,15 @@ pub(super) fn backward(
                 if recompute {
                     // The forward's output is not needed: only what it keeps.
                     let mut y = pool.take(x.len());
-                    m.block_forward(io, &mut a, &mut y);
+                    blk.forward(io, &mut a, &mut y);
                     pool.give(y);
                 } else {
                     // The backward's first product reads the MLP activation, which the tape
                     // does not keep: recomputed from the pre-activation.
                     let ni = sizes.n * sizes.inner;
-                    super::kernels::gelu(&a.up[..ni], &mut a.act[..ni]);
+                    blk.activate(&a.up[..ni], &mut a.act[..ni]);
                 }
-                m.block_backward(io, &mut a, &dy, &mut dx, &mut gs);
+                blk.backward(io, &mut a, &dy, &mut dx, &mut gs);
             })
         })??;
         pool.give(x);
@@ -518,18 +533,18 @@ mod tests {
     }
 
     #[test]
-    fn owned_gpt2_layers_give_the_autograd_values_and_gradients() {
+    fn owned_layers_give_the_autograd_values_and_gradients() {
         type Loss<'a> = &'a dyn Fn(&Model) -> Tensor;
         let losses: [(&str, Loss); 3] = [
             ("padded", &|m| loss(m, false)),
             ("packed", &|m| loss(m, true)),
             ("sequence log-probs", &seq_loss),
         ];
-        for (what, f) in losses {
-            let (want, oracle, extra0) = run("gpt2", Engine::Autograd, false, f);
+        for (name, (what, f)) in ["gpt2", "opt"].iter().flat_map(|n| losses.map(|l| (n, l))) {
+            let (want, oracle, extra0) = run(name, Engine::Autograd, false, f);
             for recompute in [false, true] {
-                let (got, grads, extra) = run("gpt2", Engine::Owned, recompute, f);
-                let what = format!("{what}, recompute {recompute}");
+                let (got, grads, extra) = run(name, Engine::Owned, recompute, f);
+                let what = format!("{name} {what}, recompute {recompute}");
                 assert!(
                     (got - want).abs() <= 1e-5 * want.abs().max(1.0),
                     "{what}: loss {got} vs {want}"
@@ -565,6 +580,17 @@ mod tests {
         };
         let (a, b) = (hidden(Engine::Autograd), hidden(Engine::Owned));
         assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
+    }
+
+    /// Post-norm OPT and the rotary families keep the autograd path under the owned default.
+    #[test]
+    fn layers_the_owned_engine_cannot_run_take_the_autograd_path() {
+        for name in ["opt-350m", "llama", "mistral"] {
+            let m = Model::load(&fixture(name), &Device::Cpu).unwrap();
+            assert_eq!(m.engine, Engine::Owned);
+            let _ = loss(&m, false);
+            assert!(m.owned_tapes.lock().unwrap().is_empty(), "{name}");
+        }
     }
 
     #[test]

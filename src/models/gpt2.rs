@@ -3,9 +3,8 @@
 
 use candle_core::{Device, Tensor};
 
+use super::block::{Act, Lin, PreNorm, Qkv};
 use super::config::Gpt2Config;
-use super::engine;
-use super::kernels::{self as k, Heads, Mat};
 use super::linear::{Layout, Proj};
 use super::ops;
 use super::weights::Weights;
@@ -28,28 +27,6 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: (Tensor, Tensor),
     lm_head: Tensor,
-}
-
-impl Block {
-    fn weights(&self) -> [&Tensor; 12] {
-        fn bias(p: &Proj) -> &Tensor {
-            p.bias.as_ref().expect("Conv1D has a bias")
-        }
-        [
-            &self.ln_1.0,
-            &self.ln_1.1,
-            &self.c_attn.w,
-            bias(&self.c_attn),
-            &self.c_proj.w,
-            bias(&self.c_proj),
-            &self.ln_2.0,
-            &self.ln_2.1,
-            &self.c_fc.w,
-            bias(&self.c_fc),
-            &self.mlp_proj.w,
-            bias(&self.mlp_proj),
-        ]
-    }
 }
 
 impl Gpt2 {
@@ -124,243 +101,30 @@ impl Gpt2 {
         Ok((x + b.mlp_proj.forward(&m)?)?)
     }
 
-    /// Whether the owned engine can run these blocks: every projection plain (no adapter),
-    /// every weight f32 on the CPU.
-    pub fn owned_applies(&self) -> bool {
-        self.blocks.iter().all(|b| {
-            let ws = b.weights();
-            [&b.c_attn, &b.c_proj, &b.c_fc, &b.mlp_proj]
-                .iter()
-                .all(|p| p.lora.is_none())
-                && super::fused::applies(&ws)
-        })
-    }
-
-    /// Every weight of block `l` in the order [`Gpt2::block_forward`] reads them.
-    pub fn block_weights(&self, l: usize) -> [&Tensor; 12] {
-        self.blocks[l].weights()
-    }
-
-    fn dims(&self, b: usize, t: usize) -> engine::Dims {
+    /// Block `l` as the owned engine runs it (`None` with adapters).
+    pub fn block(&self, l: usize) -> Option<PreNorm<'_>> {
+        let b = &self.blocks[l];
         let d = self.cfg.n_embd;
         let h = self.cfg.n_head;
-        engine::Dims {
-            heads: Heads {
-                b,
-                t,
-                h,
-                kv: h,
-                hd: d / h,
-            },
-            d,
-            inner: self.cfg.n_inner.unwrap_or(4 * d),
-        }
-    }
-
-    fn scale(&self) -> f32 {
-        if self.cfg.scale_attn_weights {
-            1.0 / ((self.cfg.n_embd / self.cfg.n_head) as f32).sqrt()
+        let scale = if self.cfg.scale_attn_weights {
+            1.0 / ((d / h) as f32).sqrt()
         } else {
             1.0
-        }
-    }
-
-    /// Block `l` written out over buffers (the owned engine): `y` from `x`, both `[B·T, d]`,
-    /// keeping in `a` what the backward needs; `w` are [`Gpt2::block_weights`]' values.
-    pub fn block_forward(&self, io: engine::LayerIo, a: &mut engine::Acts, y: &mut [f32]) {
-        let engine::LayerIo { w, x, bias, b, t } = io;
-        let dm = self.dims(b, t);
-        let (n, d, inner) = (b * t, dm.d, dm.inner);
-        let eps = self.cfg.layer_norm_epsilon as f32;
-        let [l1w, l1b, aw, ab, pw, pb, l2w, l2b, fw, fb, mw, mb] = w else {
-            unreachable!("twelve weights a block")
         };
-        k::layer_norm(x, (l1w, l1b), eps, &mut a.n1, (&mut a.mean1, &mut a.rstd1));
-        k::mm(
-            &mut a.qkv,
-            3 * d,
-            (n, 3 * d, d),
-            Mat::rows(&a.n1, d),
-            Mat::rows(aw, 3 * d),
-            1.0,
-            false,
-        );
-        k::add_bias(&mut a.qkv, ab);
-        k::attention(&a.qkv, bias, dm.heads, self.scale(), &mut a.att, &mut a.lse);
-        a.x1.copy_from_slice(x);
-        k::mm(
-            &mut a.x1,
+        Some(PreNorm {
+            ln1: (&b.ln_1.0, &b.ln_1.1),
+            qkv: Qkv::Fused(Lin::of(&b.c_attn)?),
+            o: Lin::of(&b.c_proj)?,
+            ln2: (&b.ln_2.0, &b.ln_2.1),
+            up: Lin::of(&b.c_fc)?,
+            down: Lin::of(&b.mlp_proj)?,
+            act: Act::GeluNew,
+            eps: self.cfg.layer_norm_epsilon as f32,
+            heads: h,
             d,
-            (n, d, d),
-            Mat::rows(&a.att, d),
-            Mat::rows(pw, d),
-            1.0,
-            true,
-        );
-        k::add_bias(&mut a.x1, pb);
-        k::layer_norm(
-            &a.x1,
-            (l2w, l2b),
-            eps,
-            &mut a.n2,
-            (&mut a.mean2, &mut a.rstd2),
-        );
-        let ni = n * inner;
-        let up = &mut a.up[..ni];
-        k::mm(
-            up,
-            inner,
-            (n, inner, d),
-            Mat::rows(&a.n2, d),
-            Mat::rows(fw, inner),
-            1.0,
-            false,
-        );
-        k::add_bias(up, fb);
-        k::gelu(&a.up[..ni], &mut a.act[..ni]);
-        y.copy_from_slice(&a.x1);
-        k::mm(
-            y,
-            d,
-            (n, d, inner),
-            Mat::rows(&a.act, inner),
-            Mat::rows(mw, d),
-            1.0,
-            true,
-        );
-        k::add_bias(y, mb);
-    }
-
-    /// The backward of [`Gpt2::block_forward`]: from `dy`, the input's gradient into `dx`
-    /// (overwritten) and each weight's into `g` (in [`Gpt2::block_weights`]' order, each
-    /// overwritten). `a.act` must still hold the forward's activation (it is overwritten).
-    pub fn block_backward(
-        &self,
-        io: engine::LayerIo,
-        a: &mut engine::Acts,
-        dy: &[f32],
-        dx: &mut [f32],
-        g: &mut [Vec<f32>],
-    ) {
-        let engine::LayerIo { w, x, bias, b, t } = io;
-        let dm = self.dims(b, t);
-        let (n, d, inner) = (b * t, dm.d, dm.inner);
-        let [l1w, _, aw, _, pw, _, l2w, _, fw, _, mw, _] = w else {
-            unreachable!("twelve weights a block")
-        };
-        let [gl1w, gl1b, gaw, gab, gpw, gpb, gl2w, gl2b, gfw, gfb, gmw, gmb] = g else {
-            unreachable!("twelve gradients a block")
-        };
-        // MLP: y = x1 + gelu(n2 · W_fc + b_fc) · W_mp + b_mp.
-        k::mm(
-            gmw,
-            d,
-            (inner, d, n),
-            Mat::rows(&a.act, inner).t(),
-            Mat::rows(dy, d),
-            1.0,
-            false,
-        );
-        k::col_sums(dy, d, gmb, false);
-        let ni = n * inner;
-        let du = &mut a.act[..ni];
-        k::mm(
-            du,
-            inner,
-            (n, inner, d),
-            Mat::rows(dy, d),
-            Mat::rows(mw, d).t(),
-            1.0,
-            false,
-        );
-        k::gelu_backward(&a.up[..ni], du);
-        k::mm(
-            gfw,
-            inner,
-            (d, inner, n),
-            Mat::rows(&a.n2, d).t(),
-            Mat::rows(du, inner),
-            1.0,
-            false,
-        );
-        k::col_sums(du, inner, gfb, false);
-        let dn = &mut a.up[..n * d];
-        k::mm(
-            dn,
-            d,
-            (n, d, inner),
-            Mat::rows(&a.act, inner),
-            Mat::rows(fw, inner).t(),
-            1.0,
-            false,
-        );
-        dx.copy_from_slice(dy);
-        gl2w.fill(0.0);
-        gl2b.fill(0.0);
-        k::layer_norm_backward(&a.x1, l2w, (&a.mean2, &a.rstd2), dn, dx, gl2w, gl2b);
-        // Attention: x1 = x + attention(n1 · W_attn + b_attn) · W_proj + b_proj.
-        k::mm(
-            gpw,
-            d,
-            (d, d, n),
-            Mat::rows(&a.att, d).t(),
-            Mat::rows(dx, d),
-            1.0,
-            false,
-        );
-        k::col_sums(dx, d, gpb, false);
-        let datt = &mut a.up[..n * d];
-        k::mm(
-            datt,
-            d,
-            (n, d, d),
-            Mat::rows(dx, d),
-            Mat::rows(pw, d).t(),
-            1.0,
-            false,
-        );
-        let dqkv = &mut a.act[..n * 3 * d];
-        let (out, lse) = (&a.att[..], &a.lse[..]);
-        k::attention_backward(&a.qkv, bias, dm.heads, self.scale(), (out, lse), datt, dqkv);
-        k::mm(
-            gaw,
-            3 * d,
-            (d, 3 * d, n),
-            Mat::rows(&a.n1, d).t(),
-            Mat::rows(dqkv, 3 * d),
-            1.0,
-            false,
-        );
-        k::col_sums(dqkv, 3 * d, gab, false);
-        let dn = &mut a.up[..n * d];
-        k::mm(
-            dn,
-            d,
-            (n, d, 3 * d),
-            Mat::rows(dqkv, 3 * d),
-            Mat::rows(aw, 3 * d).t(),
-            1.0,
-            false,
-        );
-        gl1w.fill(0.0);
-        gl1b.fill(0.0);
-        k::layer_norm_backward(x, l1w, (&a.mean1, &a.rstd1), dn, dx, gl1w, gl1b);
-    }
-
-    /// Buffer sizes of one block's activations at `b` rows of `t` tokens.
-    pub fn acts_sizes(&self, b: usize, t: usize) -> engine::ActSizes {
-        let dm = self.dims(b, t);
-        let n = b * t;
-        engine::ActSizes {
-            n,
-            d: dm.d,
-            qkv: 3 * dm.d,
-            att: dm.d,
-            inner: dm.inner,
-            up: dm.inner.max(dm.d),
-            act: dm.inner.max(3 * dm.d),
-            lse: b * dm.heads.h * t,
-        }
+            inner: self.cfg.n_inner.unwrap_or(4 * d),
+            scale,
+        })
     }
 
     /// Final hidden states `[B, T, d]` (after `ln_f`) from the last block's output.

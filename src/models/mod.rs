@@ -2,6 +2,7 @@
 //! layout folders, with a backward pass through every op (see `ops`).
 
 pub mod attention;
+pub mod block;
 pub mod config;
 pub mod engine;
 pub mod frozen;

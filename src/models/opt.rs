@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::block::{Act, Lin, PreNorm, Qkv};
 use super::config::OptConfig;
 use super::linear::{Layout, Proj};
 use super::ops;
@@ -139,6 +140,30 @@ impl Opt {
 
     pub fn layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Layer `l` as the owned engine runs it (`None` for post-norm layers or with adapters).
+    pub fn block(&self, l: usize) -> Option<PreNorm<'_>> {
+        if !self.cfg.do_layer_norm_before {
+            return None;
+        }
+        let y = &self.layers[l];
+        let d = self.cfg.hidden_size;
+        let h = self.cfg.num_attention_heads;
+        Some(PreNorm {
+            ln1: (&y.attn_ln.0, &y.attn_ln.1),
+            qkv: Qkv::Split([Lin::of(&y.q)?, Lin::of(&y.k)?, Lin::of(&y.v)?]),
+            o: Lin::of(&y.out)?,
+            ln2: (&y.final_ln.0, &y.final_ln.1),
+            up: Lin::of(&y.fc1)?,
+            down: Lin::of(&y.fc2)?,
+            act: Act::Relu,
+            eps: LN_EPS as f32,
+            heads: h,
+            d,
+            inner: self.cfg.ffn_dim,
+            scale: 1.0 / ((d / h) as f32).sqrt(),
+        })
     }
 
     /// Decoder layer `l` of the residual stream.

@@ -1,0 +1,334 @@
+//! The pre-norm transformer block of GPT-2 and OPT, written out for the owned engine
+//! (`models::engine`): forward and backward over buffers, from a description each family
+//! builds of its own weights (fused `c_attn` or separate q / k / v projections, `Conv1D` or
+//! `nn.Linear` layouts, `gelu_new` or ReLU).
+//!
+//! `x1 = x + attention(ln_1(x) · W_qkv + b_qkv) · W_o + b_o`,
+//! `y = x1 + act(ln_2(x1) · W_1 + b_1) · W_2 + b_2`.
+
+use candle_core::Tensor;
+
+use super::engine::{ActSizes, Acts, LayerIo};
+use super::kernels::{self as k, Heads, Mat};
+use super::linear::{Layout, Proj};
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    GeluNew,
+    Relu,
+}
+
+/// A projection with its bias, in its layout.
+#[derive(Clone, Copy)]
+pub struct Lin<'a> {
+    pub w: &'a Tensor,
+    pub b: &'a Tensor,
+    pub layout: Layout,
+}
+
+impl<'a> Lin<'a> {
+    /// A plain projection (no adapter) with a bias, or `None`.
+    pub fn of(p: &'a Proj) -> Option<Lin<'a>> {
+        match (&p.bias, &p.lora) {
+            (Some(b), None) => Some(Lin {
+                w: &p.w,
+                b,
+                layout: p.layout,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `y (+)= x · W` (`[n, inp]` to `[n, out]`, `y` at row stride `ldy`).
+    fn forward(
+        &self,
+        w: &[f32],
+        x: &[f32],
+        (n, inp, out): (usize, usize, usize),
+        y: &mut [f32],
+        ldy: usize,
+        acc: bool,
+    ) {
+        let rhs = match self.layout {
+            Layout::Linear => Mat::rows(w, inp).t(),
+            Layout::Conv1d => Mat::rows(w, out),
+        };
+        k::mm(y, ldy, (n, out, inp), Mat::rows(x, inp), rhs, 1.0, acc);
+    }
+
+    /// The weight's gradient from the input `x` `[n, inp]` and the output's gradient `dy`
+    /// (`[n, out]`, any row stride), overwritten.
+    fn weight_grad(&self, gw: &mut [f32], x: Mat, dy: Mat, (n, inp, out): (usize, usize, usize)) {
+        match self.layout {
+            Layout::Linear => k::mm(gw, inp, (out, inp, n), dy.t(), x, 1.0, false),
+            Layout::Conv1d => k::mm(gw, out, (inp, out, n), x.t(), dy, 1.0, false),
+        }
+    }
+
+    /// `dx (+)= dy · Wᵀ`.
+    fn input_grad(
+        &self,
+        w: &[f32],
+        dy: Mat,
+        dx: &mut [f32],
+        (n, inp, out): (usize, usize, usize),
+        acc: bool,
+    ) {
+        let rhs = match self.layout {
+            Layout::Linear => Mat::rows(w, inp),
+            Layout::Conv1d => Mat::rows(w, out).t(),
+        };
+        k::mm(dx, inp, (n, inp, out), dy, rhs, 1.0, acc);
+    }
+}
+
+/// The attention's input projections.
+#[derive(Clone, Copy)]
+pub enum Qkv<'a> {
+    /// One `[d, 3d]` projection (GPT-2's `c_attn`).
+    Fused(Lin<'a>),
+    /// q, k and v projections of `[d, d]` each (OPT).
+    Split([Lin<'a>; 3]),
+}
+
+/// One block as the owned engine runs it.
+pub struct PreNorm<'a> {
+    pub ln1: (&'a Tensor, &'a Tensor),
+    pub qkv: Qkv<'a>,
+    pub o: Lin<'a>,
+    pub ln2: (&'a Tensor, &'a Tensor),
+    pub up: Lin<'a>,
+    pub down: Lin<'a>,
+    pub act: Act,
+    pub eps: f32,
+    pub heads: usize,
+    pub d: usize,
+    pub inner: usize,
+    /// Multiplies the scores `q · kᵀ`.
+    pub scale: f32,
+}
+
+/// Where each weight sits in [`PreNorm::weights`].
+struct Idx {
+    qkv: usize,
+    o: usize,
+    ln2: usize,
+    up: usize,
+    down: usize,
+}
+
+impl PreNorm<'_> {
+    fn idx(&self) -> Idx {
+        let n = match self.qkv {
+            Qkv::Fused(_) => 2,
+            Qkv::Split(_) => 6,
+        };
+        let o = 2 + n;
+        Idx {
+            qkv: 2,
+            o,
+            ln2: o + 2,
+            up: o + 4,
+            down: o + 6,
+        }
+    }
+
+    /// Every weight in the order the forward reads them (each projection's weight then bias).
+    pub fn weights(&self) -> Vec<&Tensor> {
+        let mut v = vec![self.ln1.0, self.ln1.1];
+        match &self.qkv {
+            Qkv::Fused(l) => v.extend([l.w, l.b]),
+            Qkv::Split(ls) => ls.iter().for_each(|l| v.extend([l.w, l.b])),
+        }
+        v.extend([self.o.w, self.o.b, self.ln2.0, self.ln2.1]);
+        v.extend([self.up.w, self.up.b, self.down.w, self.down.b]);
+        v
+    }
+
+    fn heads(&self, b: usize, t: usize) -> Heads {
+        Heads {
+            b,
+            t,
+            h: self.heads,
+            kv: self.heads,
+            hd: self.d / self.heads,
+        }
+    }
+
+    /// Buffer sizes of one block's activations at `b` rows of `t` tokens.
+    pub fn sizes(&self, b: usize, t: usize) -> ActSizes {
+        let d = self.d;
+        ActSizes {
+            n: b * t,
+            d,
+            qkv: 3 * d,
+            att: d,
+            inner: self.inner,
+            up: self.inner.max(d),
+            act: self.inner.max(3 * d),
+            lse: b * self.heads * t,
+        }
+    }
+
+    /// `y` from `x` (both `[B·T, d]`), keeping in `a` what the backward needs; `io.w` holds
+    /// [`PreNorm::weights`]' values.
+    pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        let LayerIo { w, x, bias, b, t } = io;
+        let (n, d, inner) = (b * t, self.d, self.inner);
+        let i = self.idx();
+        k::layer_norm(
+            x,
+            (w[0], w[1]),
+            self.eps,
+            &mut a.n1,
+            (&mut a.mean1, &mut a.rstd1),
+        );
+        match &self.qkv {
+            Qkv::Fused(l) => {
+                l.forward(w[i.qkv], &a.n1, (n, d, 3 * d), &mut a.qkv, 3 * d, false);
+                k::add_bias(&mut a.qkv, w[i.qkv + 1]);
+            }
+            Qkv::Split(ls) => {
+                let mut bias = Vec::with_capacity(3 * d);
+                for (j, l) in ls.iter().enumerate() {
+                    let dst = &mut a.qkv[j * d..];
+                    l.forward(w[i.qkv + 2 * j], &a.n1, (n, d, d), dst, 3 * d, false);
+                    bias.extend_from_slice(w[i.qkv + 2 * j + 1]);
+                }
+                k::add_bias(&mut a.qkv, &bias);
+            }
+        }
+        k::attention(
+            &a.qkv,
+            bias,
+            self.heads(b, t),
+            self.scale,
+            &mut a.att,
+            &mut a.lse,
+        );
+        a.x1.copy_from_slice(x);
+        self.o
+            .forward(w[i.o], &a.att, (n, d, d), &mut a.x1, d, true);
+        k::add_bias(&mut a.x1, w[i.o + 1]);
+        let (l2w, l2b) = (w[i.ln2], w[i.ln2 + 1]);
+        k::layer_norm(
+            &a.x1,
+            (l2w, l2b),
+            self.eps,
+            &mut a.n2,
+            (&mut a.mean2, &mut a.rstd2),
+        );
+        let ni = n * inner;
+        let up = &mut a.up[..ni];
+        self.up
+            .forward(w[i.up], &a.n2, (n, d, inner), up, inner, false);
+        k::add_bias(up, w[i.up + 1]);
+        self.activate(&a.up[..ni], &mut a.act[..ni]);
+        y.copy_from_slice(&a.x1);
+        self.down
+            .forward(w[i.down], &a.act[..ni], (n, inner, d), y, d, true);
+        k::add_bias(y, w[i.down + 1]);
+    }
+
+    /// The MLP's activation of the pre-activation `u` into `y`.
+    pub fn activate(&self, u: &[f32], y: &mut [f32]) {
+        match self.act {
+            Act::GeluNew => k::gelu(u, y),
+            Act::Relu => y.iter_mut().zip(u).for_each(|(y, &u)| *y = u.max(0.0)),
+        }
+    }
+
+    /// The backward of [`PreNorm::forward`]: from `dy`, the input's gradient into `dx`
+    /// (overwritten) and each weight's into `g` (in [`PreNorm::weights`]' order, each
+    /// overwritten). `a.act` must hold the forward's activation (it is overwritten).
+    pub fn backward(
+        &self,
+        io: LayerIo,
+        a: &mut Acts,
+        dy: &[f32],
+        dx: &mut [f32],
+        g: &mut [Vec<f32>],
+    ) {
+        let LayerIo { w, x, bias, b, t } = io;
+        let (n, d, inner) = (b * t, self.d, self.inner);
+        let i = self.idx();
+        let ni = n * inner;
+        // MLP.
+        let dyd = Mat::rows(dy, d);
+        self.down
+            .weight_grad(&mut g[i.down], Mat::rows(&a.act, inner), dyd, (n, inner, d));
+        k::col_sums(dy, d, &mut g[i.down + 1], false);
+        let du = &mut a.act[..ni];
+        self.down
+            .input_grad(w[i.down], dyd, du, (n, inner, d), false);
+        match self.act {
+            Act::GeluNew => k::gelu_backward(&a.up[..ni], du),
+            // candle's ReLU passes the gradient where the input is >= 0.
+            Act::Relu => du.iter_mut().zip(&a.up[..ni]).for_each(|(g, &u)| {
+                if u < 0.0 {
+                    *g = 0.0;
+                }
+            }),
+        }
+        let dum = Mat::rows(&a.act, inner);
+        self.up
+            .weight_grad(&mut g[i.up], Mat::rows(&a.n2, d), dum, (n, d, inner));
+        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], false);
+        let dn = &mut a.up[..n * d];
+        self.up.input_grad(w[i.up], dum, dn, (n, d, inner), false);
+        dx.copy_from_slice(dy);
+        let (gl2, rest) = g[i.ln2..].split_at_mut(1);
+        gl2[0].fill(0.0);
+        rest[0].fill(0.0);
+        let stats2 = (&a.mean2[..], &a.rstd2[..]);
+        k::layer_norm_backward(&a.x1, w[i.ln2], stats2, dn, dx, &mut gl2[0], &mut rest[0]);
+        // Attention.
+        let dxd = Mat::rows(dx, d);
+        self.o
+            .weight_grad(&mut g[i.o], Mat::rows(&a.att, d), dxd, (n, d, d));
+        k::col_sums(dx, d, &mut g[i.o + 1], false);
+        let datt = &mut a.up[..n * d];
+        self.o.input_grad(w[i.o], dxd, datt, (n, d, d), false);
+        let dqkv = &mut a.act[..n * 3 * d];
+        let (out, lse) = (&a.att[..], &a.lse[..]);
+        k::attention_backward(
+            &a.qkv,
+            bias,
+            self.heads(b, t),
+            self.scale,
+            (out, lse),
+            datt,
+            dqkv,
+        );
+        let dn = &mut a.up[..n * d];
+        let n1 = Mat::rows(&a.n1, d);
+        match &self.qkv {
+            Qkv::Fused(l) => {
+                let dq = Mat::rows(&a.act, 3 * d);
+                l.weight_grad(&mut g[i.qkv], n1, dq, (n, d, 3 * d));
+                k::col_sums(&a.act[..n * 3 * d], 3 * d, &mut g[i.qkv + 1], false);
+                l.input_grad(w[i.qkv], dq, dn, (n, d, 3 * d), false);
+            }
+            Qkv::Split(ls) => {
+                let mut sums = vec![0f32; 3 * d];
+                k::col_sums(&a.act[..n * 3 * d], 3 * d, &mut sums, false);
+                for (j, l) in ls.iter().enumerate() {
+                    let dq = Mat {
+                        v: &a.act[j * d..],
+                        rs: 3 * d,
+                        cs: 1,
+                    };
+                    l.weight_grad(&mut g[i.qkv + 2 * j], n1, dq, (n, d, d));
+                    g[i.qkv + 2 * j + 1].copy_from_slice(&sums[j * d..(j + 1) * d]);
+                    l.input_grad(w[i.qkv + 2 * j], dq, dn, (n, d, d), j > 0);
+                }
+            }
+        }
+        let (gl1, rest) = g.split_at_mut(1);
+        gl1[0].fill(0.0);
+        rest[0].fill(0.0);
+        let stats1 = (&a.mean1[..], &a.rstd1[..]);
+        k::layer_norm_backward(x, w[0], stats1, dn, dx, &mut gl1[0], &mut rest[0]);
+    }
+}
