@@ -55,6 +55,10 @@ pub enum Engine {
 }
 
 impl Engine {
+    pub fn is_owned(&self) -> bool {
+        *self == Engine::Owned
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Engine::Autograd => "autograd",

@@ -320,6 +320,7 @@ fn rm_settings(
         grad_checkpoint: o.grad_checkpoint,
         dtype: o.dtype.clone(),
         device: o.device.clone(),
+        engine: crate::models::engine::current(),
         save_every: o.save_every,
     }
 }
@@ -359,6 +360,7 @@ fn po_settings(
         grad_checkpoint: o.grad_checkpoint,
         dtype: o.dtype.clone(),
         device: o.device.clone(),
+        engine: crate::models::engine::current(),
         save_every: o.save_every,
     }
 }

@@ -68,6 +68,9 @@ pub struct PoTrainSettings {
     #[serde(skip_serializing_if = "super::is_f32")]
     pub dtype: String,
     pub device: String,
+    /// The engine of the layers (as the reward model's settings record it).
+    #[serde(skip_serializing_if = "crate::models::engine::Engine::is_owned")]
+    pub engine: crate::models::engine::Engine,
     #[serde(skip)]
     pub save_every: usize,
 }

@@ -101,6 +101,9 @@ pub struct PretrainSettings {
     pub init_seed: u64,
     pub save_every: usize,
     pub device: String,
+    /// The engine of the layers (absent from the fingerprint for the default, the owned one).
+    #[serde(skip_serializing_if = "crate::models::engine::Engine::is_owned")]
+    pub engine: crate::models::engine::Engine,
 }
 
 impl PretrainSettings {
@@ -123,6 +126,7 @@ impl PretrainSettings {
             init_seed: o.init_seed,
             save_every: o.save_every,
             device: o.device.clone(),
+            engine: crate::models::engine::current(),
         }
     }
 }
@@ -561,6 +565,7 @@ mod tests {
             init_seed: 7,
             save_every: 0,
             device: "cpu".into(),
+            engine: crate::models::engine::Engine::Owned,
         };
         let a = init_weights(&s, 50).unwrap();
         let b = init_weights(&s, 50).unwrap();

@@ -66,6 +66,11 @@ pub struct RmTrainSettings {
     pub dtype: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// The engine of the layers (`--engine`; absent from the fingerprint for the default,
+    /// the owned one). In the fingerprint because training amplifies the engines' rounding
+    /// differences into different models.
+    #[serde(skip_serializing_if = "crate::models::engine::Engine::is_owned")]
+    pub engine: crate::models::engine::Engine,
     /// Save resumable state every this many optimizer steps (0: never). Not part of the
     /// fingerprint: it does not change the result.
     #[serde(skip)]
