@@ -18,9 +18,9 @@
 //! layers down, as `recompute` does. Under recompute (`--grad-checkpoint`) a tape keeps only
 //! each layer's input and the backward reruns that layer's owned forward first.
 //!
-//! It applies on the CPU in f32 to GPT-2 without adapters; anything else takes the autograd
-//! path, which is also the oracle the tests compare this one with (values and every
-//! parameter's gradient).
+//! It applies on the CPU in f32 to GPT-2 and pre-norm OPT without adapters; anything else
+//! (post-norm OPT, Llama and Mistral, LoRA, bf16, CUDA) takes the autograd path, which is also
+//! the oracle the tests compare this one with (values and every parameter's gradient).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -48,8 +48,8 @@ use crate::error::{Error, Result};
 pub enum Engine {
     /// candle's autograd graph (every family, device and dtype).
     Autograd,
-    /// the owned per-layer forward and backward where it applies (CPU, f32, GPT-2 without
-    /// adapters), autograd elsewhere.
+    /// the owned per-layer forward and backward where it applies (CPU, f32, GPT-2 and
+    /// pre-norm OPT without adapters), autograd elsewhere.
     #[default]
     Owned,
 }
@@ -107,13 +107,6 @@ pub struct LayerIo<'a> {
     pub bias: &'a [f32],
     pub b: usize,
     pub t: usize,
-}
-
-/// A block's shape at one batch shape.
-pub struct Dims {
-    pub heads: super::kernels::Heads,
-    pub d: usize,
-    pub inner: usize,
 }
 
 /// Values a token of each activation buffer holds.
