@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Stora
 use rayon::prelude::*;
 
 /// Rows per parallel task: enough work to be worth a task.
-fn rows_per_task(width: usize) -> usize {
+pub(super) fn rows_per_task(width: usize) -> usize {
     (16384 / width.max(1)).max(1)
 }
 
@@ -361,16 +361,6 @@ struct LayerNorm {
     eps: f32,
 }
 
-impl LayerNorm {
-    /// Per row: mean and 1/σ.
-    fn stats(x: &[f32], eps: f32) -> (f32, f32) {
-        let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        (mean, 1.0 / (var + eps).sqrt())
-    }
-}
-
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "layer-norm"
@@ -397,19 +387,10 @@ impl CustomOp3 for LayerNorm {
                 l3.dims()
             );
         }
+        let rows = x.len() / d;
         let mut y = vec![0f32; x.len()];
-        let per = rows_per_task(d) * d;
-        let eps = self.eps;
-        y.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let (mean, rstd) = Self::stats(x, eps);
-                    for i in 0..d {
-                        y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
-            });
+        let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        super::kernels::layer_norm(x, (w, b), self.eps, &mut y, (&mut mean, &mut rstd));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -426,43 +407,15 @@ impl CustomOp3 for LayerNorm {
         let (dx, dw, db) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(grad, |g| {
+                    // The row statistics again (the forward's are not kept), then the kernel
+                    // the owned engine uses.
+                    let rows = x.len() / d.max(1);
+                    let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+                    super::kernels::layer_norm_stats(x, d, eps, (&mut mean, &mut rstd));
                     let mut dx = vec![0f32; x.len()];
-                    let per = rows_per_task(d) * d;
-                    // Each task returns its partial dw, db; summed after.
-                    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
-                        .par_chunks_mut(per)
-                        .zip(x.par_chunks(per).zip(g.par_chunks(per)))
-                        .map(|(dx, (x, g))| {
-                            let mut dw = vec![0f32; d];
-                            let mut db = vec![0f32; d];
-                            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
-                                let (mean, rstd) = Self::stats(x, eps);
-                                // xhat = (x − mean)·rstd; gx = g·w
-                                // dx = rstd · (gx − mean(gx) − xhat · mean(gx · xhat))
-                                let (mut s1, mut s2) = (0f32, 0f32);
-                                for i in 0..d {
-                                    let xh = (x[i] - mean) * rstd;
-                                    let gx = g[i] * w[i];
-                                    s1 += gx;
-                                    s2 += gx * xh;
-                                    dw[i] += g[i] * xh;
-                                    db[i] += g[i];
-                                }
-                                let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-                                for i in 0..d {
-                                    let xh = (x[i] - mean) * rstd;
-                                    dx[i] = rstd * (g[i] * w[i] - m1 - xh * m2);
-                                }
-                            }
-                            (dw, db)
-                        })
-                        .collect();
-                    let mut dw = vec![0f32; d];
-                    let mut db = vec![0f32; d];
-                    for (pw, pb) in parts {
-                        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-                        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-                    }
+                    let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                    let stats = (&mean[..], &rstd[..]);
+                    super::kernels::layer_norm_backward(x, w, stats, g, &mut dx, &mut dw, &mut db);
                     Ok((dx, dw, db))
                 })
             })

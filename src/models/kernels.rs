@@ -9,7 +9,7 @@
 
 use gemm::Parallelism;
 
-use super::fused::{exp_fast, exp_in_place, row_max};
+use super::fused::{exp_fast, exp_in_place, row_max, rows_per_task};
 use rayon::prelude::*;
 
 /// A read-only strided matrix: element `(i, j)` is `v[i * rs + j * cs]`.
@@ -150,11 +150,6 @@ pub unsafe fn mm_raw(
     );
 }
 
-/// Rows per parallel task for rows of `width` values (about 16 Ki values a task).
-fn rows_per_task(width: usize) -> usize {
-    (16384 / width.max(1)).max(1)
-}
-
 /// `out[j] (+)= Σ_i x[i, j]` over the rows of `x` (`width` columns), in a fixed order.
 pub fn col_sums(x: &[f32], width: usize, out: &mut [f32], acc: bool) {
     let per = rows_per_task(width) * width;
@@ -199,6 +194,18 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let mean = x.iter().sum::<f32>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Each row's mean and 1/σ (rows of `d` values), as [`layer_norm`] computes them.
+pub fn layer_norm_stats(x: &[f32], d: usize, eps: f32, (mean, rstd): (&mut [f32], &mut [f32])) {
+    let rows = rows_per_task(d);
+    x.par_chunks(rows * d)
+        .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
+        .for_each(|(x, (mean, rstd))| {
+            for ((x, m), r) in x.chunks(d).zip(mean).zip(rstd) {
+                (*m, *r) = stats(x, eps);
+            }
+        });
 }
 
 /// Layer norm over rows of `w.len()` values; keeps each row's mean and 1/σ for the backward.
