@@ -165,15 +165,14 @@ impl Acts {
         }
     }
 
-    /// Gives every buffer but the scratch back; returns the scratch.
-    fn give(self, pool: &Pool) -> Vec<f32> {
+    /// Gives every buffer, the scratch included, back to the pool.
+    fn release(self, pool: &Pool) {
         for v in [
             self.n1, self.mean1, self.rstd1, self.qkv, self.att, self.lse, self.x1, self.n2,
-            self.mean2, self.rstd2, self.up,
+            self.mean2, self.rstd2, self.up, self.act,
         ] {
             pool.give(v);
         }
-        self.act
     }
 }
 
@@ -354,7 +353,7 @@ pub(super) fn forward(
         crate::alloc::trace_heap(format_args!("owned forward of layer {l}"));
     }
     if let Some(a) = kept {
-        pool.give(a.give(pool));
+        a.release(pool);
     }
     if let Some(s) = scratch {
         pool.give(s);
@@ -405,8 +404,7 @@ pub(super) fn backward(
             pool.give(v);
         }
         for a in acts {
-            let s = a.give(pool);
-            pool.give(s);
+            a.release(pool);
         }
         return Ok(());
     };
@@ -415,7 +413,7 @@ pub(super) fn backward(
     let mut dy = to_buffer(pool, &g)?;
     drop(g);
     let mut dx = pool.take(dy.len());
-    let mut scratch = (recompute).then(|| Acts::take(pool, sizes, pool.take(sizes.n * sizes.act)));
+    let mut scratch = recompute.then(|| Acts::take(pool, sizes, pool.take(sizes.n * sizes.act)));
     for l in (0..inputs.len()).rev() {
         let x = inputs.pop().expect("one input a layer");
         let blk = block_of(net, l)?;
@@ -456,8 +454,7 @@ pub(super) fn backward(
         if recompute {
             scratch = Some(a);
         } else {
-            let s = a.give(pool);
-            pool.give(s);
+            a.release(pool);
         }
         let mut layer = GradStore::default();
         for (w, g) in ws.iter().zip(gs) {
@@ -470,8 +467,7 @@ pub(super) fn backward(
         crate::alloc::trace_heap(format_args!("owned backward of layer {l}"));
     }
     if let Some(a) = scratch {
-        let s = a.give(pool);
-        pool.give(s);
+        a.release(pool);
     }
     pool.give(dx);
     let g = Tensor::from_vec(dy, embedded.shape(), &Device::Cpu)?;
