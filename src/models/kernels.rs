@@ -13,7 +13,9 @@ use super::fused::rows_per_task;
 use rayon::prelude::*;
 
 mod attend;
+mod llama;
 pub use attend::{attention, attention_backward, Heads};
+pub use llama::{rms_norm, rms_norm_backward, rope, swiglu, swiglu_backward};
 
 /// A read-only strided matrix: element `(i, j)` is `v[i * rs + j * cs]`.
 #[derive(Clone, Copy)]

@@ -330,7 +330,15 @@ mod tests {
                 b[i * t + j] = 0.0;
             }
         }
-        let branch = |i: usize| if i < 10 { 0 } else if i < 25 { 1 } else { 2 };
+        let branch = |i: usize| {
+            if i < 10 {
+                0
+            } else if i < 25 {
+                1
+            } else {
+                2
+            }
+        };
         for i in 0..t {
             for j in 0..=i {
                 if (branch(j) == 0 || branch(j) == branch(i)) && i - j < 30 {
