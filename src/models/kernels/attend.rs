@@ -48,12 +48,17 @@ impl Heads {
     }
 }
 
+/// Batch row `bi`'s `[T, T]` of the additive bias `[B or 1, T, T]` (one row broadcasts).
+fn bias_row(bias: &[f32], t: usize, bi: usize) -> &[f32] {
+    let r = if bias.len() == t * t { 0 } else { bi };
+    &bias[r * t * t..(r + 1) * t * t]
+}
+
 /// For each bias row and each block of queries, the keys `[lo, hi)` some query of the block
 /// sees. A query that sees no key keeps every key (the composed softmax spreads it uniformly
 /// over the masked row), so its block keeps the full span.
 struct Spans {
     blocks: usize,
-    rows: usize,
     v: Vec<(usize, usize)>,
 }
 
@@ -63,7 +68,7 @@ impl Spans {
         let blocks = t.div_ceil(QUERY_BLOCK);
         let mut v = Vec::with_capacity(rows * blocks);
         for r in 0..rows {
-            let b = &bias[r * t * t..(r + 1) * t * t];
+            let b = bias_row(bias, t, r);
             for blk in 0..blocks {
                 let (mut lo, mut hi) = (t, 0);
                 for i in blk * QUERY_BLOCK..((blk + 1) * QUERY_BLOCK).min(t) {
@@ -80,12 +85,12 @@ impl Spans {
                 v.push((lo, hi));
             }
         }
-        Spans { blocks, rows, v }
+        Spans { blocks, v }
     }
 
     /// The spans of batch row `bi`'s blocks (one bias row broadcasts).
     fn of(&self, bi: usize) -> &[(usize, usize)] {
-        let r = if self.rows == 1 { 0 } else { bi };
+        let r = if self.v.len() == self.blocks { 0 } else { bi };
         &self.v[r * self.blocks..(r + 1) * self.blocks]
     }
 }
@@ -141,8 +146,7 @@ fn scores(
             true,
         )
     };
-    let rows = bias.len() / (t * t);
-    let b = &bias[if rows == 1 { 0 } else { bi } * t * t..];
+    let b = bias_row(bias, t, bi);
     // Scaled after the product, as the composed path: (q kᵀ) · scale + bias.
     for (i, o) in out.chunks_mut(blk.n).enumerate() {
         let b = &b[(blk.r0 + i) * t + blk.c0..][..blk.n];
@@ -287,9 +291,8 @@ mod tests {
     fn naive(qkv: &[f64], bias: &[f32], s: Heads, scale: f64) -> Vec<f64> {
         let (t, row, d) = (s.t, s.row(), s.h * s.hd);
         let mut out = vec![0f64; s.b * t * d];
-        let rows = bias.len() / (t * t);
         for bi in 0..s.b {
-            let b = &bias[if rows == 1 { 0 } else { bi } * t * t..];
+            let b = bias_row(bias, t, bi);
             for hi in 0..s.h {
                 let (oq, ok, ov) = s.offsets(hi);
                 for i in 0..t {

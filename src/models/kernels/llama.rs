@@ -103,7 +103,7 @@ pub fn rope(
                             v[j] = a * cs[j] + b * sn[j + half];
                             v[j + half] = b * cs[j + half] - a * sn[j];
                         } else {
-                            v[j] = a * cs[j] + -b * sn[j];
+                            v[j] = a * cs[j] - b * sn[j];
                             v[j + half] = b * cs[j + half] + a * sn[j + half];
                         }
                     }
@@ -157,6 +157,22 @@ pub fn swiglu_backward(dy: &[f32], inner: usize, gu: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// `grad` against central differences of `f` at `x`, entry by entry.
+    fn check(what: &str, grad: &[f32], x: &[f32], f: impl Fn(&[f32]) -> f64) {
+        let h = 1e-2f32;
+        for i in 0..x.len() {
+            let (mut a, mut b) = (x.to_vec(), x.to_vec());
+            a[i] += h;
+            b[i] -= h;
+            let fd = (f(&a) - f(&b)) / (2.0 * h as f64);
+            assert!(
+                (grad[i] as f64 - fd).abs() < 2e-3,
+                "{what} {i}: {} vs {fd}",
+                grad[i]
+            );
+        }
+    }
+
     /// Each kernel's backward against central differences of its forward, in f32 on values
     /// of order one (tolerances for f32 differences).
     #[test]
@@ -178,29 +194,8 @@ mod tests {
         rms_norm(&x, &w, 1e-5, &mut y, &mut r);
         let (mut dx, mut dw) = (vec![0f32; n * d], vec![0f32; d]);
         rms_norm_backward(&x, &w, &r, &gy, &mut dx, &mut dw);
-        let h = 1e-2f32;
-        for i in 0..n * d {
-            let (mut a, mut b) = (x.clone(), x.clone());
-            a[i] += h;
-            b[i] -= h;
-            let fd = (f(&a, &w) - f(&b, &w)) / (2.0 * h as f64);
-            assert!(
-                (dx[i] as f64 - fd).abs() < 2e-3,
-                "rms dx {i}: {} vs {fd}",
-                dx[i]
-            );
-        }
-        for i in 0..d {
-            let (mut a, mut b) = (w.clone(), w.clone());
-            a[i] += h;
-            b[i] -= h;
-            let fd = (f(&x, &a) - f(&x, &b)) / (2.0 * h as f64);
-            assert!(
-                (dw[i] as f64 - fd).abs() < 2e-3,
-                "rms dw {i}: {} vs {fd}",
-                dw[i]
-            );
-        }
+        check("rms dx", &dx, &x, |x| f(x, &w));
+        check("rms dw", &dw, &w, |w| f(&x, w));
         // The rotation's inverse is its transpose: <rope(x), g> = <x, rope⁻¹(g)>.
         let (t, hd, row) = (4, 4, 10);
         let angles: Vec<f32> = (0..t * hd)
@@ -230,16 +225,6 @@ mod tests {
         };
         let mut dgu = gu.clone();
         swiglu_backward(&dy, inner, &mut dgu);
-        for i in 0..gu.len() {
-            let (mut a, mut b) = (gu.clone(), gu.clone());
-            a[i] += h;
-            b[i] -= h;
-            let fd = (f(&a) - f(&b)) / (2.0 * h as f64);
-            assert!(
-                (dgu[i] as f64 - fd).abs() < 2e-3,
-                "swiglu {i}: {} vs {fd}",
-                dgu[i]
-            );
-        }
+        check("swiglu", &dgu, &gu, f);
     }
 }
