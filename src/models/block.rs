@@ -174,7 +174,9 @@ impl PreNorm<'_> {
     /// `y` from `x` (both `[B·T, d]`), keeping in `a` what the backward needs; `io.w` holds
     /// [`PreNorm::weights`]' values.
     pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
-        let LayerIo { w, x, bias, b, t } = io;
+        let LayerIo {
+            w, x, bias, b, t, ..
+        } = io;
         let (n, d, inner) = (b * t, self.d, self.inner);
         let i = self.idx();
         k::layer_norm(
@@ -250,7 +252,9 @@ impl PreNorm<'_> {
         dx: &mut [f32],
         g: &mut [Vec<f32>],
     ) {
-        let LayerIo { w, x, bias, b, t } = io;
+        let LayerIo {
+            w, x, bias, b, t, ..
+        } = io;
         let (n, d, inner) = (b * t, self.d, self.inner);
         let i = self.idx();
         let ni = n * inner;

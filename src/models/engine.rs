@@ -18,8 +18,8 @@
 //! layers down, as `recompute` does. Under recompute (`--grad-checkpoint`) a tape keeps only
 //! each layer's input and the backward reruns that layer's owned forward first.
 //!
-//! It applies on the CPU in f32 to GPT-2 and pre-norm OPT without adapters; anything else
-//! (post-norm OPT, Llama and Mistral, LoRA, bf16, CUDA) takes the autograd path, which is also
+//! It applies on the CPU in f32 to GPT-2, pre-norm OPT and Llama without adapters; anything
+//! else (post-norm OPT, Mistral's sliding window, LoRA, bf16, CUDA) takes the autograd path, which is also
 //! the oracle the tests compare this one with (values and every parameter's gradient).
 
 use std::collections::{BTreeMap, HashSet};
@@ -29,6 +29,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Device, Storage, Tensor, TensorId, Var};
 
 use super::block::PreNorm;
+use super::rms_block::RmsBlock;
 use super::{Net, Shared};
 use crate::error::{Error, Result};
 
@@ -98,8 +99,9 @@ impl std::str::FromStr for Engine {
     }
 }
 
-/// One layer call's inputs: the block's weights, its input `[B·T, d]` and the additive
-/// attention bias `[B or 1, T, T]`.
+/// One layer call's inputs: the block's weights, its input `[B·T, d]`, the additive
+/// attention bias `[B or 1, T, T]` and, for the rotary families, the cos / sin tables
+/// (`[T, hd]`, or `[B, T, hd]` at packed positions).
 #[derive(Clone, Copy)]
 pub struct LayerIo<'a> {
     pub w: &'a [&'a [f32]],
@@ -107,6 +109,59 @@ pub struct LayerIo<'a> {
     pub bias: &'a [f32],
     pub b: usize,
     pub t: usize,
+    pub rope: Option<(&'a [f32], &'a [f32])>,
+}
+
+/// A layer the owned engine runs: GPT-2's and pre-norm OPT's block, or Llama's / Mistral's.
+pub enum Layer<'a> {
+    PreNorm(PreNorm<'a>),
+    Rms(RmsBlock<'a>),
+}
+
+impl Layer<'_> {
+    /// Every weight, in the order `LayerIo::w` and the gradients hold them.
+    pub fn weights(&self) -> Vec<&Tensor> {
+        match self {
+            Layer::PreNorm(l) => l.weights(),
+            Layer::Rms(l) => l.weights(),
+        }
+    }
+
+    pub fn sizes(&self, b: usize, t: usize) -> ActSizes {
+        match self {
+            Layer::PreNorm(l) => l.sizes(b, t),
+            Layer::Rms(l) => l.sizes(b, t),
+        }
+    }
+
+    pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        match self {
+            Layer::PreNorm(l) => l.forward(io, a, y),
+            Layer::Rms(l) => l.forward(io, a, y),
+        }
+    }
+
+    /// Recomputes the MLP activation of `n` tokens into `a.act` from what `a` keeps.
+    pub fn activate(&self, a: &mut Acts, n: usize) {
+        match self {
+            Layer::PreNorm(l) => l.activate(&a.up[..n * l.inner], &mut a.act[..n * l.inner]),
+            Layer::Rms(l) => l.activate(&a.up[..2 * n * l.inner], &mut a.act[..n * l.inner]),
+        }
+    }
+
+    pub fn backward(
+        &self,
+        io: LayerIo,
+        a: &mut Acts,
+        dy: &[f32],
+        dx: &mut [f32],
+        g: &mut [Vec<f32>],
+    ) {
+        match self {
+            Layer::PreNorm(l) => l.backward(io, a, dy, dx, g),
+            Layer::Rms(l) => l.backward(io, a, dy, dx, g),
+        }
+    }
 }
 
 /// Values a token of each activation buffer holds.
@@ -230,6 +285,15 @@ impl Pool {
     }
 }
 
+/// What every layer of a forward reads besides its weights: the bias, then cos and sin.
+fn tables<'a>(bias: &'a Tensor, rope: &'a Option<(Tensor, Tensor)>) -> Vec<&'a Tensor> {
+    let mut v = vec![bias];
+    if let Some((c, s)) = rope {
+        v.extend([c, s]);
+    }
+    v
+}
+
 /// Runs `f` on the values of contiguous f32 CPU tensors.
 fn with_values<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
@@ -256,26 +320,28 @@ fn to_buffer(pool: &Pool, t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Layer `l` as the owned engine runs it, if it can.
-fn block(net: &Net, l: usize) -> Option<PreNorm<'_>> {
+fn block(net: &Net, l: usize) -> Option<Layer<'_>> {
     match net {
-        Net::Gpt2(m) => m.block(l),
-        Net::Opt(m) => m.block(l),
-        Net::Llama(_) => None,
+        Net::Gpt2(m) => m.block(l).map(Layer::PreNorm),
+        Net::Opt(m) => m.block(l).map(Layer::PreNorm),
+        Net::Llama(m) => m.block(l).map(Layer::Rms),
     }
 }
 
 /// Layer `l`, known to apply.
-fn block_of(net: &Net, l: usize) -> Result<PreNorm<'_>> {
+fn block_of(net: &Net, l: usize) -> Result<Layer<'_>> {
     block(net, l).ok_or_else(|| Error::Model {
         file: "owned engine".into(),
         msg: format!("layer {l} cannot run on the owned engine"),
     })
 }
 
-/// Whether the owned engine runs this forward: every layer a plain pre-norm block with f32
-/// CPU weights, and f32 CPU activations.
-pub(super) fn applies(net: &Net, x: &Tensor, bias: &Tensor) -> bool {
-    super::fused::applies(&[x, bias])
+/// Whether the owned engine runs this forward: every layer one it has (no adapters) with f32
+/// CPU weights, and f32 CPU activations and tables.
+pub(super) fn applies(net: &Net, x: &Tensor, shared: &Shared) -> bool {
+    let mut ts = tables(&shared.bias, &shared.rope);
+    ts.push(x);
+    super::fused::applies(&ts)
         && net.layers() > 0
         && (0..net.layers())
             .all(|l| block(net, l).is_some_and(|b| super::fused::applies(&b.weights())))
@@ -290,6 +356,7 @@ pub struct Tape {
     /// Each layer's activations; empty under recompute.
     acts: Vec<Acts>,
     bias: Tensor,
+    rope: Option<(Tensor, Tensor)>,
     b: usize,
     t: usize,
     /// The last layer's output as a variable (the loss's backward leaves its gradient).
@@ -322,13 +389,14 @@ pub(super) fn forward(
         let blk = block_of(net, l)?;
         let ws = blk.weights();
         with_values(&ws, |w| {
-            with_values(&[&shared.bias], |bias| {
+            with_values(&tables(&shared.bias, &shared.rope), |v| {
                 let io = LayerIo {
                     w,
                     x: &cur,
-                    bias: bias[0],
+                    bias: v[0],
                     b,
                     t,
+                    rope: v.get(1).zip(v.get(2)).map(|(c, s)| (*c, *s)),
                 };
                 blk.forward(io, &mut a, &mut y);
             })
@@ -370,6 +438,7 @@ pub(super) fn forward(
             inputs,
             acts,
             bias: shared.bias.clone(),
+            rope: shared.rope.clone(),
             b,
             t,
             out,
@@ -392,6 +461,7 @@ pub(super) fn backward(
         mut inputs,
         mut acts,
         bias,
+        rope,
         b,
         t,
         out,
@@ -428,13 +498,14 @@ pub(super) fn backward(
         };
         let mut gs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.elem_count()]).collect();
         with_values(&ws, |w| {
-            with_values(&[&bias], |bias| {
+            with_values(&tables(&bias, &rope), |v| {
                 let io = LayerIo {
                     w,
                     x: &x,
-                    bias: bias[0],
+                    bias: v[0],
                     b,
                     t,
+                    rope: v.get(1).zip(v.get(2)).map(|(c, s)| (*c, *s)),
                 };
                 if recompute {
                     // The forward's output is not needed: only what it keeps.
@@ -444,8 +515,7 @@ pub(super) fn backward(
                 } else {
                     // The backward's first product reads the MLP activation, which the tape
                     // does not keep: recomputed from the pre-activation.
-                    let ni = sizes.n * sizes.inner;
-                    blk.activate(&a.up[..ni], &mut a.act[..ni]);
+                    blk.activate(&mut a, sizes.n);
                 }
                 blk.backward(io, &mut a, &dy, &mut dx, &mut gs);
             })
@@ -533,7 +603,8 @@ mod tests {
             ("packed", &|m| loss(m, true)),
             ("sequence log-probs", &seq_loss),
         ];
-        for (name, (what, f)) in ["gpt2", "opt"].iter().flat_map(|n| losses.map(|l| (n, l))) {
+        let families = ["gpt2", "opt", "llama"];
+        for (name, (what, f)) in families.iter().flat_map(|n| losses.map(|l| (n, l))) {
             let (want, oracle, extra0) = run(name, Engine::Autograd, false, f);
             for recompute in [false, true] {
                 let (got, grads, extra) = run(name, Engine::Owned, recompute, f);
@@ -575,10 +646,11 @@ mod tests {
         assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
     }
 
-    /// Post-norm OPT and the rotary families keep the autograd path under the owned default.
+    /// Post-norm OPT and Mistral's sliding window keep the autograd path under the owned
+    /// default.
     #[test]
     fn layers_the_owned_engine_cannot_run_take_the_autograd_path() {
-        for name in ["opt-350m", "llama", "mistral"] {
+        for name in ["opt-350m", "mistral"] {
             let m = Model::load(&fixture(name), &Device::Cpu).unwrap();
             assert_eq!(m.engine, Engine::Owned);
             let _ = loss(&m, false);

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::LlamaConfig;
 use super::linear::{Layout, Proj};
 use super::ops;
+use super::rms_block::{plain, RmsBlock};
 use super::weights::Weights;
 use super::{Attend, Shared};
 use crate::error::Result;
@@ -176,6 +177,36 @@ impl Llama {
         let m = ops::rms_norm(&x, &l.post_norm, eps)?;
         let act = (ops::silu(&l.gate.forward(&m)?)? * l.up.forward(&m)?)?;
         Ok((x + l.down.forward(&act)?)?)
+    }
+
+    /// Layer `l` as the owned engine runs it, or `None` under adapters or a sliding window
+    /// (a window shorter than padded rows still disagrees with the composed path's gradients).
+    pub fn block(&self, l: usize) -> Option<RmsBlock<'_>> {
+        if self.cfg.sliding_window.is_some() {
+            return None;
+        }
+        let l = &self.layers[l];
+        let attn = [&l.q, &l.k, &l.v, &l.o].map(plain);
+        let mlp = [&l.gate, &l.up, &l.down].map(plain);
+        let (Some(q), Some(k), Some(v), Some(o)) = (attn[0], attn[1], attn[2], attn[3]) else {
+            return None;
+        };
+        let (Some(gate), Some(up), Some(down)) = (mlp[0], mlp[1], mlp[2]) else {
+            return None;
+        };
+        let c = &self.cfg;
+        Some(RmsBlock {
+            norm1: &l.input_norm,
+            attn: [q, k, v, o],
+            norm2: &l.post_norm,
+            mlp: [gate, up, down],
+            eps: c.rms_norm_eps as f32,
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: c.head_dim(),
+            d: c.hidden_size,
+            inner: c.intermediate_size,
+        })
     }
 
     /// Final hidden states `[B, T, hidden]` (after the final norm) from the last layer's output.

@@ -18,6 +18,7 @@ pub mod opt;
 pub mod pack;
 pub mod readout;
 pub mod recompute;
+pub mod rms_block;
 pub mod save;
 pub mod source;
 pub mod tensor_file;
@@ -355,7 +356,7 @@ impl Model {
     fn forward(&self, ids: &Tensor, attend: Attend) -> Result<Tensor> {
         let (x, shared) = self.net.embed(ids, attend, &self.device)?;
         let training = !self.params.is_empty();
-        if self.engine == engine::Engine::Owned && engine::applies(&self.net, &x, &shared.bias) {
+        if self.engine == engine::Engine::Owned && engine::applies(&self.net, &x, &shared) {
             let keep = training.then_some(self.recompute);
             let (y, tape) = engine::forward(&self.net, &self.pool, x, &shared, keep)?;
             if let Some(tape) = tape {
