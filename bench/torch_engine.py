@@ -1,6 +1,6 @@
 """PyTorch baseline of `w2s bench engine` (docs/performance.md): the same shapes, tasks and
 random checkpoint as src/bench.rs, done the way the reference implementation does them
-(transformers models in fp32, torch.optim.Adam, reward-model micro-batch of one pair, no
+(transformers models in fp32, GPT-2 or Llama by the checkpoint's config, torch.optim.Adam, reward-model micro-batch of one pair, no
 attention mask). Prints one JSON line, as `w2s bench one` does.
 
     .venv-ref/bin/python bench/torch_engine.py --arch tiny --task rm-train --model DIR
@@ -21,6 +21,7 @@ SHAPES = {
     # layers, width, heads, vocab, seq, pairs per step, timed steps
     "gpt2-small": dict(seq=256, pairs=2, steps=2),
     "tiny": dict(seq=64, pairs=16, steps=10),
+    "llama-small": dict(seq=256, pairs=2, steps=2),
 }
 
 
@@ -43,11 +44,11 @@ def main():
     torch.manual_seed(0)
     train = a.task.endswith("train")
     if a.task.startswith("rm"):
-        body = transformers.GPT2Model.from_pretrained(a.model).float().to(dev)
-        head = torch.nn.Linear(body.config.n_embd, 1, bias=False).to(dev)
+        body = transformers.AutoModel.from_pretrained(a.model).float().to(dev)
+        head = torch.nn.Linear(body.config.hidden_size, 1, bias=False).to(dev)
         params = list(body.parameters()) + list(head.parameters())
     else:
-        lm = transformers.GPT2LMHeadModel.from_pretrained(a.model).float().to(dev)
+        lm = transformers.AutoModelForCausalLM.from_pretrained(a.model).float().to(dev)
         params = list(lm.parameters())
     vocab = (body if a.task.startswith("rm") else lm).config.vocab_size
     ids = rows(2 * n, seq, vocab)

@@ -22,6 +22,29 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Blocks of this many bytes and more get their own mapping under [`return_large_blocks`].
+/// An activation of 256 tokens at width 1024 in f32 is 1 MiB: every tensor that matters for
+/// the peak is above it, the small bookkeeping allocations stay in the heap.
+pub const LARGE_BLOCK: usize = 1 << 20;
+
+/// Serve every block of [`LARGE_BLOCK`] bytes or more from its own `mmap` and give it back to
+/// the system when freed. The kept heap of [`keep_freed_memory`] is fast but fragments: a
+/// freed activation leaves a hole the next, differently sized tensor may not fit into, and a
+/// ~1B-parameter LoRA step held 480-540 MiB of such free heap beside 2315 MiB in use at its
+/// peak. With its own mappings the peak resident memory is what is in use, at the price of
+/// page faults on every large allocation. Training under recompute (`--grad-checkpoint`)
+/// has already traded time for memory, so the training stages call this then, before any
+/// weight is read. A no-op outside glibc Linux.
+pub fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; glibc takes the arena's lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK as libc::c_int);
+        // glibc's default cap on the number of mapped blocks.
+        libc::mallopt(libc::M_MMAP_MAX, 1 << 16);
+    }
+}
+
 /// The heap's bytes in use and bytes held free (glibc's `mallinfo2`), for the memory logs
 /// (`--log trace`): a large free part at a peak means fragmentation, not live tensors. `None`
 /// outside glibc Linux.

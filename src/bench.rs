@@ -40,6 +40,10 @@ pub enum Arch {
     #[value(name = "llama-1b")]
     #[serde(rename = "llama-1b")]
     Llama1b,
+    /// A Llama at GPT-2-small's scale: 12 layers, d 768, 12 heads, 4 key-value heads, MLP
+    /// 2048, vocab 32000, in f32; sequences of 256, 2 pairs a step (the owned Llama layer's
+    /// speed; not in the default engine comparison).
+    LlamaSmall,
 }
 
 impl Arch {
@@ -49,7 +53,28 @@ impl Arch {
             Arch::Gpt2Medium => "gpt2-medium",
             Arch::Tiny => "tiny",
             Arch::Llama1b => "llama-1b",
+            Arch::LlamaSmall => "llama-small",
         }
+    }
+
+    /// The Llama shape and the dtype its checkpoint is written in, for the Llama arches.
+    fn llama(self) -> Option<(crate::models::llama::InitShape, candle_core::DType)> {
+        let s = self.shape();
+        let (intermediate, kv_heads, ctx, dtype) = match self {
+            Arch::Llama1b => (5632, 4, 2048, candle_core::DType::BF16),
+            Arch::LlamaSmall => (2048, 4, 1024, candle_core::DType::F32),
+            _ => return None,
+        };
+        let shape = crate::models::llama::InitShape {
+            layers: s.layers,
+            hidden: s.width,
+            intermediate,
+            heads: s.heads,
+            kv_heads,
+            vocab: s.vocab,
+            ctx,
+        };
+        Some((shape, dtype))
     }
 
     /// (layers, width, heads, vocab, sequence length, pairs per step, timed steps).
@@ -81,6 +106,15 @@ impl Arch {
                 seq: 512,
                 pairs: 1,
                 steps: 1,
+            },
+            Arch::LlamaSmall => Shape {
+                layers: 12,
+                width: 768,
+                heads: 12,
+                vocab: 32000,
+                seq: 256,
+                pairs: 2,
+                steps: 2,
             },
             Arch::Tiny => Shape {
                 layers: 2,
@@ -182,17 +216,8 @@ pub fn checkpoint(arch: Arch, dir: &Path) -> Result<PathBuf> {
         }
     };
     std::fs::create_dir_all(&out).map_err(io(&out))?;
-    let (config, t): (_, HashMap<String, Tensor>) = if arch == Arch::Llama1b {
-        let shape = crate::models::llama::InitShape {
-            layers: s.layers,
-            hidden: s.width,
-            intermediate: 5632,
-            heads: s.heads,
-            kv_heads: 4,
-            vocab: s.vocab,
-            ctx: 2048,
-        };
-        let t = crate::models::llama::init_weights(&shape, 0, candle_core::DType::BF16)?;
+    let (config, t): (_, HashMap<String, Tensor>) = if let Some((shape, dtype)) = arch.llama() {
+        let t = crate::models::llama::init_weights(&shape, 0, dtype)?;
         (
             crate::models::llama::config_json(&shape),
             t.into_iter().collect(),

@@ -179,12 +179,9 @@ impl Llama {
         Ok((x + l.down.forward(&act)?)?)
     }
 
-    /// Layer `l` as the owned engine runs it, or `None` under adapters or a sliding window
-    /// (a window shorter than padded rows still disagrees with the composed path's gradients).
+    /// Layer `l` as the owned engine runs it (Mistral's window arrives in the attention bias),
+    /// or `None` under adapters.
     pub fn block(&self, l: usize) -> Option<RmsBlock<'_>> {
-        if self.cfg.sliding_window.is_some() {
-            return None;
-        }
         let l = &self.layers[l];
         let attn = [&l.q, &l.k, &l.v, &l.o].map(plain);
         let mlp = [&l.gate, &l.up, &l.down].map(plain);

@@ -276,13 +276,8 @@ mod model_tests {
     use super::*;
     use crate::models::readout::{response_logprobs, sequence_logprobs};
     use crate::models::{ops, Model};
-    use std::path::{Path, PathBuf};
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/models")
-            .join(name)
-    }
+    use crate::models::recompute::tests::{fixture, windowed_mistral};
 
     /// Right-pads rows with id 0 and returns (ids, attention mask, response mask): the unpacked
     /// batch, the oracle the packed scoring is tested against.
@@ -311,21 +306,6 @@ mod model_tests {
             attn,
             ops::mask_tensor(&resp, device)?,
         ))
-    }
-
-    /// The Mistral fixture with a 3-token sliding window, so the window is exercised.
-    fn windowed_mistral(dir: &Path) -> PathBuf {
-        let src = fixture("mistral");
-        for f in std::fs::read_dir(&src).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-        let p = dir.join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        cfg["sliding_window"] = 3.into();
-        std::fs::write(&p, cfg.to_string()).unwrap();
-        dir.to_path_buf()
     }
 
     /// Packed hidden states equal each sequence run alone, in every family; gradients reach

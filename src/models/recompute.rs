@@ -166,6 +166,21 @@ pub(crate) mod tests {
         .join(name)
     }
 
+    /// The Mistral fixture with a 3-token sliding window, so the window is exercised.
+    pub(crate) fn windowed_mistral(dir: &Path) -> PathBuf {
+        let src = fixture("mistral");
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let p = dir.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        cfg["sliding_window"] = 3.into();
+        std::fs::write(&p, cfg.to_string()).unwrap();
+        dir.to_path_buf()
+    }
+
     /// A loss over padded rows and one over packed pairs, each read through the LM head.
     pub(crate) fn loss(m: &Model, packed: bool) -> Tensor {
         let dev = Device::Cpu;

@@ -77,6 +77,17 @@ impl RmsBlock<'_> {
         (qd, kvd, qd + 2 * kvd)
     }
 
+    /// Where q, k and v start in a token's `q | k | v` row, and their widths.
+    fn columns(&self) -> [(usize, usize); 3] {
+        let (qd, kvd, _) = self.widths();
+        [(0, qd), (qd, kvd), (qd + kvd, kvd)]
+    }
+
+    /// Multiplies the scores `q · kᵀ`.
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
     /// Buffer sizes of one layer's activations at `b` rows of `t` tokens: `up` holds gate | up
     /// (and in the backward the `[n, d]` and `[n, q]` gradients), `act` the SwiGLU output (and
     /// in the backward the `[n, d]` and `q | k | v` gradients).
@@ -108,23 +119,19 @@ impl RmsBlock<'_> {
         } = io;
         let rope = rope.expect("a rotary layer's forward carries its tables");
         let (n, d, inner, hd) = (b * t, self.d, self.inner, self.head_dim);
-        let (qd, kvd, row) = self.widths();
+        let (qd, _, row) = self.widths();
         k::rms_norm(x, w[NORM1], self.eps, &mut a.n1, &mut a.rstd1);
         let n1 = Mat::rows(&a.n1, d);
-        for (j, (off, width)) in [(0, qd), (qd, kvd), (qd + kvd, kvd)]
-            .into_iter()
-            .enumerate()
-        {
+        for (j, (off, width)) in self.columns().into_iter().enumerate() {
             project(&mut a.qkv[off..], row, n1, w[Q + j], (n, d, width));
         }
         k::rope(&mut a.qkv, row, (0, self.heads, hd), rope, t, false);
         k::rope(&mut a.qkv, row, (qd, self.kv_heads, hd), rope, t, false);
-        let scale = 1.0 / (hd as f32).sqrt();
         k::attention(
             &a.qkv,
             bias,
             self.heads(b, t),
-            scale,
+            self.scale(),
             &mut a.att,
             &mut a.lse,
         );
@@ -176,7 +183,7 @@ impl RmsBlock<'_> {
         } = io;
         let rope = rope.expect("a rotary layer's backward carries its tables");
         let (n, d, inner, hd) = (b * t, self.d, self.inner, self.head_dim);
-        let (qd, kvd, row) = self.widths();
+        let (qd, _, row) = self.widths();
         let (ni, nd) = (n * inner, n * d);
         // MLP.
         let dyd = Mat::rows(dy, d);
@@ -207,8 +214,7 @@ impl RmsBlock<'_> {
         }
         dx.copy_from_slice(dy);
         g[NORM2].fill(0.0);
-        let (gn2, _) = g[NORM2..].split_at_mut(1);
-        k::rms_norm_backward(&a.x1, w[NORM2], &a.rstd2, &a.act[..nd], dx, &mut gn2[0]);
+        k::rms_norm_backward(&a.x1, w[NORM2], &a.rstd2, &a.act[..nd], dx, &mut g[NORM2]);
         // Attention.
         let dxd = Mat::rows(dx, d);
         k::mm(
@@ -223,18 +229,22 @@ impl RmsBlock<'_> {
         let datt = &mut a.up[..n * qd];
         k::mm(datt, qd, (n, qd, d), dxd, Mat::rows(w[O], qd), 1.0, false);
         let dqkv = &mut a.act[..n * row];
-        let scale = 1.0 / (hd as f32).sqrt();
         let kept = (&a.att[..], &a.lse[..]);
         let datt = &a.up[..n * qd];
-        k::attention_backward(&a.qkv, bias, self.heads(b, t), scale, kept, datt, dqkv);
+        k::attention_backward(
+            &a.qkv,
+            bias,
+            self.heads(b, t),
+            self.scale(),
+            kept,
+            datt,
+            dqkv,
+        );
         k::rope(dqkv, row, (0, self.heads, hd), rope, t, true);
         k::rope(dqkv, row, (qd, self.kv_heads, hd), rope, t, true);
         let n1 = Mat::rows(&a.n1, d);
         let dn1 = &mut a.up[..nd];
-        for (j, (off, width)) in [(0, qd), (qd, kvd), (qd + kvd, kvd)]
-            .into_iter()
-            .enumerate()
-        {
+        for (j, (off, width)) in self.columns().into_iter().enumerate() {
             let dq = Mat {
                 v: &a.act[off..],
                 rs: row,
@@ -245,7 +255,6 @@ impl RmsBlock<'_> {
             k::mm(dn1, d, (n, d, width), dq, wj, 1.0, j > 0);
         }
         g[NORM1].fill(0.0);
-        let (gn1, _) = g.split_at_mut(1);
-        k::rms_norm_backward(x, w[NORM1], &a.rstd1, &a.up[..nd], dx, &mut gn1[0]);
+        k::rms_norm_backward(x, w[NORM1], &a.rstd1, &a.up[..nd], dx, &mut g[NORM1]);
     }
 }

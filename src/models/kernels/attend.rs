@@ -95,6 +95,15 @@ impl Spans {
     }
 }
 
+/// Softmax of one row of scores in place; returns its log-sum-exp.
+fn normalise(row: &mut [f32]) -> f32 {
+    let max = row_max(row);
+    let sum = exp_in_place(row, max);
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+    max + sum.ln()
+}
+
 /// One block of queries `[r0, r0 + m)` against keys `[c0, c0 + n)`.
 #[derive(Clone, Copy)]
 struct Block {
@@ -180,11 +189,7 @@ pub fn attention(
                 scores(qkv, bias, s, (bi, hi), blk, scale, p);
                 let p = &mut p[..blk.m * blk.n];
                 for (row, l) in p.chunks_mut(blk.n).zip(&mut lse[blk.r0..]) {
-                    let max = row_max(row);
-                    let sum = exp_in_place(row, max);
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|v| *v *= inv);
-                    *l = max + sum.ln();
+                    *l = normalise(row);
                 }
                 let v = Mat::rows(qkv, s.row()).at((bi * t + blk.c0) * s.row() + ov);
                 // SAFETY: head `hi` of row `bi` owns these `[m, hd]` elements of `out`.
@@ -242,7 +247,15 @@ pub fn attention_backward(
                     scores(qkv, bias, s, (bi, hi), blk, scale, p);
                     let (p, dp) = (&mut p[..m * n], &mut dp[..m * n]);
                     for (r, &l) in p.chunks_mut(n).zip(&lse[blk.r0..]) {
-                        r.iter_mut().for_each(|v| *v = exp_fast(*v - l));
+                        if l > MASKED {
+                            r.iter_mut().for_each(|v| *v = exp_fast(*v - l));
+                        } else {
+                            // A query that sees no key: every score is the mask's -1e9, and
+                            // `ln(sum)` vanishes in its rounding (-1e9 + ln T is -1e9 in f32),
+                            // so `exp(s - lse)` would give 1 instead of 1/T. Normalise the row
+                            // itself, as the forward did.
+                            normalise(r);
+                        }
                     }
                     let o_off = (bi * t + blk.r0) * d + hi * s.hd;
                     let dout_h = Mat::rows(dout, d).at(o_off);
@@ -401,6 +414,53 @@ mod tests {
                 "gradient {i}: {} vs {fd}",
                 dqkv[i]
             );
+        }
+    }
+
+    /// The blind query (row 0's last, every key masked) is uniform over every key in the
+    /// forward, and its backward recomputes those probabilities, not `exp(s - lse)` (1 each,
+    /// since `lse` rounds into the mask): its output's gradient reaches each key's value as
+    /// `1 / T` of it, summed over the group's heads.
+    #[test]
+    fn a_query_that_sees_no_key_is_uniform_both_ways() {
+        let s = Heads {
+            b: 2,
+            t: 40,
+            h: 2,
+            kv: 1,
+            hd: 4,
+        };
+        let n = s.b * s.t * s.row();
+        let qkv: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5)
+            .collect();
+        let bias = bias(s.t);
+        let d = s.h * s.hd;
+        let blind = (s.t - 1) * d;
+        let w: Vec<f32> = (0..s.b * s.t * d)
+            .map(|i| {
+                if (blind..blind + d).contains(&i) {
+                    1.0 + i as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut out = vec![0f32; w.len()];
+        let mut lse = vec![0f32; s.b * s.h * s.t];
+        attention(&qkv, &bias, s, 0.5, &mut out, &mut lse);
+        let mut dqkv = vec![f32::NAN; n];
+        attention_backward(&qkv, &bias, s, 0.5, (&out, &lse), &w, &mut dqkv);
+        let (_, _, ov) = s.offsets(0);
+        for j in 0..s.t {
+            for c in 0..s.hd {
+                let want = (w[blind + c] + w[blind + s.hd + c]) / s.t as f32;
+                let got = dqkv[j * s.row() + ov + c];
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "key {j} value {c}: {got} vs {want}"
+                );
+            }
         }
     }
 

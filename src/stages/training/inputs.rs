@@ -130,7 +130,8 @@ pub struct Loaded {
 /// Loads the model of `dir` on `device` for training: every weight a variable, or under LoRA
 /// the adapters alone (fresh, or the `init` folder's), the base frozen; computing in `dtype`
 /// (bf16: mixed precision, see [`Model::load_as`]); `recompute` turns on
-/// per-layer activation recompute (then gradients come from [`Model::backward`]).
+/// per-layer activation recompute (then gradients come from [`Model::backward`]), and with it
+/// large blocks go back to the system when freed ([`crate::alloc::return_large_blocks`]).
 ///
 /// First the run's memory plan is checked against what the device has: a run that cannot fit
 /// is refused here, before any weight is read.
@@ -155,6 +156,9 @@ pub fn load(
         memory::available(&device)?,
         device.is_cpu(),
     )?;
+    if recompute {
+        crate::alloc::return_large_blocks();
+    }
     let dtype = setup.dtype;
     let mut model = match lora {
         None => Model::load_as(dir, &device, dtype)?,

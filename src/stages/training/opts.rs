@@ -78,8 +78,9 @@ pub struct TrainOpts {
     pub lora_init: Option<String>,
     /// Recompute each layer's activations during the backward pass instead of keeping them
     /// all (gradient checkpointing): activation memory of about one layer plus each layer's
-    /// input, for about one more forward pass of time. Gradients equal the plain path's up to
-    /// rounding.
+    /// input, for about one more forward pass of time; blocks of 1 MiB and more then go back
+    /// to the system when freed, so the peak is not raised by a fragmented heap. Gradients
+    /// equal the plain path's up to rounding.
     #[arg(long)]
     pub grad_checkpoint: bool,
     /// Compute dtype: f32, or bf16 as mixed precision (f32 master weights, Adam moments and
