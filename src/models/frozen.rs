@@ -15,6 +15,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Storage, Tensor};
 
+use super::kernels::{mm, Mat};
+
 /// How the frozen operand combines with the input.
 #[derive(Clone, Copy)]
 enum Side {
@@ -51,19 +53,160 @@ impl CustomOp1 for FrozenProj {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         // Plain tensors on both sides: no graph is built here.
-        let y = self.apply(&plain(s, l, "frozen-proj")?)?;
+        let x = plain(s, l, "frozen-proj")?;
+        let y = match self.side {
+            Side::Transposed => product(&x, &self.w, true)?,
+            Side::Plain => product(&x, &self.w, false)?,
+            _ => self.apply(&x)?,
+        };
         Ok((storage(&y, "frozen-proj")?, y.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = match self.side {
-            Side::Transposed => grad.broadcast_matmul(&self.w)?,
-            Side::Plain => grad.broadcast_matmul(&self.w.t()?)?,
+            Side::Transposed => product(grad, &self.w, false)?,
+            Side::Plain => product(grad, &self.w, true)?,
             Side::Add => grad.clone(),
             Side::Mul => grad.broadcast_mul(&self.w)?,
         };
         Ok(Some(dx))
     }
+}
+
+/// Values of a bf16 weight widened to f32 at a time by [`product`] (16 MiB of f32).
+const WIDEN_VALUES: usize = 4 << 20;
+
+/// `x · wᵀ` (`transposed`: `w` is `[out, in]`) or `x · w` (`w` is `[in, out]`), `x` `[.., in]`,
+/// with no graph. candle's CPU matmul has no bf16 kernel: it widens both operands whole to f32
+/// and narrows the product back, so every bf16 projection made an f32 copy of its weight (a
+/// 250 MiB one per call for a `[32000, 2048]` LM head: the largest transient of a ~1B LoRA step
+/// under bf16). For contiguous bf16 CPU operands this widens `x` once and the weight a block of
+/// [`WIDEN_VALUES`] at a time, multiplies in f32 and narrows the product once: the same values
+/// multiplied and added in f32, at most a block of the weight in f32. Elsewhere candle's matmul.
+/// The result has no graph: for plain operands (inference) and the frozen op's own passes.
+pub fn product(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    product_in_blocks(x, w, transposed, WIDEN_VALUES)
+}
+
+fn product_in_blocks(x: &Tensor, w: &Tensor, transposed: bool, block: usize) -> Result<Tensor> {
+    use candle_core::DType;
+    let bf16_cpu = |t: &Tensor| t.dtype() == DType::BF16 && t.device().is_cpu();
+    if !(bf16_cpu(x) && bf16_cpu(w) && w.rank() == 2 && w.is_contiguous()) {
+        return if transposed {
+            x.broadcast_matmul(&w.t()?)
+        } else {
+            x.broadcast_matmul(w)
+        };
+    }
+    let (wr, wc) = w.dims2()?;
+    let (k, out) = if transposed { (wc, wr) } else { (wr, wc) };
+    let mut dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        candle_core::bail!(
+            "product: input {:?} against weight {:?}",
+            x.dims(),
+            w.dims()
+        );
+    }
+    let x = x.contiguous()?;
+    let n = x.elem_count() / k.max(1);
+    let widen = |t: &Tensor| -> Result<Vec<f32>> {
+        let (s, l) = t.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) = (&*s, l.contiguous_offsets())
+        else {
+            candle_core::bail!("product: contiguous bf16 CPU operands expected")
+        };
+        Ok(v[a..b].iter().map(|v| v.to_f32()).collect())
+    };
+    let x32 = widen(&x)?;
+    let (ws, wl) = w.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::BF16(wv)), Some((a, _))) = (&*ws, wl.contiguous_offsets()) else {
+        candle_core::bail!("product: contiguous bf16 CPU weight expected")
+    };
+    let wv = &wv[a..a + wr * wc];
+    let mut y = vec![0f32; n * out];
+    let mut wb: Vec<f32> = Vec::new();
+    let take = |r0: usize, r1: usize, wb: &mut Vec<f32>| {
+        wb.clear();
+        wb.extend(wv[r0 * wc..r1 * wc].iter().map(|v| v.to_f32()));
+    };
+    // Blocks of whole rows of `w`: output columns (transposed) or input rows (plain).
+    let rows = (block / wc.max(1)).max(1);
+    for r0 in (0..wr).step_by(rows) {
+        let r1 = (r0 + rows).min(wr);
+        take(r0, r1, &mut wb);
+        let xm = Mat::rows(&x32, k);
+        if transposed {
+            let b = Mat::rows(&wb, k).t();
+            mm(&mut y[r0..], out, (n, r1 - r0, k), xm, b, 1.0, false);
+        } else {
+            let b = Mat::rows(&wb, out);
+            mm(&mut y, out, (n, out, r1 - r0), xm.at(r0), b, 1.0, r0 > 0);
+        }
+    }
+    let y: Vec<half::bf16> = y.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    *dims.last_mut().expect("a last dimension") = out;
+    Tensor::from_vec(y, dims, &Device::Cpu)
+}
+
+/// `x · wᵀ + u` (`transposed`) or `x · w + u` through a frozen `w`, as one op: the graph keeps
+/// `u` and the sum, not the base product too. A LoRA projection is the base product plus the
+/// adapter's `u = (x Aᵀ)(s·B)ᵀ`; composed, it kept the base product, the adapter's product
+/// and the sum, each `[tokens, out]` (an MLP projection of a ~1B Llama at 1024 tokens: 11 MiB
+/// each, and as much again for their gradients in the backward).
+struct FrozenProjAdd {
+    w: Tensor,
+    transposed: bool,
+}
+
+impl candle_core::CustomOp2 for FrozenProjAdd {
+    fn name(&self) -> &'static str {
+        "frozen-proj-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = plain(s1, l1, "frozen-proj-add")?;
+        let u = plain(s2, l2, "frozen-proj-add")?;
+        let y = (product(&x, &self.w, self.transposed)? + u)?;
+        Ok((storage(&y, "frozen-proj-add")?, y.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = product(grad, &self.w, !self.transposed)?;
+        Ok((Some(dx), Some(grad.clone())))
+    }
+}
+
+/// `x · wᵀ + u` (`transposed`: `w` is `[out, in]`) or `x · w + u` (`w` is `[in, out]`), with
+/// `u` of the product's shape: one frozen op where [`applies`], else composed.
+pub fn product_add(x: &Tensor, w: &Tensor, transposed: bool, u: &Tensor) -> Result<Tensor> {
+    if applies(x, w) && u.dtype() == x.dtype() && u.device().is_cpu() {
+        let op = FrozenProjAdd {
+            w: w.clone(),
+            transposed,
+        };
+        return x.contiguous()?.apply_op2(&u.contiguous()?, op);
+    }
+    let y = if !x.track_op() && !w.track_op() {
+        product(x, w, transposed)?
+    } else if transposed {
+        x.broadcast_matmul(&w.t()?)?
+    } else {
+        x.broadcast_matmul(w)?
+    };
+    y + u
 }
 
 /// A plain CPU tensor holding a copy of a contiguous float storage's values (no graph reaches
@@ -145,7 +288,7 @@ pub fn mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{DType, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -229,6 +372,80 @@ mod tests {
             );
             assert!(dx < 1e-5, "input gradient differs by {dx}");
             assert!(gf.get(&c).is_none());
+        }
+        // bf16: the product in blocks of the weight equals candle's (whole operands widened to
+        // f32) up to the order of f32 sums (within one bf16 rounding), on both sides, and the
+        // frozen op's input gradient likewise.
+        let xb = seeded(&[2, 5, 6], 11).to_dtype(DType::BF16).unwrap();
+        for (w, transposed) in [(seeded(&[7, 6], 12), true), (seeded(&[6, 7], 13), false)] {
+            let w = w.to_dtype(DType::BF16).unwrap();
+            let want = if transposed {
+                xb.broadcast_matmul(&w.t().unwrap()).unwrap()
+            } else {
+                xb.broadcast_matmul(&w).unwrap()
+            };
+            // 12 values a block: 2 rows of `w` per block, the last one ragged when plain.
+            let got = product_in_blocks(&xb, &w, transposed, 12).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(got.dtype(), DType::BF16);
+            let (got, want) = (
+                got.to_dtype(DType::F32).unwrap(),
+                want.to_dtype(DType::F32).unwrap(),
+            );
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(&got, &want);
+            assert!(
+                d <= scale / 128.0,
+                "bf16 product off by {d} (largest {scale})"
+            );
+            let xv = Var::from_tensor(&xb).unwrap();
+            let y = if transposed {
+                matmul_t(xv.as_tensor(), &w).unwrap()
+            } else {
+                matmul(xv.as_tensor(), &w).unwrap()
+            };
+            let y32 = y.to_dtype(DType::F32).unwrap();
+            assert!(max_diff(&y32, &want) <= scale / 128.0);
+            let g = y32.sum_all().unwrap().backward().unwrap();
+            let dx = g.get(xv.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
+            // d(sum y)/dx: each input column's weights summed over the outputs.
+            let w32 = w.to_dtype(DType::F32).unwrap();
+            let per_in = if transposed {
+                w32.sum(0).unwrap()
+            } else {
+                w32.sum(1).unwrap()
+            };
+            let want_dx = per_in.broadcast_as(dx.shape()).unwrap();
+            let d = max_diff(&dx, &want_dx);
+            assert!(d <= 0.05, "bf16 input gradient off by {d}");
+            assert!(g.get(&w).is_none());
+        }
+        // The base product plus an added term: the composed values and input gradients, both
+        // operands' gradients and none for the frozen weight.
+        for (w, transposed) in [(seeded(&[4, 6], 2), true), (seeded(&[6, 4], 3), false)] {
+            let u = Var::from_tensor(&seeded(&[2, 5, 4], 9)).unwrap();
+            let fused = product_add(x.as_tensor(), &w, transposed, u.as_tensor()).unwrap();
+            let base = if transposed {
+                x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap()
+            } else {
+                x.as_tensor().broadcast_matmul(&w).unwrap()
+            };
+            let composed = (base + u.as_tensor()).unwrap();
+            assert!(max_diff(&fused, &composed) < 1e-6);
+            let loss = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap();
+            let gf = loss(&fused).backward().unwrap();
+            let gs = loss(&composed).backward().unwrap();
+            for v in [x.as_tensor(), u.as_tensor()] {
+                let d = max_diff(gf.get(v).unwrap(), gs.get(v).unwrap());
+                assert!(d < 1e-5, "gradient differs by {d}");
+            }
+            assert!(gf.get(&w).is_none());
         }
         // Not for scoring (no graph) nor for trained weights.
         let w = seeded(&[4, 6], 2);

@@ -43,20 +43,26 @@ pub struct Proj {
 
 impl Proj {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match self.layout {
-            Layout::Linear => ops::linear(x, &self.w, self.bias.as_ref())?,
-            Layout::Conv1d => {
-                let b = self.bias.as_ref().expect("Conv1D has a bias");
-                ops::conv1d(x, &self.w, b)?
-            }
+        let Some(l) = &self.lora else {
+            return Ok(match self.layout {
+                Layout::Linear => ops::linear(x, &self.w, self.bias.as_ref())?,
+                Layout::Conv1d => {
+                    let b = self.bias.as_ref().expect("Conv1D has a bias");
+                    ops::conv1d(x, &self.w, b)?
+                }
+            });
         };
-        match &self.lora {
-            None => Ok(y),
-            Some(l) => {
-                let low = ops::linear(x, &l.ac, None)?;
-                let up = ops::linear(&low, &l.bc, None)?;
-                Ok((y + (up * l.scale)?)?)
-            }
-        }
+        // The scale goes into B (`[out, r]`), and the base product and the adapter's term are
+        // one op: no full-size scaled copy or separate base product in the graph.
+        let low = ops::linear(x, &l.ac, None)?;
+        let up = ops::linear(&low, &(&l.bc * l.scale)?, None)?;
+        let transposed = self.layout == Layout::Linear;
+        Ok(ops::projection_plus(
+            x,
+            &self.w,
+            transposed,
+            &up,
+            self.bias.as_ref(),
+        )?)
     }
 }

@@ -14,9 +14,28 @@ fn half(x: &Tensor) -> bool {
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = if super::frozen::applies(x, w) {
         super::frozen::matmul_t(x, w)?
+    } else if !x.track_op() && !w.track_op() {
+        super::frozen::product(x, w, true)?
     } else {
         x.broadcast_matmul(&w.t()?)?
     };
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// `x @ w^T + u` (`transposed`, nn.Linear layout) or `x @ w + u` (Conv1D layout), then `+ b`:
+/// a projection plus a term of its output's shape (a LoRA adapter's), through one frozen op
+/// when the weight is frozen.
+pub fn projection_plus(
+    x: &Tensor,
+    w: &Tensor,
+    transposed: bool,
+    u: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    let y = super::frozen::product_add(x, w, transposed, u)?;
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
@@ -27,6 +46,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 pub fn conv1d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = if super::frozen::applies(x, w) {
         super::frozen::matmul(x, w)?
+    } else if !x.track_op() && !w.track_op() {
+        super::frozen::product(x, w, false)?
     } else {
         x.broadcast_matmul(w)?
     };
