@@ -149,19 +149,28 @@ fn product_in_blocks(x: &Tensor, w: &Tensor, transposed: bool, block: usize) -> 
     Tensor::from_vec(y, dims, &Device::Cpu)
 }
 
-/// `x · wᵀ + u` (`transposed`) or `x · w + u` through a frozen `w`, as one op: the graph keeps
-/// `u` and the sum, not the base product too. A LoRA projection is the base product plus the
-/// adapter's `u = (x Aᵀ)(s·B)ᵀ`; composed, it kept the base product, the adapter's product
-/// and the sum, each `[tokens, out]` (an MLP projection of a ~1B Llama at 1024 tokens: 11 MiB
-/// each, and as much again for their gradients in the backward).
-struct FrozenProjAdd {
+/// A LoRA projection through a frozen base weight as one op over `(x, A, s·B)`:
+/// `y = x · Wᵀ + (x Aᵀ)(s·B)ᵀ` (`transposed`, `W` `[out, in]`) or `x · W + …` (`W` `[in, out]`),
+/// `A` `[r, in]`, `B` `[out, r]`. Composed, the graph kept the base product, the adapter's
+/// product, its scaled copy and the sum, each `[tokens, out]` (an MLP projection of a ~1B
+/// Llama at 1024 tokens: 11 MiB each, and their gradients again in the backward); here it
+/// keeps the sum alone. The backward recomputes `x Aᵀ` (`[tokens, r]`) and gives the input's,
+/// `A`'s and `B`'s gradients, none for `W`.
+struct LoraProj {
     w: Tensor,
     transposed: bool,
 }
 
-impl candle_core::CustomOp2 for FrozenProjAdd {
+impl LoraProj {
+    fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let up = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+        product(x, &self.w, self.transposed)? + up
+    }
+}
+
+impl candle_core::CustomOp3 for LoraProj {
     fn name(&self) -> &'static str {
-        "frozen-proj-add"
+        "lora-proj"
     }
 
     fn cpu_fwd(
@@ -170,34 +179,56 @@ impl candle_core::CustomOp2 for FrozenProjAdd {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = plain(s1, l1, "frozen-proj-add")?;
-        let u = plain(s2, l2, "frozen-proj-add")?;
-        let y = (product(&x, &self.w, self.transposed)? + u)?;
-        Ok((storage(&y, "frozen-proj-add")?, y.shape().clone()))
+        let [x, a, b] = [(s1, l1), (s2, l2), (s3, l3)].map(|(s, l)| plain(s, l, "lora-proj"));
+        let y = self.forward(&x?, &a?, &b?)?;
+        Ok((storage(&y, "lora-proj")?, y.shape().clone()))
     }
 
     fn bwd(
         &self,
-        _x: &Tensor,
-        _u: &Tensor,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = product(grad, &self.w, !self.transposed)?;
-        Ok((Some(dx), Some(grad.clone())))
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let (r, k) = a.dims2()?;
+        let out = b.dim(0)?;
+        let x2 = x.reshape(((), k))?;
+        let dy2 = dy.reshape(((), out))?;
+        let low = x2.matmul(&a.t()?)?;
+        let dlow = dy2.matmul(&b)?;
+        let db = dy2.t()?.matmul(&low)?;
+        let da = dlow.t()?.matmul(&x2)?;
+        let dx = (product(&dy2, &self.w, !self.transposed)? + dlow.matmul(&a)?)?;
+        debug_assert_eq!(da.dims(), &[r, k]);
+        Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
     }
 }
 
-/// `x · wᵀ + u` (`transposed`: `w` is `[out, in]`) or `x · w + u` (`w` is `[in, out]`), with
-/// `u` of the product's shape: one frozen op where [`applies`], else composed.
-pub fn product_add(x: &Tensor, w: &Tensor, transposed: bool, u: &Tensor) -> Result<Tensor> {
-    if applies(x, w) && u.dtype() == x.dtype() && u.device().is_cpu() {
-        let op = FrozenProjAdd {
+/// A LoRA projection `x · Wᵀ + (x Aᵀ)(s·B)ᵀ` (`transposed`) or `x · W + …`, `sb` being `s·B`:
+/// one op ([`LoraProj`]) where the base weight is frozen and every operand is a CPU tensor of
+/// `x`'s dtype, else composed.
+pub fn lora_projection(
+    x: &Tensor,
+    w: &Tensor,
+    transposed: bool,
+    a: &Tensor,
+    sb: &Tensor,
+) -> Result<Tensor> {
+    let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().is_cpu();
+    if applies(x, w) && same(a) && same(sb) {
+        let op = LoraProj {
             w: w.clone(),
             transposed,
         };
-        return x.contiguous()?.apply_op2(&u.contiguous()?, op);
+        return x
+            .contiguous()?
+            .apply_op3(&a.contiguous()?, &sb.contiguous()?, op);
     }
     let y = if !x.track_op() && !w.track_op() {
         product(x, w, transposed)?
@@ -206,7 +237,7 @@ pub fn product_add(x: &Tensor, w: &Tensor, transposed: bool, u: &Tensor) -> Resu
     } else {
         x.broadcast_matmul(w)?
     };
-    y + u
+    y + x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&sb.t()?)?
 }
 
 /// A plain CPU tensor holding a copy of a contiguous float storage's values (no graph reaches
@@ -426,26 +457,44 @@ mod tests {
             assert!(d <= 0.05, "bf16 input gradient off by {d}");
             assert!(g.get(&w).is_none());
         }
-        // The base product plus an added term: the composed values and input gradients, both
-        // operands' gradients and none for the frozen weight.
-        for (w, transposed) in [(seeded(&[4, 6], 2), true), (seeded(&[6, 4], 3), false)] {
-            let u = Var::from_tensor(&seeded(&[2, 5, 4], 9)).unwrap();
-            let fused = product_add(x.as_tensor(), &w, transposed, u.as_tensor()).unwrap();
-            let base = if transposed {
-                x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap()
-            } else {
-                x.as_tensor().broadcast_matmul(&w).unwrap()
-            };
-            let composed = (base + u.as_tensor()).unwrap();
-            assert!(max_diff(&fused, &composed) < 1e-6);
-            let loss = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap();
-            let gf = loss(&fused).backward().unwrap();
-            let gs = loss(&composed).backward().unwrap();
-            for v in [x.as_tensor(), u.as_tensor()] {
-                let d = max_diff(gf.get(v).unwrap(), gs.get(v).unwrap());
-                assert!(d < 1e-5, "gradient differs by {d}");
+        // A LoRA projection as one op: the composed values and the input's, A's and B's
+        // gradients, none for the frozen weight; in f32 and in bf16.
+        for dtype in [DType::F32, DType::BF16] {
+            let cast = |t: Tensor| t.to_dtype(dtype).unwrap();
+            for (w, transposed) in [(seeded(&[4, 6], 2), true), (seeded(&[6, 4], 3), false)] {
+                let w = cast(w);
+                let xv = Var::from_tensor(&cast(seeded(&[2, 5, 6], 1))).unwrap();
+                let a = Var::from_tensor(&cast(seeded(&[3, 6], 8))).unwrap();
+                let b = Var::from_tensor(&cast(seeded(&[4, 3], 9))).unwrap();
+                let (xt, at, bt) = (xv.as_tensor(), a.as_tensor(), b.as_tensor());
+                let fused = lora_projection(xt, &w, transposed, at, bt).unwrap();
+                let base = if transposed {
+                    xt.broadcast_matmul(&w.t().unwrap()).unwrap()
+                } else {
+                    xt.broadcast_matmul(&w).unwrap()
+                };
+                let up = xt.broadcast_matmul(&at.t().unwrap()).unwrap();
+                let composed = (base + up.broadcast_matmul(&bt.t().unwrap()).unwrap()).unwrap();
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let tol = if dtype == DType::F32 { 1e-5 } else { 0.05 };
+                assert!(max_diff(&f32(&fused), &f32(&composed)) < tol);
+                let loss = |y: &Tensor| f32(y).sqr().unwrap().sum_all().unwrap();
+                let gf = loss(&fused).backward().unwrap();
+                let gs = loss(&composed).backward().unwrap();
+                for v in [xt, at, bt] {
+                    let (p, q) = (f32(gf.get(v).unwrap()), f32(gs.get(v).unwrap()));
+                    let scale = q
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let d = max_diff(&p, &q);
+                    assert!(d <= tol * scale.max(1.0), "{dtype:?}: gradient off by {d}");
+                }
+                assert!(gf.get(&w).is_none());
             }
-            assert!(gf.get(&w).is_none());
         }
         // Not for scoring (no graph) nor for trained weights.
         let w = seeded(&[4, 6], 2);

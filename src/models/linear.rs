@@ -53,16 +53,13 @@ impl Proj {
             });
         };
         // The scale goes into B (`[out, r]`), and the base product and the adapter's term are
-        // one op: no full-size scaled copy or separate base product in the graph.
-        let low = ops::linear(x, &l.ac, None)?;
-        let up = ops::linear(&low, &(&l.bc * l.scale)?, None)?;
+        // one op: the graph keeps the projection's output alone (`frozen::lora_projection`).
+        let sb = (&l.bc * l.scale)?;
         let transposed = self.layout == Layout::Linear;
-        Ok(ops::projection_plus(
-            x,
-            &self.w,
-            transposed,
-            &up,
-            self.bias.as_ref(),
-        )?)
+        let y = super::frozen::lora_projection(x, &self.w, transposed, &l.ac, &sb)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 }

@@ -25,23 +25,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// `x @ w^T + u` (`transposed`, nn.Linear layout) or `x @ w + u` (Conv1D layout), then `+ b`:
-/// a projection plus a term of its output's shape (a LoRA adapter's), through one frozen op
-/// when the weight is frozen.
-pub fn projection_plus(
-    x: &Tensor,
-    w: &Tensor,
-    transposed: bool,
-    u: &Tensor,
-    b: Option<&Tensor>,
-) -> Result<Tensor> {
-    let y = super::frozen::product_add(x, w, transposed, u)?;
-    match b {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
-    }
-}
-
 /// `x @ w + b` (GPT-2's `Conv1D` layout: `w` is `[in, out]`).
 pub fn conv1d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = if super::frozen::applies(x, w) {
