@@ -327,6 +327,13 @@ mod tests {
             .unwrap()
     }
 
+    /// The largest absolute entry.
+    fn largest(t: &Tensor) -> f32 {
+        t.abs()
+            .and_then(|a| a.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     fn seeded(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n)
@@ -423,13 +430,7 @@ mod tests {
                 got.to_dtype(DType::F32).unwrap(),
                 want.to_dtype(DType::F32).unwrap(),
             );
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = largest(&want);
             let d = max_diff(&got, &want);
             assert!(
                 d <= scale / 128.0,
@@ -483,13 +484,7 @@ mod tests {
                 let gs = loss(&composed).backward().unwrap();
                 for v in [xt, at, bt] {
                     let (p, q) = (f32(gf.get(v).unwrap()), f32(gs.get(v).unwrap()));
-                    let scale = q
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let scale = largest(&q);
                     let d = max_diff(&p, &q);
                     assert!(d <= tol * scale.max(1.0), "{dtype:?}: gradient off by {d}");
                 }
