@@ -38,8 +38,8 @@ struct FrozenProj {
 impl FrozenProj {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self.side {
-            Side::Transposed => x.broadcast_matmul(&self.w.t()?),
-            Side::Plain => x.broadcast_matmul(&self.w),
+            Side::Transposed => product(x, &self.w, true),
+            Side::Plain => product(x, &self.w, false),
             Side::Add => x.broadcast_add(&self.w),
             Side::Mul => x.broadcast_mul(&self.w),
         }
@@ -53,12 +53,7 @@ impl CustomOp1 for FrozenProj {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         // Plain tensors on both sides: no graph is built here.
-        let x = plain(s, l, "frozen-proj")?;
-        let y = match self.side {
-            Side::Transposed => product(&x, &self.w, true)?,
-            Side::Plain => product(&x, &self.w, false)?,
-            _ => self.apply(&x)?,
-        };
+        let y = self.apply(&plain(s, l, "frozen-proj")?)?;
         Ok((storage(&y, "frozen-proj")?, y.shape().clone()))
     }
 
@@ -88,15 +83,37 @@ pub fn product(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
     product_in_blocks(x, w, transposed, WIDEN_VALUES)
 }
 
+/// candle's `x · wᵀ` or `x · w`, which a graph can run through.
+fn composed(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    if transposed {
+        x.broadcast_matmul(&w.t()?)
+    } else {
+        x.broadcast_matmul(w)
+    }
+}
+
+/// A projection `x · wᵀ` (`transposed`) or `x · w`, the way its operands call for: through the
+/// frozen op in training with a frozen weight, by [`product`] with no graph on either side, else
+/// candle's matmul (a trained weight).
+pub fn project(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    if applies(x, w) {
+        if transposed {
+            matmul_t(x, w)
+        } else {
+            matmul(x, w)
+        }
+    } else if !x.track_op() && !w.track_op() {
+        product(x, w, transposed)
+    } else {
+        composed(x, w, transposed)
+    }
+}
+
 fn product_in_blocks(x: &Tensor, w: &Tensor, transposed: bool, block: usize) -> Result<Tensor> {
     use candle_core::DType;
     let bf16_cpu = |t: &Tensor| t.dtype() == DType::BF16 && t.device().is_cpu();
     if !(bf16_cpu(x) && bf16_cpu(w) && w.rank() == 2 && w.is_contiguous()) {
-        return if transposed {
-            x.broadcast_matmul(&w.t()?)
-        } else {
-            x.broadcast_matmul(w)
-        };
+        return composed(x, w, transposed);
     }
     let (wr, wc) = w.dims2()?;
     let (k, out) = if transposed { (wc, wr) } else { (wr, wc) };
@@ -196,8 +213,7 @@ impl candle_core::CustomOp3 for LoraProj {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, a, b) = (x.detach(), a.detach(), b.detach());
-        let (r, k) = a.dims2()?;
-        let out = b.dim(0)?;
+        let (k, out) = (a.dim(1)?, b.dim(0)?);
         let x2 = x.reshape(((), k))?;
         let dy2 = dy.reshape(((), out))?;
         let low = x2.matmul(&a.t()?)?;
@@ -205,7 +221,6 @@ impl candle_core::CustomOp3 for LoraProj {
         let db = dy2.t()?.matmul(&low)?;
         let da = dlow.t()?.matmul(&x2)?;
         let dx = (product(&dy2, &self.w, !self.transposed)? + dlow.matmul(&a)?)?;
-        debug_assert_eq!(da.dims(), &[r, k]);
         Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
     }
 }
@@ -230,14 +245,7 @@ pub fn lora_projection(
             .contiguous()?
             .apply_op3(&a.contiguous()?, &sb.contiguous()?, op);
     }
-    let y = if !x.track_op() && !w.track_op() {
-        product(x, w, transposed)?
-    } else if transposed {
-        x.broadcast_matmul(&w.t()?)?
-    } else {
-        x.broadcast_matmul(w)?
-    };
-    y + x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&sb.t()?)?
+    project(x, w, transposed)? + x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&sb.t()?)?
 }
 
 /// A plain CPU tensor holding a copy of a contiguous float storage's values (no graph reaches

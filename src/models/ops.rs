@@ -12,13 +12,7 @@ fn half(x: &Tensor) -> bool {
 
 /// `x @ w^T + b` for `x` of any rank (PyTorch `nn.Linear` layout: `w` is `[out, in]`).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = if super::frozen::applies(x, w) {
-        super::frozen::matmul_t(x, w)?
-    } else if !x.track_op() && !w.track_op() {
-        super::frozen::product(x, w, true)?
-    } else {
-        x.broadcast_matmul(&w.t()?)?
-    };
+    let y = super::frozen::project(x, w, true)?;
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
@@ -27,13 +21,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// `x @ w + b` (GPT-2's `Conv1D` layout: `w` is `[in, out]`).
 pub fn conv1d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let y = if super::frozen::applies(x, w) {
-        super::frozen::matmul(x, w)?
-    } else if !x.track_op() && !w.track_op() {
-        super::frozen::product(x, w, false)?
-    } else {
-        x.broadcast_matmul(w)?
-    };
+    let y = super::frozen::project(x, w, false)?;
     y.broadcast_add(b)
 }
 
