@@ -47,17 +47,23 @@ pub fn applies(ts: &[&Tensor]) -> bool {
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_C: f32 = 0.044_715;
 
-/// e^x for x in [-87, 88] (clamped outside), branch-free so that loops over slices vectorize:
-/// Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r
-/// (relative error ~2e-7), then 2^n from the exponent bits. glibc's scalar `tanhf` (through
-/// `expm1f`) was 7% of a GPT-2-small training step, and its `expf` takes a slow path (errno
-/// and all) on every underflow, which the masked scores of attention (bias -1e9) hit on every
-/// other entry: every softmax and log-softmax here uses this one.
+/// e^x for x in [-87, 88], exactly 0 below (clamped above), branch-free so that loops over
+/// slices vectorize: Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2, Cephes' degree-6
+/// polynomial for e^r (relative error ~2e-7), then 2^n from the exponent bits. glibc's scalar
+/// `tanhf` (through `expm1f`) was 7% of a GPT-2-small training step, and its `expf` takes a
+/// slow path (errno and all) on every underflow, which the masked scores of attention (bias
+/// -1e9) hit on every other entry: every softmax and log-softmax here uses this one.
+///
+/// Below -87 the result is 0, not e^-87: a masked probability of e^-87 ≈ 1.6e-38 times any
+/// value below 1 is subnormal, and every product that makes a subnormal costs the CPU a
+/// microcode assist. The attention's probability-times-value products over a span of masked
+/// keys ran 10-50x slower for it (a third of a GPT-2-small scoring step on an Intel Xeon).
 #[inline(always)]
 pub(super) fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Round to nearest by the 1.5·2^23 trick (exact for |x·log2e| < 2^22), SSE2-vectorizable.
     const ROUND: f32 = 12_582_912.0;
+    let under = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -66,7 +72,12 @@ pub(super) fn exp_fast(x: f32) -> f32 {
         * r
         + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let e = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if under {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// tanh(x) = 1 − 2 / (e^{2x} + 1): absolute error below 2e-7 everywhere (the GELU uses it as
@@ -646,6 +657,24 @@ mod tests {
             let want = f64::from(x).exp();
             let rel = (f64::from(exp_fast(x)) - want).abs() / want;
             assert!(rel < 3e-7, "exp({x}) relative error {rel}");
+        }
+    }
+
+    /// A masked score's probability is exactly zero, never a tiny normal whose products with
+    /// the values are subnormal (each such product is a microcode assist on Intel cores).
+    #[test]
+    fn masked_scores_give_exact_zeros() {
+        for x in [-87.01f32, -100.0, -1e9, f32::NEG_INFINITY] {
+            assert_eq!(exp_fast(x).to_bits(), 0, "exp({x})");
+        }
+        assert!(exp_fast(-86.9) > 0.0);
+        let mut row = [0.5f32, -1e9, 1.0, -1e9, -1e9, 0.25, -1e9, -1e9, -1e9];
+        let max = row_max(&row);
+        let sum = exp_in_place(&mut row, max);
+        assert!((sum - (1.0 + (-0.5f32).exp() + (-0.75f32).exp())).abs() < 1e-6);
+        for (i, v) in row.iter().enumerate() {
+            assert!(*v == 0.0 || v.is_normal(), "entry {i} is {v:e}");
+            assert_eq!(*v == 0.0, [1, 3, 4, 6, 7, 8].contains(&i), "entry {i}");
         }
     }
 
