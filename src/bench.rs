@@ -655,6 +655,7 @@ pub fn engine(o: &EngineOpts, exe: &Path) -> Result<(String, serde_json::Value)>
                     let m = measure(
                         std::process::Command::new(exe)
                             .args(["--log", "warn", "--engine", e.name()])
+                            .args(["--simd", crate::simd::tier().name()])
                             .args(["bench", "one", "--arch", arch.name()])
                             .args(["--task", task.name(), "--device", &o.device, "--model"])
                             .arg(&dir),

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod rng;
 pub mod scenarios;
 pub mod schema;
+pub mod simd;
 pub mod sql;
 pub mod stages;
 pub mod store;

@@ -4,6 +4,7 @@ fn main() {
     w2s::alloc::keep_freed_memory();
     let cli = w2s::cli::Cli::parse();
     w2s::models::engine::set_default(cli.engine);
+    w2s::simd::set_tier(cli.simd);
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -81,16 +81,32 @@ struct Update {
     eps: f32,
 }
 
+crate::simd::dispatch! {
+/// [`Update::apply`]'s loop.
+fn adam_update(k: Update, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
+        m[i] += k.w1 * (g[i] - m[i]);
+        v[i] = v[i] * k.b2 + k.w2 * g[i] * g[i];
+        let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
+        p[i] -= k.step_size * m[i] / denom;
+    }
+}
+}
+
 impl Update {
+    /// The update in place, in parallel chunks (each element's update is independent, so the
+    /// result does not depend on the split).
     fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
         let k = *self;
-        for i in 0..p.len() {
-            // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
-            m[i] += k.w1 * (g[i] - m[i]);
-            v[i] = v[i] * k.b2 + k.w2 * g[i] * g[i];
-            let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
-            p[i] -= k.step_size * m[i] / denom;
-        }
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| adam_update(k, p, g, m, v));
     }
 
     /// The same update as tensor ops, for any device: returns the new parameter and moments.

@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "W2S_ENGINE", value_enum, default_value_t = crate::models::engine::Engine::Owned)]
     pub engine: crate::models::engine::Engine,
 
+    /// Widest vector instructions the engine's elementwise and row loops may use, capped at
+    /// what the CPU has (all give the same bits; a narrower one only runs slower).
+    #[arg(long, global = true, env = "W2S_SIMD", value_enum, default_value_t = crate::simd::Tier::Avx512)]
+    pub simd: crate::simd::Tier,
+
     #[command(subcommand)]
     pub command: Command,
 }

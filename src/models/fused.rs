@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::simd::dispatch;
+
 /// Rows per parallel task: enough work to be worth a task.
 pub(super) fn rows_per_task(width: usize) -> usize {
     (16384 / width.max(1)).max(1)
@@ -72,7 +74,10 @@ pub(super) fn exp_fast(x: f32) -> f32 {
         * r
         + 0.5;
     let er = p * r * r + r + 1.0;
-    let e = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from n's bits: n + ROUND is exact and its bits are ROUND's plus n. (`n as i32`
+    // would be a scalar conversion per lane: the loops would not vectorize.)
+    let n_int = (n + ROUND).to_bits().wrapping_sub(ROUND.to_bits());
+    let e = er * f32::from_bits(n_int.wrapping_add(127) << 23);
     if under {
         0.0
     } else {
@@ -112,27 +117,15 @@ impl CustomOp1 for GeluNew {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = input(s, l, "gelu-new")?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(16384)
-            .zip(x.par_chunks(16384))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = gelu_new_value(x);
-                }
-            });
+        super::kernels::gelu(x, &mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(16384)
-                    .zip(x.par_chunks(16384).zip(g.par_chunks(16384)))
-                    .for_each(|(d, (x, g))| {
-                        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                            *d = g * gelu_new_slope(x);
-                        }
-                    });
+                let mut dx = g.to_vec();
+                super::kernels::gelu_backward(x, &mut dx);
                 Ok(dx)
             })
         })?;
@@ -149,6 +142,25 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
 /// running f32 sum or max is a dependency chain the compiler may not reorder).
 const LANES: usize = 16;
 
+dispatch! {
+/// `y = gelu_new(x)` over a slice.
+pub(super) fn gelu_values(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = gelu_new_value(x);
+    }
+}
+}
+
+dispatch! {
+/// `g *= gelu_new'(x)` over a slice.
+pub(super) fn gelu_scale(x: &[f32], g: &mut [f32]) {
+    for (g, &x) in g.iter_mut().zip(x) {
+        *g *= gelu_new_slope(x);
+    }
+}
+}
+
+dispatch! {
 /// The largest value of a row.
 pub(super) fn row_max(x: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
@@ -165,7 +177,9 @@ pub(super) fn row_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max);
     m.iter().copied().fold(tail, f32::max)
 }
+}
 
+dispatch! {
 /// Σ exp(x − max) over a row.
 pub(super) fn sum_exp(x: &[f32], max: f32) -> f32 {
     let mut a = [0f32; LANES];
@@ -178,7 +192,9 @@ pub(super) fn sum_exp(x: &[f32], max: f32) -> f32 {
     let tail: f32 = c.remainder().iter().map(|v| exp_fast(v - max)).sum();
     a.iter().sum::<f32>() + tail
 }
+}
 
+dispatch! {
 /// `x ← exp(x − max)` over a row; returns the sum.
 pub(super) fn exp_in_place(x: &mut [f32], max: f32) -> f32 {
     x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
@@ -190,6 +206,23 @@ pub(super) fn exp_in_place(x: &mut [f32], max: f32) -> f32 {
         }
     }
     a.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
+}
+}
+
+dispatch! {
+/// `x *= s` over a slice.
+pub(super) fn scale_in_place(x: &mut [f32], s: f32) {
+    x.iter_mut().for_each(|v| *v *= s);
+}
+}
+
+dispatch! {
+/// `d = −g · exp(x − max − lse)` over a row (a log-softmax's backward off its target).
+fn neg_scaled_exp(x: &[f32], max: f32, lse: f32, g: f32, d: &mut [f32]) {
+    for (d, &x) in d.iter_mut().zip(x) {
+        *d = -g * exp_fast(x - max - lse);
+    }
+}
 }
 
 struct Softmax;
@@ -204,8 +237,7 @@ fn softmax_rows(x: &[f32], d: usize) -> Vec<f32> {
                 let max = row_max(x);
                 y.copy_from_slice(x);
                 let sum = exp_in_place(y, max);
-                let inv = 1.0 / sum;
-                y.iter_mut().for_each(|y| *y *= inv);
+                scale_in_place(y, 1.0 / sum);
             }
         });
     y
@@ -529,9 +561,7 @@ impl candle_core::CustomOp2 for TokenLogprob {
                             return;
                         }
                         let (max, lse) = Self::lse(x);
-                        for (d, &x) in d.iter_mut().zip(x) {
-                            *d = -g * exp_fast(x - max - lse);
-                        }
+                        neg_scaled_exp(x, max, lse, g, d);
                         d[t] += g;
                     });
                 Ok(dx)

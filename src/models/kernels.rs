@@ -10,6 +10,7 @@
 use gemm::Parallelism;
 
 use super::fused::rows_per_task;
+use crate::simd::dispatch;
 use rayon::prelude::*;
 
 mod attend;
@@ -163,7 +164,7 @@ pub fn col_sums(x: &[f32], width: usize, out: &mut [f32], acc: bool) {
         .map(|rows| {
             let mut s = vec![0f32; width];
             for r in rows.chunks(width) {
-                s.iter_mut().zip(r).for_each(|(s, v)| *s += v);
+                add_slice(&mut s, r);
             }
             s
         })
@@ -172,8 +173,15 @@ pub fn col_sums(x: &[f32], width: usize, out: &mut [f32], acc: bool) {
         out.fill(0.0);
     }
     for p in parts {
-        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+        add_slice(out, &p);
     }
+}
+
+dispatch! {
+/// `y += x` over a slice, on the calling thread.
+pub fn add_slice(y: &mut [f32], x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
+}
 }
 
 /// `y[i, :] += b` for every row.
@@ -181,7 +189,7 @@ pub fn add_bias(y: &mut [f32], b: &[f32]) {
     let d = b.len();
     y.par_chunks_mut(rows_per_task(d) * d).for_each(|rows| {
         for r in rows.chunks_mut(d) {
-            r.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            add_slice(r, b);
         }
     });
 }
@@ -190,15 +198,94 @@ pub fn add_bias(y: &mut [f32], b: &[f32]) {
 pub fn add_into(y: &mut [f32], x: &[f32]) {
     y.par_chunks_mut(16384)
         .zip(x.par_chunks(16384))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
+        .for_each(|(y, x)| add_slice(y, x));
+}
+
+/// Independent partial sums of a row reduction: a single running sum is a dependency chain
+/// the compiler may not reorder, so it neither vectorizes nor pipelines.
+const LANES: usize = 16;
+
+/// `Σ f(x₀[i], …, x_{K−1}[i])` over equally long rows, in [`LANES`] partial sums (lane
+/// `i % LANES`) added in lane order at the end. Each block of lanes is taken as arrays, so the
+/// loop has no bounds checks and vectorizes.
+#[inline(always)]
+pub(crate) fn lane_sum<const K: usize>(xs: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
+    let n = xs.first().map_or(0, |x| x.len());
+    let full = n / LANES * LANES;
+    let mut a = [0f32; LANES];
+    for c in (0..full).step_by(LANES) {
+        let blk: [&[f32; LANES]; K] =
+            std::array::from_fn(|k| xs[k][c..c + LANES].try_into().expect("a full block"));
+        for (l, a) in a.iter_mut().enumerate() {
+            *a += f(std::array::from_fn(|k| blk[k][l]));
+        }
+    }
+    for (l, i) in (full..n).enumerate() {
+        a[l] += f(std::array::from_fn(|k| xs[k][i]));
+    }
+    a.iter().sum()
 }
 
 /// Layer norm's row statistics, as the fused op computes them: mean and 1/sqrt(var + eps).
+#[inline(always)]
 fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum([x], |[x]| x) / n;
+    let var = lane_sum([x], |[x]| (x - mean) * (x - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+dispatch! {
+/// [`stats`] of each row of `x` (rows of `mean.len()`).
+fn stats_rows(x: &[f32], eps: f32, mean: &mut [f32], rstd: &mut [f32]) {
+    let d = x.len() / mean.len().max(1);
+    for ((x, m), r) in x.chunks(d).zip(mean).zip(rstd) {
+        (*m, *r) = stats(x, eps);
+    }
+}
+}
+
+dispatch! {
+/// Layer norm of rows `x` into `y`, keeping each row's mean and 1/σ.
+fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]) {
+    let d = w.len();
+    for (((y, x), m), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(mean).zip(rstd) {
+        let (mu, rs) = stats(x, eps);
+        for i in 0..d {
+            y[i] = (x[i] - mu) * rs * w[i] + b[i];
+        }
+        *m = mu;
+        *r = rs;
+    }
+}
+}
+
+dispatch! {
+/// Layer norm's backward over rows: `dx += ∂`, and each row's `g·x̂` and `g` added into the
+/// partial weight and bias gradients `pw`, `pb`.
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_backward_rows(x: &[f32], w: &[f32], mean: &[f32], rstd: &[f32], g: &[f32], dx: &mut [f32], pw: &mut [f32], pb: &mut [f32]) {
+    let d = w.len();
+    for (((dx, x), g), (&mu, &rs)) in dx
+        .chunks_mut(d)
+        .zip(x.chunks(d))
+        .zip(g.chunks(d))
+        .zip(mean.iter().zip(rstd))
+    {
+        let s1 = lane_sum([g, w], |[g, w]| g * w);
+        let s2 = lane_sum([g, w, x], |[g, w, x]| g * w * ((x - mu) * rs));
+        for i in 0..d {
+            let xh = (x[i] - mu) * rs;
+            pw[i] += g[i] * xh;
+            pb[i] += g[i];
+        }
+        let (m1, m2) = (s1 / d as f32, s2 / d as f32);
+        for i in 0..d {
+            let xh = (x[i] - mu) * rs;
+            dx[i] += rs * (g[i] * w[i] - m1 - xh * m2);
+        }
+    }
+}
 }
 
 /// Each row's mean and 1/σ (rows of `d` values), as [`layer_norm`] computes them.
@@ -206,11 +293,7 @@ pub fn layer_norm_stats(x: &[f32], d: usize, eps: f32, (mean, rstd): (&mut [f32]
     let rows = rows_per_task(d);
     x.par_chunks(rows * d)
         .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
-        .for_each(|(x, (mean, rstd))| {
-            for ((x, m), r) in x.chunks(d).zip(mean).zip(rstd) {
-                (*m, *r) = stats(x, eps);
-            }
-        });
+        .for_each(|(x, (mean, rstd))| stats_rows(x, eps, mean, rstd));
 }
 
 /// Layer norm over rows of `w.len()` values; keeps each row's mean and 1/σ for the backward.
@@ -226,16 +309,7 @@ pub fn layer_norm(
     y.par_chunks_mut(rows * d)
         .zip(x.par_chunks(rows * d))
         .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
-        .for_each(|((y, x), (mean, rstd))| {
-            for (((y, x), m), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(mean).zip(rstd) {
-                let (mu, rs) = stats(x, eps);
-                for i in 0..d {
-                    y[i] = (x[i] - mu) * rs * w[i] + b[i];
-                }
-                *m = mu;
-                *r = rs;
-            }
-        });
+        .for_each(|((y, x), (mean, rstd))| layer_norm_rows(x, w, b, eps, y, mean, rstd));
 }
 
 /// Layer norm's backward: `dx += ∂`, `dw += Σ g·x̂`, `db += Σ g` (partials in chunk order).
@@ -258,33 +332,13 @@ pub fn layer_norm_backward(
         .map(|((dx, (x, g)), (mean, rstd))| {
             let mut pw = vec![0f32; d];
             let mut pb = vec![0f32; d];
-            for (((dx, x), g), (&mu, &rs)) in dx
-                .chunks_mut(d)
-                .zip(x.chunks(d))
-                .zip(g.chunks(d))
-                .zip(mean.iter().zip(rstd))
-            {
-                let (mut s1, mut s2) = (0f32, 0f32);
-                for i in 0..d {
-                    let xh = (x[i] - mu) * rs;
-                    let gx = g[i] * w[i];
-                    s1 += gx;
-                    s2 += gx * xh;
-                    pw[i] += g[i] * xh;
-                    pb[i] += g[i];
-                }
-                let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-                for i in 0..d {
-                    let xh = (x[i] - mu) * rs;
-                    dx[i] += rs * (g[i] * w[i] - m1 - xh * m2);
-                }
-            }
+            layer_norm_backward_rows(x, w, mean, rstd, g, dx, &mut pw, &mut pb);
             (pw, pb)
         })
         .collect();
     for (pw, pb) in parts {
-        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        add_slice(dw, &pw);
+        add_slice(db, &pb);
     }
 }
 
@@ -292,22 +346,14 @@ pub fn layer_norm_backward(
 pub fn gelu(x: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(16384)
         .zip(x.par_chunks(16384))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = super::fused::gelu_new_value(x);
-            }
-        });
+        .for_each(|(y, x)| super::fused::gelu_values(x, y));
 }
 
 /// `g *= gelu_new'(x)` in place.
 pub fn gelu_backward(x: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(16384)
         .zip(x.par_chunks(16384))
-        .for_each(|(g, x)| {
-            for (g, &x) in g.iter_mut().zip(x) {
-                *g *= super::fused::gelu_new_slope(x);
-            }
-        });
+        .for_each(|(g, x)| super::fused::gelu_scale(x, g));
 }
 
 #[cfg(test)]
@@ -342,6 +388,87 @@ mod tests {
                 let want =
                     c0[i * n + j] + 0.5 * (0..k).map(|r| a[i * k + r] * b[j * k + r]).sum::<f32>();
                 assert!((c[i * n + j] - want).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// Every kernel's outputs under each vector width the CPU has, as bits.
+    fn kernel_bits() -> Vec<Vec<u32>> {
+        let (n, d, inner) = (37, 40, 72);
+        let x = rand(n * d, 10);
+        let (w, b) = (rand(d, 11), rand(d, 12));
+        let g = rand(n * d, 13);
+        let mut out = Vec::new();
+        let (mut y, mut mean, mut rstd) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+        layer_norm(&x, (&w, &b), 1e-5, &mut y, (&mut mean, &mut rstd));
+        let (mut dx, mut dw, mut db) = (g.clone(), vec![0f32; d], vec![0f32; d]);
+        layer_norm_backward(&x, &w, (&mean, &rstd), &g, &mut dx, &mut dw, &mut db);
+        out.extend([y, mean, rstd, dx, dw, db]);
+        let u: Vec<f32> = rand(n * inner, 14).iter().map(|v| v * 8.0).collect();
+        let mut a = vec![0f32; n * inner];
+        gelu(&u, &mut a);
+        let mut du = rand(n * inner, 15);
+        gelu_backward(&u, &mut du);
+        let mut sums = vec![0f32; inner];
+        col_sums(&du, inner, &mut sums, false);
+        let mut yb = a.clone();
+        add_bias(&mut yb, &sums);
+        out.extend([a, du, sums, yb]);
+        // Causal attention over 2 rows of 45 tokens, 2 heads of 8, the second row's last
+        // 5 keys masked.
+        let s = Heads {
+            b: 2,
+            t: 45,
+            h: 2,
+            kv: 2,
+            hd: 8,
+        };
+        let qkv: Vec<f32> = rand(2 * 45 * 48, 16).iter().map(|v| v * 4.0).collect();
+        let mut bias = vec![0f32; 2 * 45 * 45];
+        for r in 0..2 {
+            for i in 0..45 {
+                for j in 0..45 {
+                    if j > i || (r == 1 && j >= 40) {
+                        bias[(r * 45 + i) * 45 + j] = -1e9;
+                    }
+                }
+            }
+        }
+        let (mut o, mut lse) = (vec![0f32; 2 * 45 * 16], vec![0f32; 2 * 2 * 45]);
+        attention(&qkv, &bias, s, 0.35, &mut o, &mut lse);
+        let dout = rand(o.len(), 17);
+        let mut dqkv = vec![0f32; qkv.len()];
+        attention_backward(&qkv, &bias, s, 0.35, (&o, &lse), &dout, &mut dqkv);
+        out.extend([o, lse, dqkv]);
+        out.into_iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    }
+
+    /// The vector widths give the same bits (the `simd` module's promise): a table does not
+    /// depend on which CPU ran it.
+    #[test]
+    fn every_tier_gives_the_same_bits() {
+        let _lock = crate::simd::TEST_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut runs = Vec::new();
+        for t in [
+            crate::simd::Tier::Base,
+            crate::simd::Tier::Avx2,
+            crate::simd::Tier::Avx512,
+        ] {
+            crate::simd::set_tier(t);
+            runs.push((crate::simd::tier(), kernel_bits()));
+        }
+        crate::simd::set_tier(crate::simd::Tier::Avx512);
+        for (t, r) in &runs[1..] {
+            for (i, (a, b)) in runs[0].1.iter().zip(r).enumerate() {
+                assert!(
+                    a == b,
+                    "output {i} differs between {:?} and {t:?}",
+                    runs[0].0
+                );
             }
         }
     }

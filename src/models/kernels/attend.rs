@@ -9,8 +9,9 @@
 
 use rayon::prelude::*;
 
-use super::super::fused::{exp_fast, exp_in_place, row_max};
+use super::super::fused::{exp_fast, exp_in_place, row_max, scale_in_place};
 use super::{mm_raw, Mat, Out};
+use crate::simd::dispatch;
 
 /// Query rows a block. 32 keeps the skipped triangle fine-grained (a causal `T = 256` does 56%
 /// of the full products) while each block's products stay large enough for `gemm`.
@@ -99,9 +100,29 @@ impl Spans {
 fn normalise(row: &mut [f32]) -> f32 {
     let max = row_max(row);
     let sum = exp_in_place(row, max);
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
+    scale_in_place(row, 1.0 / sum);
     max + sum.ln()
+}
+
+dispatch! {
+/// `o = o · scale + b` over a row of scores.
+fn scale_add(o: &mut [f32], b: &[f32], scale: f32) {
+    o.iter_mut().zip(b).for_each(|(v, b)| *v = *v * scale + b);
+}
+}
+
+dispatch! {
+/// `r = exp(r − l)` over a row: probabilities again from scores and the log-sum-exp.
+fn exp_shifted(r: &mut [f32], l: f32) {
+    r.iter_mut().for_each(|v| *v = exp_fast(*v - l));
+}
+}
+
+dispatch! {
+/// `dr = p ∘ (dr − di)` over a row: the softmax's backward.
+fn softmax_grad(dr: &mut [f32], p: &[f32], di: f32) {
+    dr.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - di));
+}
 }
 
 /// One block of queries `[r0, r0 + m)` against keys `[c0, c0 + n)`.
@@ -158,8 +179,7 @@ fn scores(
     let b = bias_row(bias, t, bi);
     // Scaled after the product, as the composed path: (q kᵀ) · scale + bias.
     for (i, o) in out.chunks_mut(blk.n).enumerate() {
-        let b = &b[(blk.r0 + i) * t + blk.c0..][..blk.n];
-        o.iter_mut().zip(b).for_each(|(v, b)| *v = *v * scale + b);
+        scale_add(o, &b[(blk.r0 + i) * t + blk.c0..][..blk.n], scale);
     }
 }
 
@@ -248,7 +268,7 @@ pub fn attention_backward(
                     let (p, dp) = (&mut p[..m * n], &mut dp[..m * n]);
                     for (r, &l) in p.chunks_mut(n).zip(&lse[blk.r0..]) {
                         if l > MASKED {
-                            r.iter_mut().for_each(|v| *v = exp_fast(*v - l));
+                            exp_shifted(r, l);
                         } else {
                             // A query that sees no key: every score is the mask's -1e9, and
                             // `ln(sum)` vanishes in its rounding (-1e9 + ln T is -1e9 in f32),
@@ -274,7 +294,7 @@ pub fn attention_backward(
                         let go = &dout[o_off + i * d..][..s.hd];
                         let di: f32 = o.iter().zip(go).map(|(a, b)| a * b).sum();
                         let (pr, dr) = (&p[i * n..][..n], &mut dp[i * n..][..n]);
-                        dr.iter_mut().zip(pr).for_each(|(g, p)| *g = p * (*g - di));
+                        softmax_grad(dr, pr, di);
                     }
                     let (p, dp) = (Mat::rows(p, n), Mat::rows(dp, n));
                     unsafe {
