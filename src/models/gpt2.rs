@@ -136,6 +136,11 @@ impl Gpt2 {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(ops::linear(hidden, &self.lm_head, None)?)
     }
+
+    /// The LM head `[V, d]`: the logits are `hidden · headᵀ`.
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
 }
 
 /// The shape of a freshly initialised GPT-2 (`w2s pretrain`, `w2s bench`).

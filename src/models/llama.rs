@@ -214,6 +214,11 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(ops::linear(hidden, &self.lm_head, None)?)
     }
+
+    /// The LM head `[V, d]`: the logits are `hidden · headᵀ`.
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
 }
 
 /// The shape of a random Llama checkpoint (`w2s bench checkpoint`).

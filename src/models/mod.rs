@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod frozen;
 pub mod fused;
+pub mod fused_head;
 pub mod gpt2;
 pub mod head;
 pub mod kernels;
@@ -437,6 +438,13 @@ impl Model {
     /// `[n, d]`. Without a graph, and in training under recompute, the logits are computed a
     /// chunk of tokens at a time (see [`head`]); otherwise at once.
     pub fn token_logprobs(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head();
+        // On the CPU in f32 the head and the log-softmax are one op that never holds the
+        // logits (a test-set chunk size keeps the chunked path, which other devices take).
+        if self.head_chunk.is_none() && fused_head::applies(hidden, head) {
+            let t = targets.to_vec1::<u32>()?;
+            return Ok(fused_head::logprobs(hidden, head, &t)?);
+        }
         let chunk = self.head_chunk();
         let logits = |x: &Tensor| self.logits(x);
         if !hidden.track_op() {
@@ -452,6 +460,15 @@ impl Model {
 
     fn head_chunk(&self) -> usize {
         (self.head_chunk).unwrap_or_else(|| head::chunk_tokens(self.config.vocab_size()))
+    }
+
+    /// The LM head `[V, d]`.
+    pub fn lm_head(&self) -> &Tensor {
+        match &self.net {
+            Net::Gpt2(m) => m.lm_head(),
+            Net::Opt(m) => m.lm_head(),
+            Net::Llama(m) => m.lm_head(),
+        }
     }
 
     /// Next-token logits `[B, T, V]` from hidden states.

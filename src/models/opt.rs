@@ -218,4 +218,9 @@ impl Opt {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(ops::linear(hidden, &self.lm_head, None)?)
     }
+
+    /// The LM head `[V, d]`: the logits are `hidden · headᵀ`.
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
 }
