@@ -2,6 +2,7 @@ use clap::Parser;
 
 fn main() {
     w2s::alloc::keep_freed_memory();
+    w2s::alloc::join_thread_pool();
     let cli = w2s::cli::Cli::parse();
     w2s::models::engine::set_default(cli.engine);
     w2s::simd::set_tier(cli.simd);

@@ -79,6 +79,87 @@ pub fn set_tier(t: Tier) {
     TIER.store(t.min(detect()) as u8, Ordering::Relaxed);
 }
 
+/// Independent partial results of a row reduction. A single running f32 sum or max is a
+/// dependency chain the compiler may not reorder, so it neither vectorizes nor pipelines; 16
+/// lanes are one AVX-512 register, two AVX2 ones, four SSE ones.
+pub const LANES: usize = 16;
+
+/// The sum of the lanes, pairwise (8 + 8, 4 + 4, 2 + 2, 1 + 1): four vector steps, where a
+/// left-to-right sum is sixteen dependent adds (as long as a whole row of 64 takes).
+#[inline(always)]
+pub fn tree_sum(mut a: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            a[i] += a[i + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+/// `Σ f(x[i])` over a row in [`LANES`] partial sums (lane `i % LANES`), then [`tree_sum`].
+#[inline(always)]
+pub fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut a = [0f32; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for c in &mut c {
+        a.iter_mut().zip(c).for_each(|(a, &x)| *a += f(x));
+    }
+    a.iter_mut()
+        .zip(c.remainder())
+        .for_each(|(a, &x)| *a += f(x));
+    tree_sum(a)
+}
+
+/// [`lane_sum`] of `f(x[i], y[i], z[i])` over three rows of one length.
+#[inline(always)]
+pub fn lane_sum3(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut a = [0f32; LANES];
+    let (mut cx, mut cy, mut cz) = (
+        x.chunks_exact(LANES),
+        y.chunks_exact(LANES),
+        z.chunks_exact(LANES),
+    );
+    for ((x, y), z) in (&mut cx).zip(&mut cy).zip(&mut cz) {
+        for (l, a) in a.iter_mut().enumerate() {
+            *a += f(x[l], y[l], z[l]);
+        }
+    }
+    let rest = cx
+        .remainder()
+        .iter()
+        .zip(cy.remainder())
+        .zip(cz.remainder());
+    for (a, ((&x, &y), &z)) in a.iter_mut().zip(rest) {
+        *a += f(x, y, z);
+    }
+    tree_sum(a)
+}
+
+/// The largest value of a row (NaNs are passed over; −∞ for an empty row).
+#[inline(always)]
+pub fn lane_max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for c in &mut c {
+        m.iter_mut()
+            .zip(c)
+            .for_each(|(m, &x)| *m = if x > *m { x } else { *m });
+    }
+    m.iter_mut()
+        .zip(c.remainder())
+        .for_each(|(m, &x)| *m = if x > *m { x } else { *m });
+    let mut w = LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            m[i] = if m[i + w] > m[i] { m[i + w] } else { m[i] };
+        }
+        w /= 2;
+    }
+    m[0]
+}
+
 /// Held by the tests that change the tier, so that they do not change it under each other.
 #[cfg(test)]
 pub(crate) static TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -138,10 +138,6 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluNew)
 }
 
-/// Lanes of the row reductions: independent partial results, so the loops vectorize (a single
-/// running f32 sum or max is a dependency chain the compiler may not reorder).
-const LANES: usize = 16;
-
 dispatch! {
 /// `y = gelu_new(x)` over a slice.
 pub(super) fn gelu_values(x: &[f32], y: &mut [f32]) {
@@ -163,34 +159,14 @@ pub(super) fn gelu_scale(x: &[f32], g: &mut [f32]) {
 dispatch! {
 /// The largest value of a row.
 pub(super) fn row_max(x: &[f32]) -> f32 {
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let mut c = x.chunks_exact(LANES);
-    for c in &mut c {
-        for i in 0..LANES {
-            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
-        }
-    }
-    let tail = c
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    m.iter().copied().fold(tail, f32::max)
+    crate::simd::lane_max(x)
 }
 }
 
 dispatch! {
 /// Σ exp(x − max) over a row.
 pub(super) fn sum_exp(x: &[f32], max: f32) -> f32 {
-    let mut a = [0f32; LANES];
-    let mut c = x.chunks_exact(LANES);
-    for c in &mut c {
-        for i in 0..LANES {
-            a[i] += exp_fast(c[i] - max);
-        }
-    }
-    let tail: f32 = c.remainder().iter().map(|v| exp_fast(v - max)).sum();
-    a.iter().sum::<f32>() + tail
+    crate::simd::lane_sum(x, |v| exp_fast(v - max))
 }
 }
 
@@ -198,14 +174,7 @@ dispatch! {
 /// `x ← exp(x − max)` over a row; returns the sum.
 pub(super) fn exp_in_place(x: &mut [f32], max: f32) -> f32 {
     x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
-    let mut a = [0f32; LANES];
-    let mut c = x.chunks_exact(LANES);
-    for c in &mut c {
-        for i in 0..LANES {
-            a[i] += c[i];
-        }
-    }
-    a.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
+    crate::simd::lane_sum(x, |v| v)
 }
 }
 

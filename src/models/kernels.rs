@@ -201,37 +201,14 @@ pub fn add_into(y: &mut [f32], x: &[f32]) {
         .for_each(|(y, x)| add_slice(y, x));
 }
 
-/// Independent partial sums of a row reduction: a single running sum is a dependency chain
-/// the compiler may not reorder, so it neither vectorizes nor pipelines.
-const LANES: usize = 16;
-
-/// `Σ f(x₀[i], …, x_{K−1}[i])` over equally long rows, in [`LANES`] partial sums (lane
-/// `i % LANES`) added in lane order at the end. Each block of lanes is taken as arrays, so the
-/// loop has no bounds checks and vectorizes.
-#[inline(always)]
-pub(crate) fn lane_sum<const K: usize>(xs: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
-    let n = xs.first().map_or(0, |x| x.len());
-    let full = n / LANES * LANES;
-    let mut a = [0f32; LANES];
-    for c in (0..full).step_by(LANES) {
-        let blk: [&[f32; LANES]; K] =
-            std::array::from_fn(|k| xs[k][c..c + LANES].try_into().expect("a full block"));
-        for (l, a) in a.iter_mut().enumerate() {
-            *a += f(std::array::from_fn(|k| blk[k][l]));
-        }
-    }
-    for (l, i) in (full..n).enumerate() {
-        a[l] += f(std::array::from_fn(|k| xs[k][i]));
-    }
-    a.iter().sum()
-}
+use crate::simd::{lane_sum, lane_sum3};
 
 /// Layer norm's row statistics, as the fused op computes them: mean and 1/sqrt(var + eps).
 #[inline(always)]
 fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = lane_sum([x], |[x]| x) / n;
-    let var = lane_sum([x], |[x]| (x - mean) * (x - mean)) / n;
+    let mean = lane_sum(x, |x| x) / n;
+    let var = lane_sum(x, |x| (x - mean) * (x - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -251,8 +228,8 @@ fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32], mea
     let d = w.len();
     for (((y, x), m), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(mean).zip(rstd) {
         let (mu, rs) = stats(x, eps);
-        for i in 0..d {
-            y[i] = (x[i] - mu) * rs * w[i] + b[i];
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mu) * rs * w + b;
         }
         *m = mu;
         *r = rs;
@@ -272,17 +249,16 @@ fn layer_norm_backward_rows(x: &[f32], w: &[f32], mean: &[f32], rstd: &[f32], g:
         .zip(g.chunks(d))
         .zip(mean.iter().zip(rstd))
     {
-        let s1 = lane_sum([g, w], |[g, w]| g * w);
-        let s2 = lane_sum([g, w, x], |[g, w, x]| g * w * ((x - mu) * rs));
-        for i in 0..d {
-            let xh = (x[i] - mu) * rs;
-            pw[i] += g[i] * xh;
-            pb[i] += g[i];
+        let s1 = lane_sum3(g, w, x, |g, w, _| g * w);
+        let s2 = lane_sum3(g, w, x, |g, w, x| g * w * ((x - mu) * rs));
+        for (((pw, pb), &g), &x) in pw.iter_mut().zip(pb.iter_mut()).zip(g).zip(x) {
+            *pw += g * ((x - mu) * rs);
+            *pb += g;
         }
         let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-        for i in 0..d {
-            let xh = (x[i] - mu) * rs;
-            dx[i] += rs * (g[i] * w[i] - m1 - xh * m2);
+        for (((dx, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
+            let xh = (x - mu) * rs;
+            *dx += rs * (g * w - m1 - xh * m2);
         }
     }
 }
@@ -404,6 +380,11 @@ mod tests {
         let (mut dx, mut dw, mut db) = (g.clone(), vec![0f32; d], vec![0f32; d]);
         layer_norm_backward(&x, &w, (&mean, &rstd), &g, &mut dx, &mut dw, &mut db);
         out.extend([y, mean, rstd, dx, dw, db]);
+        let (mut y, mut rstd) = (vec![0f32; n * d], vec![0f32; n]);
+        rms_norm(&x, &w, 1e-5, &mut y, &mut rstd);
+        let (mut dx, mut dw) = (g.clone(), vec![0f32; d]);
+        rms_norm_backward(&x, &w, &rstd, &g, &mut dx, &mut dw);
+        out.extend([y, rstd, dx, dw]);
         let u: Vec<f32> = rand(n * inner, 14).iter().map(|v| v * 8.0).collect();
         let mut a = vec![0f32; n * inner];
         gelu(&u, &mut a);

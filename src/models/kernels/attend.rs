@@ -1,10 +1,10 @@
 //! Blockwise attention of the owned engine, forward and backward, over packed `q | k | v` rows.
 //!
-//! Queries go in blocks of [`QUERY_BLOCK`] rows; a block reads only the span of keys that one
-//! of its queries sees under the additive bias (below the diagonal for a causal mask, after the
-//! window's start for a sliding one), so a causal layer does a little over half the products
-//! and exponentials of the full `[T, T]` scores. A block's scores live in a `[QUERY_BLOCK, T]`
-//! scratch; only each query's log-sum-exp outlives the head, and the backward recomputes the
+//! Queries go in blocks of [`QUERY_BLOCK`] rows (a sequence of up to [`WHOLE`] tokens is one
+//! block); a block reads only the span of keys that one of its queries sees under the additive
+//! bias (below the diagonal for a causal mask, after the window's start for a sliding one), so
+//! a causal layer does a little over half the products and exponentials of the full `[T, T]`
+//! scores. A block's scores live in a `[block, T]` scratch; only each query's log-sum-exp outlives the head, and the backward recomputes the
 //! probabilities from it.
 
 use rayon::prelude::*;
@@ -13,9 +13,24 @@ use super::super::fused::{exp_fast, exp_in_place, row_max, scale_in_place};
 use super::{mm_raw, Mat, Out};
 use crate::simd::dispatch;
 
-/// Query rows a block. 32 keeps the skipped triangle fine-grained (a causal `T = 256` does 56%
-/// of the full products) while each block's products stay large enough for `gemm`.
-const QUERY_BLOCK: usize = 32;
+/// Query rows a block. 64 keeps the skipped triangle fine-grained (a causal `T = 256` does 62%
+/// of the full products) while each block's products stay large enough for `gemm` (at 32, a
+/// GPT-2-small layer's attention took 20% longer).
+const QUERY_BLOCK: usize = 64;
+
+/// Rows of a whole sequence up to which it is one block: below that, a block's products are
+/// too small for `gemm` to run well and its call overhead dominates (tiny models: head size
+/// 16, sequences of 64-104 tokens), so the skipped triangle is not worth more calls.
+const WHOLE: usize = 128;
+
+/// Query rows a block for sequences of `t` tokens.
+fn qblock(t: usize) -> usize {
+    if t <= WHOLE {
+        t.max(1)
+    } else {
+        QUERY_BLOCK
+    }
+}
 
 /// A bias at or below this masks its key. The masks put -1e9 there; a skipped key's
 /// probability would be `exp(-1e9 + score - max)`, zero in f32.
@@ -59,20 +74,22 @@ fn bias_row(bias: &[f32], t: usize, bi: usize) -> &[f32] {
 /// sees. A query that sees no key keeps every key (the composed softmax spreads it uniformly
 /// over the masked row), so its block keeps the full span.
 struct Spans {
+    /// Query rows a block, and blocks a batch row.
+    qb: usize,
     blocks: usize,
     v: Vec<(usize, usize)>,
 }
 
 impl Spans {
-    fn new(bias: &[f32], t: usize) -> Spans {
+    fn new(bias: &[f32], t: usize, qb: usize) -> Spans {
         let rows = bias.len() / (t * t);
-        let blocks = t.div_ceil(QUERY_BLOCK);
+        let blocks = t.div_ceil(qb);
         let mut v = Vec::with_capacity(rows * blocks);
         for r in 0..rows {
             let b = bias_row(bias, t, r);
             for blk in 0..blocks {
                 let (mut lo, mut hi) = (t, 0);
-                for i in blk * QUERY_BLOCK..((blk + 1) * QUERY_BLOCK).min(t) {
+                for i in blk * qb..((blk + 1) * qb).min(t) {
                     let q = &b[i * t..(i + 1) * t];
                     match q.iter().position(|&x| x > MASKED) {
                         Some(first) => {
@@ -86,7 +103,7 @@ impl Spans {
                 v.push((lo, hi));
             }
         }
-        Spans { blocks, v }
+        Spans { qb, blocks, v }
     }
 
     /// The spans of batch row `bi`'s blocks (one bias row broadcasts).
@@ -134,12 +151,14 @@ struct Block {
     n: usize,
 }
 
-fn blocks(spans: &[(usize, usize)], t: usize) -> impl Iterator<Item = Block> + '_ {
-    spans.iter().enumerate().map(move |(i, &(c0, c1))| {
-        let r0 = i * QUERY_BLOCK;
+/// The blocks of batch row `bi`.
+fn blocks(spans: &Spans, bi: usize, t: usize) -> impl Iterator<Item = Block> + '_ {
+    let qb = spans.qb;
+    spans.of(bi).iter().enumerate().map(move |(i, &(c0, c1))| {
+        let r0 = i * qb;
         Block {
             r0,
-            m: QUERY_BLOCK.min(t - r0),
+            m: qb.min(t - r0),
             c0,
             n: c1 - c0,
         }
@@ -195,17 +214,30 @@ pub fn attention(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
+    let spans = Spans::new(bias, s.t, qblock(s.t));
+    attention_in(&spans, qkv, bias, s, scale, out, lse)
+}
+
+/// [`attention`] in the blocks of `spans`.
+fn attention_in(
+    spans: &Spans,
+    qkv: &[f32],
+    bias: &[f32],
+    s: Heads,
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     let (t, d) = (s.t, s.h * s.hd);
     assert_eq!(out.len(), s.b * t * d, "attention output");
     assert_eq!(lse.len(), s.b * s.h * t, "attention log-sum-exp");
-    let spans = Spans::new(bias, t);
     let dst = Out(out.as_mut_ptr());
     lse.par_chunks_mut(t).enumerate().for_each_init(
-        || vec![0f32; QUERY_BLOCK * t],
+        || vec![0f32; spans.qb * t],
         |p, (idx, lse)| {
             let (bi, hi) = (idx / s.h, idx % s.h);
             let (_, _, ov) = s.offsets(hi);
-            for blk in blocks(spans.of(bi), t) {
+            for blk in blocks(spans, bi, t) {
                 scores(qkv, bias, s, (bi, hi), blk, scale, p);
                 let p = &mut p[..blk.m * blk.n];
                 for (row, l) in p.chunks_mut(blk.n).zip(&mut lse[blk.r0..]) {
@@ -236,15 +268,30 @@ pub fn attention_backward(
     dout: &[f32],
     dqkv: &mut [f32],
 ) {
+    let spans = Spans::new(bias, s.t, qblock(s.t));
+    attention_backward_in(&spans, qkv, bias, s, scale, (out, lse), dout, dqkv)
+}
+
+/// [`attention_backward`] in the blocks of `spans`.
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_in(
+    spans: &Spans,
+    qkv: &[f32],
+    bias: &[f32],
+    s: Heads,
+    scale: f32,
+    (out, lse): (&[f32], &[f32]),
+    dout: &[f32],
+    dqkv: &mut [f32],
+) {
     let (t, d, row) = (s.t, s.h * s.hd, s.row());
     assert_eq!(dqkv.len(), s.b * t * row, "attention input gradient");
     let group = s.h / s.kv;
-    let spans = Spans::new(bias, t);
     let dst = Out(dqkv.as_mut_ptr());
     // With grouped keys and values several heads add into one k / v block: a task takes a
     // whole group of one batch row so no two tasks write the same elements.
     (0..s.b * s.kv).into_par_iter().for_each_init(
-        || (vec![0f32; QUERY_BLOCK * t], vec![0f32; QUERY_BLOCK * t]),
+        || (vec![0f32; spans.qb * t], vec![0f32; spans.qb * t]),
         |(p, dp), idx| {
             let (bi, g) = (idx / s.kv, idx % s.kv);
             let base = bi * t * row;
@@ -262,7 +309,7 @@ pub fn attention_backward(
             for hi in g * group..(g + 1) * group {
                 let (oq, ok, ov) = s.offsets(hi);
                 let lse = &lse[(bi * s.h + hi) * t..][..t];
-                for blk in blocks(spans.of(bi), t) {
+                for blk in blocks(spans, bi, t) {
                     let (m, n) = (blk.m, blk.n);
                     scores(qkv, bias, s, (bi, hi), blk, scale, p);
                     let (p, dp) = (&mut p[..m * n], &mut dp[..m * n]);
@@ -405,17 +452,33 @@ mod tests {
         let w: Vec<f32> = (0..s.b * s.t * d)
             .map(|i| if i / d == s.t - 1 { 0.0 } else { rand() })
             .collect();
-        let mut out = vec![0f32; w.len()];
-        let mut lse = vec![0f32; s.b * s.h * s.t];
-        attention(&qkv, &bias, s, scale, &mut out, &mut lse);
         let q64: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
         let want = naive(&q64, &bias, s, scale as f64);
-        for (a, b) in out.iter().zip(&want) {
-            assert!((*a as f64 - b).abs() < 1e-5, "forward {a} vs {b}");
+        // Blocks of 32 queries (one full, one ragged), and the whole sequence as one block
+        // (what a sequence this short gets): the same values and gradients.
+        let mut runs = Vec::new();
+        for qb in [32, qblock(s.t)] {
+            let spans = Spans::new(&bias, s.t, qb);
+            let mut out = vec![0f32; w.len()];
+            let mut lse = vec![0f32; s.b * s.h * s.t];
+            attention_in(&spans, &qkv, &bias, s, scale, &mut out, &mut lse);
+            for (a, b) in out.iter().zip(&want) {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5,
+                    "blocks of {qb}: forward {a} vs {b}"
+                );
+            }
+            let mut dqkv = vec![f32::NAN; n];
+            let io = (&out[..], &lse[..]);
+            attention_backward_in(&spans, &qkv, &bias, s, scale, io, &w, &mut dqkv);
+            runs.push(dqkv);
+        }
+        assert_eq!(qblock(s.t), s.t);
+        for (a, b) in runs[0].iter().zip(&runs[1]) {
+            assert!((a - b).abs() < 1e-5, "gradient by block size: {a} vs {b}");
         }
         // The gradient of Σ w ∘ out against central differences of the f64 attention.
-        let mut dqkv = vec![f32::NAN; n];
-        attention_backward(&qkv, &bias, s, scale, (&out, &lse), &w, &mut dqkv);
+        let dqkv = &runs[0];
         let loss = |x: &[f64]| -> f64 {
             let o = naive(x, &bias, s, scale as f64);
             o.iter().zip(&w).map(|(o, &w)| o * w as f64).sum()
@@ -488,7 +551,7 @@ mod tests {
     fn spans_cover_what_each_block_sees() {
         let t = 40;
         let b = bias(t);
-        let spans = Spans::new(&b, t);
+        let spans = Spans::new(&b, t, 32);
         // Row 0: the first block sees keys 0..32, the second has the blind last query: all.
         assert_eq!(spans.of(0), &[(0, 32), (0, 40)]);
         // Row 1: the window starts at query 32 - 29 = 3 for the second block.

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::super::fused::rows_per_task;
+use crate::simd::{dispatch, lane_sum, lane_sum3};
 
 /// `y = x / sqrt(mean(x²) + eps) · w` over rows of `w.len()` values, as the composed op;
 /// keeps each row's `1 / sqrt(mean(x²) + eps)` for the backward.
@@ -13,16 +14,40 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32])
     y.par_chunks_mut(rows * d)
         .zip(x.par_chunks(rows * d))
         .zip(rstd.par_chunks_mut(rows))
-        .for_each(|((y, x), rstd)| {
-            for ((y, x), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(rstd) {
-                let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let s = (ms + eps).sqrt();
-                for i in 0..d {
-                    y[i] = x[i] / s * w[i];
-                }
-                *r = 1.0 / s;
-            }
-        });
+        .for_each(|((y, x), rstd)| rms_norm_rows(x, w, eps, y, rstd));
+}
+
+dispatch! {
+/// [`rms_norm`] of rows `x` on the calling thread.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    let d = w.len();
+    for ((y, x), r) in y.chunks_mut(d).zip(x.chunks(d)).zip(rstd) {
+        let ms = lane_sum(x, |v| v * v) / d as f32;
+        let s = (ms + eps).sqrt();
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = x / s * w;
+        }
+        *r = 1.0 / s;
+    }
+}
+}
+
+dispatch! {
+/// [`rms_norm_backward`] of rows on the calling thread, `g·x·rstd` added into `pw`.
+fn rms_norm_backward_rows(x: &[f32], w: &[f32], rstd: &[f32], g: &[f32], dx: &mut [f32], pw: &mut [f32]) {
+    let d = w.len();
+    for (((dx, x), g), &rs) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)).zip(rstd) {
+        // y = x·r·w with r = (mean(x²) + eps)^-1/2: dx = r·g·w − x·r³·mean(g·w·x).
+        let s = lane_sum3(g, w, x, |g, w, x| g * w * x);
+        for ((pw, &g), &x) in pw.iter_mut().zip(g).zip(x) {
+            *pw += g * x * rs;
+        }
+        let m = s / d as f32 * rs * rs * rs;
+        for (((dx, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
+            *dx += rs * g * w - x * m;
+        }
+    }
+}
 }
 
 /// RMSNorm's backward: `dx += ∂`, `dw += Σ g·x·rstd` (partials in chunk order).
@@ -42,24 +67,12 @@ pub fn rms_norm_backward(
         .zip(rstd.par_chunks(rows))
         .map(|((dx, (x, g)), rstd)| {
             let mut pw = vec![0f32; d];
-            for (((dx, x), g), &rs) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)).zip(rstd)
-            {
-                // y = x·r·w with r = (mean(x²) + eps)^-1/2: dx = r·g·w − x·r³·mean(g·w·x).
-                let mut s = 0f32;
-                for i in 0..d {
-                    s += g[i] * w[i] * x[i];
-                    pw[i] += g[i] * x[i] * rs;
-                }
-                let m = s / d as f32 * rs * rs * rs;
-                for i in 0..d {
-                    dx[i] += rs * g[i] * w[i] - x[i] * m;
-                }
-            }
+            rms_norm_backward_rows(x, w, rstd, g, dx, &mut pw);
             pw
         })
         .collect();
     for pw in parts {
-        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        super::add_slice(dw, &pw);
     }
 }
 
