@@ -7,9 +7,9 @@
 #    report tests run it when Chromium is installed (Debian: apt-get install chromium).
 # 3. Runs every test in release mode (a debug build of candle/DataFusion is too slow to test).
 #
-# Time on the 2-core CI machine: the tests themselves take about 4-8 minutes (144 unit tests in
-# ~3 s; 182 s of 84 CLI tests here on 2026-12-07; the full three-seed quickstart pipeline in
-# tests/cli/pipeline.rs is about 100 s of it); a clean release build of DataFusion + candle takes
+# Time on the 2-core CI machine: the tests themselves take about 3-8 minutes (150 unit tests in
+# ~3 s; 87 s of 84 CLI tests here on 2026-12-07; the full three-seed quickstart pipeline in
+# tests/cli/pipeline.rs is most of it); a clean release build of DataFusion + candle takes
 # about 24-38 minutes before that (24 min here on 2026-12-07).
 set -euo pipefail
 cd "$(dirname "$0")/.."

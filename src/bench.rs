@@ -329,6 +329,8 @@ pub fn run_steps(
         Model::load_frozen(model_dir, &dev)?
     };
     model.set_engine(engine);
+    // As the training stages: the reward model's micro-batches sum the layer gradients.
+    model.set_accumulating(task == Task::RmTrain);
     let head = Var::from_tensor(&crate::scenarios::rm::init_head(s.width, 0, &dev)?)?;
     let mut vars: Vec<(String, Var)> = model
         .params()
@@ -361,6 +363,7 @@ pub fn run_steps(
                     let loss = ((z.neg()?.exp()? + 1.0)?.log()?.sum_all()? / n as f64)?;
                     adam.accumulate(&rm.model.backward(&loss)?)?;
                 }
+                adam.accumulate(&rm.model.take_sums()?)?;
                 adam.step_accumulated()
             }
             Task::RmScore => {

@@ -316,7 +316,7 @@ impl Adam {
                 Some(acc) if acc.owned && is_cpu_f32(&acc.t) && self.fused => {
                     let g = g.contiguous()?;
                     mutate(&acc.t, |a| {
-                        read(&g, |g| a.iter_mut().zip(g).for_each(|(a, b)| *a += b))
+                        read(&g, |g| crate::models::kernels::add_into(a, g))
                     })?;
                     acc
                 }

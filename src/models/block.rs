@@ -58,11 +58,18 @@ impl<'a> Lin<'a> {
     }
 
     /// The weight's gradient from the input `x` `[n, inp]` and the output's gradient `dy`
-    /// (`[n, out]`, any row stride), overwritten.
-    fn weight_grad(&self, gw: &mut [f32], x: Mat, dy: Mat, (n, inp, out): (usize, usize, usize)) {
+    /// (`[n, out]`, any row stride), overwritten or with `acc` added.
+    fn weight_grad(
+        &self,
+        gw: &mut [f32],
+        x: Mat,
+        dy: Mat,
+        (n, inp, out): (usize, usize, usize),
+        acc: bool,
+    ) {
         match self.layout {
-            Layout::Linear => k::mm(gw, inp, (out, inp, n), dy.t(), x, 1.0, false),
-            Layout::Conv1d => k::mm(gw, out, (inp, out, n), x.t(), dy, 1.0, false),
+            Layout::Linear => k::mm(gw, inp, (out, inp, n), dy.t(), x, 1.0, acc),
+            Layout::Conv1d => k::mm(gw, out, (inp, out, n), x.t(), dy, 1.0, acc),
         }
     }
 
@@ -243,7 +250,7 @@ impl PreNorm<'_> {
 
     /// The backward of [`PreNorm::forward`]: from `dy`, the input's gradient into `dx`
     /// (overwritten) and each weight's into `g` (in [`PreNorm::weights`]' order, each
-    /// overwritten). `a.act` must hold the forward's activation (it is overwritten).
+    /// overwritten, or with `acc` added to what it holds). `a.act` must hold the forward's activation (it is overwritten).
     pub fn backward(
         &self,
         io: LayerIo,
@@ -251,6 +258,7 @@ impl PreNorm<'_> {
         dy: &[f32],
         dx: &mut [f32],
         g: &mut [Vec<f32>],
+        acc: bool,
     ) {
         let LayerIo {
             w, x, bias, b, t, ..
@@ -260,9 +268,14 @@ impl PreNorm<'_> {
         let ni = n * inner;
         // MLP.
         let dyd = Mat::rows(dy, d);
-        self.down
-            .weight_grad(&mut g[i.down], Mat::rows(&a.act, inner), dyd, (n, inner, d));
-        k::col_sums(dy, d, &mut g[i.down + 1], false);
+        self.down.weight_grad(
+            &mut g[i.down],
+            Mat::rows(&a.act, inner),
+            dyd,
+            (n, inner, d),
+            acc,
+        );
+        k::col_sums(dy, d, &mut g[i.down + 1], acc);
         let du = &mut a.act[..ni];
         self.down
             .input_grad(w[i.down], dyd, du, (n, inner, d), false);
@@ -277,21 +290,23 @@ impl PreNorm<'_> {
         }
         let dum = Mat::rows(&a.act, inner);
         self.up
-            .weight_grad(&mut g[i.up], Mat::rows(&a.n2, d), dum, (n, d, inner));
-        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], false);
+            .weight_grad(&mut g[i.up], Mat::rows(&a.n2, d), dum, (n, d, inner), acc);
+        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], acc);
         let dn = &mut a.up[..n * d];
         self.up.input_grad(w[i.up], dum, dn, (n, d, inner), false);
         dx.copy_from_slice(dy);
         let (gl2, rest) = g[i.ln2..].split_at_mut(1);
-        gl2[0].fill(0.0);
-        rest[0].fill(0.0);
+        if !acc {
+            gl2[0].fill(0.0);
+            rest[0].fill(0.0);
+        }
         let stats2 = (&a.mean2[..], &a.rstd2[..]);
         k::layer_norm_backward(&a.x1, w[i.ln2], stats2, dn, dx, &mut gl2[0], &mut rest[0]);
         // Attention.
         let dxd = Mat::rows(dx, d);
         self.o
-            .weight_grad(&mut g[i.o], Mat::rows(&a.att, d), dxd, (n, d, d));
-        k::col_sums(dx, d, &mut g[i.o + 1], false);
+            .weight_grad(&mut g[i.o], Mat::rows(&a.att, d), dxd, (n, d, d), acc);
+        k::col_sums(dx, d, &mut g[i.o + 1], acc);
         let datt = &mut a.up[..n * d];
         self.o.input_grad(w[i.o], dxd, datt, (n, d, d), false);
         let dqkv = &mut a.act[..n * 3 * d];
@@ -310,8 +325,8 @@ impl PreNorm<'_> {
         match &self.qkv {
             Qkv::Fused(l) => {
                 let dq = Mat::rows(&a.act, 3 * d);
-                l.weight_grad(&mut g[i.qkv], n1, dq, (n, d, 3 * d));
-                k::col_sums(&a.act[..n * 3 * d], 3 * d, &mut g[i.qkv + 1], false);
+                l.weight_grad(&mut g[i.qkv], n1, dq, (n, d, 3 * d), acc);
+                k::col_sums(&a.act[..n * 3 * d], 3 * d, &mut g[i.qkv + 1], acc);
                 l.input_grad(w[i.qkv], dq, dn, (n, d, 3 * d), false);
             }
             Qkv::Split(ls) => {
@@ -323,15 +338,22 @@ impl PreNorm<'_> {
                         rs: 3 * d,
                         cs: 1,
                     };
-                    l.weight_grad(&mut g[i.qkv + 2 * j], n1, dq, (n, d, d));
-                    g[i.qkv + 2 * j + 1].copy_from_slice(&sums[j * d..(j + 1) * d]);
+                    l.weight_grad(&mut g[i.qkv + 2 * j], n1, dq, (n, d, d), acc);
+                    let part = &sums[j * d..(j + 1) * d];
+                    if acc {
+                        k::add_slice(&mut g[i.qkv + 2 * j + 1], part);
+                    } else {
+                        g[i.qkv + 2 * j + 1].copy_from_slice(part);
+                    }
                     l.input_grad(w[i.qkv + 2 * j], dq, dn, (n, d, d), j > 0);
                 }
             }
         }
         let (gl1, rest) = g.split_at_mut(1);
-        gl1[0].fill(0.0);
-        rest[0].fill(0.0);
+        if !acc {
+            gl1[0].fill(0.0);
+            rest[0].fill(0.0);
+        }
         let stats1 = (&a.mean1[..], &a.rstd1[..]);
         k::layer_norm_backward(x, w[0], stats1, dn, dx, &mut gl1[0], &mut rest[0]);
     }

@@ -170,10 +170,11 @@ impl Layer<'_> {
         dy: &[f32],
         dx: &mut [f32],
         g: &mut [Vec<f32>],
+        acc: bool,
     ) {
         match self {
-            Layer::PreNorm(l) => l.backward(io, a, dy, dx, g),
-            Layer::Rms(l) => l.backward(io, a, dy, dx, g),
+            Layer::PreNorm(l) => l.backward(io, a, dy, dx, g, acc),
+            Layer::Rms(l) => l.backward(io, a, dy, dx, g, acc),
         }
     }
 }
@@ -296,6 +297,72 @@ impl Pool {
         }
         s.free_values += v.len();
         s.free.entry(v.len()).or_default().push(v);
+    }
+}
+
+/// Layer weights' gradients summed across the micro-batches of a step (see
+/// `Model::set_accumulating`): each product of the backward adds into the sum (`gemm`
+/// reading its destination), so a micro-batch allocates, zeroes and hands over no gradient of
+/// its own and the optimizer adds none. Keyed by the weight.
+#[derive(Default)]
+pub struct Sums(Mutex<std::collections::HashMap<TensorId, (Tensor, Vec<f32>)>>);
+
+impl Sums {
+    /// Buffers for a layer's weights, and whether they hold sums to add to (a weight that is
+    /// not trained gets scratch from the pool, whose values are then dropped).
+    fn take(
+        &self,
+        ws: &[&Tensor],
+        trainable: &HashSet<TensorId>,
+        pool: &Pool,
+    ) -> Result<(Vec<Vec<f32>>, bool)> {
+        let mut map = self.0.lock().expect("sums lock");
+        let trained: Vec<bool> = ws.iter().map(|w| trainable.contains(&w.id())).collect();
+        let held = (ws.iter().zip(&trained)).filter(|(w, &t)| t && map.contains_key(&w.id()));
+        let held = held.count();
+        let want = trained.iter().filter(|&&t| t).count();
+        if held != 0 && held != want {
+            return Err(Error::Model {
+                file: "owned engine".into(),
+                msg: format!("a layer's gradient sums are partial ({held} of {want})"),
+            });
+        }
+        let acc = held > 0;
+        let bufs = (ws.iter().zip(&trained))
+            .map(|(w, &t)| match map.remove(&w.id()) {
+                Some((_, v)) if t => v,
+                _ => pool.take(w.elem_count()),
+            })
+            .collect();
+        Ok((bufs, acc))
+    }
+
+    /// Puts a layer's buffers back: the trained weights' as their sums, the rest to the pool.
+    fn give(
+        &self,
+        ws: &[&Tensor],
+        bufs: Vec<Vec<f32>>,
+        trainable: &HashSet<TensorId>,
+        pool: &Pool,
+    ) {
+        let mut map = self.0.lock().expect("sums lock");
+        for (w, v) in ws.iter().zip(bufs) {
+            if trainable.contains(&w.id()) {
+                map.insert(w.id(), ((*w).clone(), v));
+            } else {
+                pool.give(v);
+            }
+        }
+    }
+
+    /// The sums as gradients, emptied.
+    pub fn take_all(&self) -> Result<GradStore> {
+        let map = std::mem::take(&mut *self.0.lock().expect("sums lock"));
+        let mut g = GradStore::default();
+        for (_, (w, v)) in map {
+            g.insert(&w, Tensor::from_vec(v, w.shape(), &Device::Cpu)?);
+        }
+        Ok(g)
     }
 }
 
@@ -455,13 +522,14 @@ pub(super) fn forward(
 
 /// Adds the layers' and the embeddings' gradients of one owned tape to `grads` (which holds
 /// the gradient of the tape's output from the loss's backward), every pool buffer going back.
+/// With `sums`, the layer weights' gradients are added there instead of to `grads`.
 pub(super) fn backward(
     net: &Net,
     pool: &Pool,
     tape: Tape,
     grads: &mut GradStore,
-    frozen: &[&Tensor],
-    trainable: &HashSet<TensorId>,
+    (frozen, trainable): (&[&Tensor], &HashSet<TensorId>),
+    sums: Option<&Sums>,
 ) -> Result<()> {
     let Tape {
         embedded,
@@ -503,7 +571,13 @@ pub(super) fn backward(
                 a
             }
         };
-        let mut gs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.elem_count()]).collect();
+        let (mut gs, acc) = match sums {
+            Some(s) => s.take(&ws, trainable, pool)?,
+            None => (
+                ws.iter().map(|w| vec![0f32; w.elem_count()]).collect(),
+                false,
+            ),
+        };
         with_values(&ws, |w| {
             with_values(&tables(&bias, &rope), |v| {
                 let io = LayerIo::new(w, &x, v, (b, t));
@@ -517,7 +591,7 @@ pub(super) fn backward(
                     // does not keep: recomputed from the pre-activation.
                     blk.activate(&mut a, sizes.n);
                 }
-                blk.backward(io, &mut a, &dy, &mut dx, &mut gs);
+                blk.backward(io, &mut a, &dy, &mut dx, &mut gs, acc);
             })
         })??;
         pool.give(x);
@@ -526,13 +600,17 @@ pub(super) fn backward(
         } else {
             a.release(pool);
         }
-        let mut layer = GradStore::default();
-        for (w, g) in ws.iter().zip(gs) {
-            if trainable.contains(&w.id()) {
-                layer.insert(w, Tensor::from_vec(g, w.shape(), &Device::Cpu)?);
+        if let Some(s) = sums {
+            s.give(&ws, gs, trainable, pool);
+        } else {
+            let mut layer = GradStore::default();
+            for (w, g) in ws.iter().zip(gs) {
+                if trainable.contains(&w.id()) {
+                    layer.insert(w, Tensor::from_vec(g, w.shape(), &Device::Cpu)?);
+                }
             }
+            grads.extend(layer)?;
         }
-        grads.extend(layer)?;
         std::mem::swap(&mut dy, &mut dx);
         crate::alloc::trace_heap(format_args!("owned backward of layer {l}"));
     }
@@ -638,6 +716,52 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Summed across backwards by the engine (the training loop's way) or by adding each
+    /// backward's gradients: the same, every parameter accounted for once; and the sums
+    /// start again after they are taken.
+    #[test]
+    fn summed_layer_gradients_equal_the_sum_of_each_backward() {
+        let dir = fixture("gpt2");
+        let grads = |m: &Model, l: &Tensor| {
+            let g = m.backward(l).unwrap();
+            let p = m.params();
+            (p.iter())
+                .map(|(k, v)| (k.clone(), g.get(v.as_tensor()).cloned()))
+                .collect::<Vec<_>>()
+        };
+        let add = |a: Option<Tensor>, b: Option<Tensor>| match (a, b) {
+            (Some(a), Some(b)) => Some((a + b).unwrap()),
+            (a, b) => a.or(b),
+        };
+        let plain = Model::load(&dir, &Device::Cpu).unwrap();
+        let g1 = grads(&plain, &loss(&plain, false));
+        let g2 = grads(&plain, &loss(&plain, true));
+        let mut summed = Model::load(&dir, &Device::Cpu).unwrap();
+        summed.set_accumulating(true);
+        for round in 0..2 {
+            let r1 = grads(&summed, &loss(&summed, false));
+            let r2 = grads(&summed, &loss(&summed, true));
+            let sums = summed.take_sums().unwrap();
+            assert!(summed.take_sums().unwrap().get_ids().next().is_none());
+            let params = summed.params();
+            let mut layer_params = 0;
+            for (((k, a), (_, b)), ((_, c), (_, d))) in g1.iter().zip(&g2).zip(r1.iter().zip(&r2)) {
+                let s = sums.get(params[k].as_tensor()).cloned();
+                layer_params += usize::from(s.is_some());
+                assert!(
+                    s.is_none() || (c.is_none() && d.is_none()),
+                    "{k}: both summed and returned"
+                );
+                let want = add(a.clone(), b.clone()).unwrap();
+                let got = add(add(c.clone(), d.clone()), s).unwrap_or_else(|| panic!("{k}"));
+                let scale = max_abs_diff(&want, &want.zeros_like().unwrap()).max(1e-3);
+                let diff = max_abs_diff(&want, &got);
+                assert!(diff <= 1e-6 * scale, "round {round}, {k}: off by {diff}");
+            }
+            assert!(layer_params > 0, "no layer gradient was summed");
         }
     }
 

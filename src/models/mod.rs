@@ -211,6 +211,9 @@ pub struct Model {
     pool: engine::Pool,
     /// The owned engine's training forwards since the last [`Model::backward`].
     owned_tapes: std::sync::Mutex<Vec<engine::Tape>>,
+    /// With [`Model::set_accumulating`]: the owned layers' weight gradients summed across
+    /// backwards until [`Model::take_sums`].
+    sums: Option<engine::Sums>,
 }
 
 impl Model {
@@ -284,6 +287,7 @@ impl Model {
             engine: engine::current(),
             pool: engine::Pool::default(),
             owned_tapes: std::sync::Mutex::new(Vec::new()),
+            sums: None,
         })
     }
 
@@ -390,6 +394,23 @@ impl Model {
         self.clear_tapes();
     }
 
+    /// Sums the owned layers' weight gradients across [`Model::backward`] calls (a step's
+    /// micro-batches) instead of returning them from each: the training loop takes the sums
+    /// once a step ([`Model::take_sums`]) and hands them to the optimizer with the rest. The
+    /// gradients of everything else (embeddings, final norm, head, layers the owned engine
+    /// does not run) still come from each backward.
+    pub fn set_accumulating(&mut self, on: bool) {
+        self.sums = on.then(engine::Sums::default);
+    }
+
+    /// The summed layer gradients since the last call (empty unless accumulating).
+    pub fn take_sums(&self) -> Result<candle_core::backprop::GradStore> {
+        match &self.sums {
+            Some(s) => s.take_all(),
+            None => Ok(candle_core::backprop::GradStore::default()),
+        }
+    }
+
     fn clear_tapes(&mut self) {
         self.tapes.lock().expect("tapes lock").clear();
         self.head_tapes.lock().expect("tapes lock").clear();
@@ -429,7 +450,15 @@ impl Model {
         }
         let owned = std::mem::take(&mut *self.owned_tapes.lock().expect("tapes lock"));
         for tape in owned.into_iter().rev() {
-            engine::backward(&self.net, &self.pool, tape, &mut grads, &frozen, &trainable)?;
+            let sets = (&frozen[..], &trainable);
+            engine::backward(
+                &self.net,
+                &self.pool,
+                tape,
+                &mut grads,
+                sets,
+                self.sums.as_ref(),
+            )?;
         }
         Ok(grads)
     }

@@ -164,7 +164,7 @@ impl RmsBlock<'_> {
 
     /// The backward of [`RmsBlock::forward`]: from `dy`, the input's gradient into `dx`
     /// (overwritten) and each weight's into `g` (in [`RmsBlock::weights`]' order, each
-    /// overwritten). `a.act` must hold the forward's SwiGLU output (it is overwritten).
+    /// overwritten, or with `acc` added to what it holds). `a.act` must hold the forward's SwiGLU output (it is overwritten).
     pub fn backward(
         &self,
         io: LayerIo,
@@ -172,6 +172,7 @@ impl RmsBlock<'_> {
         dy: &[f32],
         dx: &mut [f32],
         g: &mut [Vec<f32>],
+        acc: bool,
     ) {
         let LayerIo {
             w,
@@ -188,7 +189,7 @@ impl RmsBlock<'_> {
         // MLP.
         let dyd = Mat::rows(dy, d);
         let act = Mat::rows(&a.act, inner);
-        k::mm(&mut g[DOWN], inner, (d, inner, n), dyd.t(), act, 1.0, false);
+        k::mm(&mut g[DOWN], inner, (d, inner, n), dyd.t(), act, 1.0, acc);
         let dact = &mut a.act[..ni];
         k::mm(
             dact,
@@ -208,12 +209,14 @@ impl RmsBlock<'_> {
                 rs: 2 * inner,
                 cs: 1,
             };
-            k::mm(&mut g[j], d, (inner, d, n), dg.t(), n2, 1.0, false);
+            k::mm(&mut g[j], d, (inner, d, n), dg.t(), n2, 1.0, acc);
             let wj = Mat::rows(w[j], d);
             k::mm(&mut a.act[..nd], d, (n, d, inner), dg, wj, 1.0, off > 0);
         }
         dx.copy_from_slice(dy);
-        g[NORM2].fill(0.0);
+        if !acc {
+            g[NORM2].fill(0.0);
+        }
         k::rms_norm_backward(&a.x1, w[NORM2], &a.rstd2, &a.act[..nd], dx, &mut g[NORM2]);
         // Attention.
         let dxd = Mat::rows(dx, d);
@@ -224,7 +227,7 @@ impl RmsBlock<'_> {
             dxd.t(),
             Mat::rows(&a.att, qd),
             1.0,
-            false,
+            acc,
         );
         let datt = &mut a.up[..n * qd];
         k::mm(datt, qd, (n, qd, d), dxd, Mat::rows(w[O], qd), 1.0, false);
@@ -250,11 +253,13 @@ impl RmsBlock<'_> {
                 rs: row,
                 cs: 1,
             };
-            k::mm(&mut g[Q + j], d, (width, d, n), dq.t(), n1, 1.0, false);
+            k::mm(&mut g[Q + j], d, (width, d, n), dq.t(), n1, 1.0, acc);
             let wj = Mat::rows(w[Q + j], d);
             k::mm(dn1, d, (n, d, width), dq, wj, 1.0, j > 0);
         }
-        g[NORM1].fill(0.0);
+        if !acc {
+            g[NORM1].fill(0.0);
+        }
         k::rms_norm_backward(x, w[NORM1], &a.rstd1, &a.up[..nd], dx, &mut g[NORM1]);
     }
 }

@@ -87,18 +87,23 @@ pub struct MicroOut {
 
 /// Runs the optimizer steps not done yet, saving resumable state every `resume.every` steps.
 /// `vars` are the trainable parameters by name (the same the optimizer holds); `sizes` holds
-/// each item's token count (its length is the number of items). Returns the step it started
-/// from (0, or the step a saved state was at) and the full log.
-pub async fn optimize<F>(
+/// each item's token count (its length is the number of items). `sums` gives, once a step
+/// after its micro-batches, the gradients the model summed across them itself
+/// (`Model::take_sums`). Returns the step it started from (0, or the step a saved state was
+/// at) and the full log.
+#[allow(clippy::too_many_arguments)]
+pub async fn optimize<F, S>(
     adam: &mut Adam,
     vars: &[(String, Var)],
     settings: &LoopSettings,
     sizes: &[usize],
     resume: &Resume<'_>,
     mut micro: F,
+    mut sums: S,
 ) -> Result<(usize, Vec<StepLog>)>
 where
     F: FnMut(&[usize]) -> Result<MicroOut>,
+    S: FnMut() -> Result<GradStore>,
 {
     let (order, steps) = settings.plan(sizes.len())?;
     let (start, mut log) = match resume.load(adam, vars).await? {
@@ -143,6 +148,7 @@ where
             correct += out.correct;
             tokens += out.tokens;
         }
+        adam.accumulate(&sums()?)?;
         if !loss.is_finite() {
             return Err(Error::Model {
                 file: "training".into(),

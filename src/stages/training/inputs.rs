@@ -187,6 +187,8 @@ pub fn load(
         }
     };
     model.set_recompute(recompute);
+    // The training loop takes the layer gradients' sums once a step (`train::optimize`).
+    model.set_accumulating(true);
     let tok_path = dir.join("tokenizer.json");
     let tok = Tokenizer::load(&tok_path)?;
     let max_ctx = max_ctx.min(model.config.max_positions());

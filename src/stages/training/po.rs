@@ -282,8 +282,13 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     )?;
     let batch_n = s.sft.batch as f64;
     let sft_sizes: Vec<usize> = data.iter().map(|x| x.c.0.len() + x.c.1.len()).collect();
-    let (sft_start, sft_log) =
-        train::optimize(&mut adam, &vars, &s.sft, &sft_sizes, &sft_resume, |mb| {
+    let (sft_start, sft_log) = train::optimize(
+        &mut adam,
+        &vars,
+        &s.sft,
+        &sft_sizes,
+        &sft_resume,
+        |mb| {
             let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             let (sum, _, count) = logps(&model, &rows, false)?;
             let count = if first_counts {
@@ -304,8 +309,10 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
                 tokens: rows.iter().map(|r| r.0.len()).sum(),
                 grads: model.backward(&loss)?,
             })
-        })
-        .await?;
+        },
+        || model.take_sums(),
+    )
+    .await?;
     // Keep the finished SFT phase, so a kill during the preference phase never redoes it.
     if sft_start < sft_log.len() {
         sft_resume
@@ -338,8 +345,13 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
     let po_sizes: Vec<usize> = (data.iter())
         .map(|x| x.c.0.len() + x.c.1.len() + x.r.0.len() + x.r.1.len())
         .collect();
-    let (po_start, po_log) =
-        train::optimize(&mut adam, &vars, &s.po, &po_sizes, &po_resume, |mb| {
+    let (po_start, po_log) = train::optimize(
+        &mut adam,
+        &vars,
+        &s.po,
+        &po_sizes,
+        &po_resume,
+        |mb| {
             let mut rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             rows.extend(mb.iter().map(|&i| &data[i].r));
             let n = mb.len();
@@ -380,8 +392,10 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
                 tokens: rows.iter().map(|r| r.0.len()).sum(),
                 grads: model.backward(&surrogate)?,
             })
-        })
-        .await?;
+        },
+        || model.take_sums(),
+    )
+    .await?;
     let offset = log.len() as u64;
     log.extend(po_log.iter().cloned().map(|mut l| {
         l.step += offset;

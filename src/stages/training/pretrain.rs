@@ -350,7 +350,9 @@ pub async fn run(
         init_weights(s, vocab_size)?,
     )?;
     let device = crate::models::parse_device(&s.device)?;
-    let model = Model::load(&init, &device)?;
+    let mut model = Model::load(&init, &device)?;
+    // The training loop takes the layer gradients' sums once a step (`train::optimize`).
+    model.set_accumulating(true);
     let tok = crate::tokenize::Tokenizer::load(&init.join("tokenizer.json"))?;
 
     // The token stream: EOS, statement, EOS, statement, ...; cut into sequences of ctx tokens.
@@ -384,26 +386,34 @@ pub async fn run(
     )?;
     // Every sequence is `ctx` tokens: micro-batches keep the data order.
     let sizes = vec![s.ctx; seqs.len()];
-    let (resumed_at, log) = train::optimize(&mut adam, &vars, &s.train, &sizes, &resume, |mb| {
-        let mut ids = Vec::with_capacity(mb.len() * s.ctx);
-        for &i in mb {
-            ids.extend_from_slice(seqs[i]);
-        }
-        let ids = Tensor::from_vec(ids, (mb.len(), s.ctx), &device)?;
-        let mask = vec![vec![1u32; s.ctx]; mb.len()];
-        let logits = model.logits(&model.hidden(&ids, &mask)?)?;
-        let lp = readout::response_logprobs(&logits, &ids, &ones.narrow(0, 0, mb.len())?)?;
-        // Mean next-token loss of each sequence, summed over the micro-batch, over the batch.
-        let loss = (lp.mean.sum_all()?.neg()? / batch)?;
-        let means: Vec<f32> = lp.mean.to_vec1()?;
-        Ok(MicroOut {
-            loss: loss.to_scalar::<f32>()? as f64,
-            // "Right" for the log: a sequence whose mean token probability beats 1/2.
-            correct: means.iter().filter(|&&m| m > (0.5f32).ln()).count(),
-            tokens: mb.len() * s.ctx,
-            grads: model.backward(&loss)?,
-        })
-    })
+    let (resumed_at, log) = train::optimize(
+        &mut adam,
+        &vars,
+        &s.train,
+        &sizes,
+        &resume,
+        |mb| {
+            let mut ids = Vec::with_capacity(mb.len() * s.ctx);
+            for &i in mb {
+                ids.extend_from_slice(seqs[i]);
+            }
+            let ids = Tensor::from_vec(ids, (mb.len(), s.ctx), &device)?;
+            let mask = vec![vec![1u32; s.ctx]; mb.len()];
+            let logits = model.logits(&model.hidden(&ids, &mask)?)?;
+            let lp = readout::response_logprobs(&logits, &ids, &ones.narrow(0, 0, mb.len())?)?;
+            // Mean next-token loss of each sequence, summed over the micro-batch, over the batch.
+            let loss = (lp.mean.sum_all()?.neg()? / batch)?;
+            let means: Vec<f32> = lp.mean.to_vec1()?;
+            Ok(MicroOut {
+                loss: loss.to_scalar::<f32>()? as f64,
+                // "Right" for the log: a sequence whose mean token probability beats 1/2.
+                correct: means.iter().filter(|&&m| m > (0.5f32).ln()).count(),
+                tokens: mb.len() * s.ctx,
+                grads: model.backward(&loss)?,
+            })
+        },
+        || model.take_sums(),
+    )
     .await?;
 
     // The probe.

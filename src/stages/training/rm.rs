@@ -288,7 +288,7 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
     let batch = s.train.batch as f32;
     let alpha = s.alpha as f32;
     let sizes: Vec<usize> = data.iter().map(|x| x.a.len() + x.b.len()).collect();
-    let (resumed_at, log) = train::optimize(&mut adam, &vars, &s.train, &sizes, &resume, |mb| {
+    let micro = |mb: &[usize]| {
         let a: Vec<&[u32]> = mb.iter().map(|&i| data[i].a.as_slice()).collect();
         let b: Vec<&[u32]> = mb.iter().map(|&i| data[i].b.as_slice()).collect();
         let z = rmodel.margins(&a, &b)?;
@@ -313,8 +313,10 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             tokens,
             grads: rmodel.model.backward(&surrogate)?,
         })
-    })
-    .await?;
+    };
+    let sums = || rmodel.model.take_sums();
+    let (resumed_at, log) =
+        train::optimize(&mut adam, &vars, &s.train, &sizes, &resume, micro, sums).await?;
     let provenance = serde_json::json!({
         "run_id": s.run_id,
         "stage": s.stage,
