@@ -37,7 +37,7 @@ pub struct Cli {
     pub log: String,
 
     /// Engine of the transformer layers: `owned` (the layers' forward and backward written
-    /// out over reused buffers, on the CPU in f32 for GPT-2, pre-norm OPT and Llama; autograd elsewhere) or `autograd`
+    /// out over reused buffers, on the CPU in f32 for GPT-2, OPT and Llama; autograd elsewhere) or `autograd`
     /// (candle's graph everywhere, the owned engine's reference). Both give the same values
     /// up to float rounding; a pipeline passes it to every step.
     #[arg(long, global = true, env = "W2S_ENGINE", value_enum, default_value_t = crate::models::engine::Engine::Owned)]

@@ -5,6 +5,11 @@
 //!
 //! `x1 = x + attention(ln_1(x) · W_qkv + b_qkv) · W_o + b_o`,
 //! `y = x1 + act(ln_2(x1) · W_1 + b_1) · W_2 + b_2`.
+//!
+//! OPT-350m puts the norms after the residual adds instead (`post`):
+//! `x1 = ln_1(x + attention(x · W_qkv + b_qkv) · W_o + b_o)`,
+//! `y = ln_2(x1 + act(x1 · W_1 + b_1) · W_2 + b_2)`; its activations live in the same buffers
+//! (the sums before each norm where the pre-norm layer keeps the norms' outputs).
 
 use candle_core::Tensor;
 
@@ -101,6 +106,8 @@ pub enum Qkv<'a> {
 
 /// One block as the owned engine runs it.
 pub struct PreNorm<'a> {
+    /// OPT-350m's post-norm order instead (module doc).
+    pub post: bool,
     pub ln1: (&'a Tensor, &'a Tensor),
     pub qkv: Qkv<'a>,
     pub o: Lin<'a>,
@@ -180,7 +187,75 @@ impl PreNorm<'_> {
 
     /// `y` from `x` (both `[B·T, d]`), keeping in `a` what the backward needs; `io.w` holds
     /// [`PreNorm::weights`]' values.
+    /// `q | k | v` of `input` `[n, d]` into `out` `[n, 3d]`.
+    fn qkv_forward(&self, w: &[&[f32]], input: &[f32], n: usize, out: &mut [f32]) {
+        let (d, i) = (self.d, self.idx());
+        match &self.qkv {
+            Qkv::Fused(l) => {
+                l.forward(w[i.qkv], input, (n, d, 3 * d), out, 3 * d, false);
+                k::add_bias(out, w[i.qkv + 1]);
+            }
+            Qkv::Split(ls) => {
+                let mut bias = Vec::with_capacity(3 * d);
+                for (j, l) in ls.iter().enumerate() {
+                    let dst = &mut out[j * d..];
+                    l.forward(w[i.qkv + 2 * j], input, (n, d, d), dst, 3 * d, false);
+                    bias.extend_from_slice(w[i.qkv + 2 * j + 1]);
+                }
+                k::add_bias(out, &bias);
+            }
+        }
+    }
+
+    /// The `q | k | v` projection's backward from `dqkv` `[n, 3d]`: its weights' and biases'
+    /// gradients (overwritten, or added with `acc`) and `dst (+)= dqkv · Wᵀ` (added with
+    /// `dst_acc`).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_backward(
+        &self,
+        w: &[&[f32]],
+        input: Mat,
+        dqkv: &[f32],
+        n: usize,
+        dst: &mut [f32],
+        dst_acc: bool,
+        g: &mut [Vec<f32>],
+        acc: bool,
+    ) {
+        let (d, i) = (self.d, self.idx());
+        match &self.qkv {
+            Qkv::Fused(l) => {
+                let dq = Mat::rows(dqkv, 3 * d);
+                l.weight_grad(&mut g[i.qkv], input, dq, (n, d, 3 * d), acc);
+                k::col_sums(&dqkv[..n * 3 * d], 3 * d, &mut g[i.qkv + 1], acc);
+                l.input_grad(w[i.qkv], dq, dst, (n, d, 3 * d), dst_acc);
+            }
+            Qkv::Split(ls) => {
+                let mut sums = vec![0f32; 3 * d];
+                k::col_sums(&dqkv[..n * 3 * d], 3 * d, &mut sums, false);
+                for (j, l) in ls.iter().enumerate() {
+                    let dq = Mat {
+                        v: &dqkv[j * d..],
+                        rs: 3 * d,
+                        cs: 1,
+                    };
+                    l.weight_grad(&mut g[i.qkv + 2 * j], input, dq, (n, d, d), acc);
+                    let part = &sums[j * d..(j + 1) * d];
+                    if acc {
+                        k::add_slice(&mut g[i.qkv + 2 * j + 1], part);
+                    } else {
+                        g[i.qkv + 2 * j + 1].copy_from_slice(part);
+                    }
+                    l.input_grad(w[i.qkv + 2 * j], dq, dst, (n, d, d), dst_acc || j > 0);
+                }
+            }
+        }
+    }
+
     pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        if self.post {
+            return self.forward_post(io, a, y);
+        }
         let LayerIo {
             w, x, bias, b, t, ..
         } = io;
@@ -193,21 +268,7 @@ impl PreNorm<'_> {
             &mut a.n1,
             (&mut a.mean1, &mut a.rstd1),
         );
-        match &self.qkv {
-            Qkv::Fused(l) => {
-                l.forward(w[i.qkv], &a.n1, (n, d, 3 * d), &mut a.qkv, 3 * d, false);
-                k::add_bias(&mut a.qkv, w[i.qkv + 1]);
-            }
-            Qkv::Split(ls) => {
-                let mut bias = Vec::with_capacity(3 * d);
-                for (j, l) in ls.iter().enumerate() {
-                    let dst = &mut a.qkv[j * d..];
-                    l.forward(w[i.qkv + 2 * j], &a.n1, (n, d, d), dst, 3 * d, false);
-                    bias.extend_from_slice(w[i.qkv + 2 * j + 1]);
-                }
-                k::add_bias(&mut a.qkv, &bias);
-            }
-        }
+        self.qkv_forward(w, &a.n1, n, &mut a.qkv);
         k::attention(
             &a.qkv,
             bias,
@@ -241,6 +302,139 @@ impl PreNorm<'_> {
     }
 
     /// The MLP's activation of the pre-activation `u` into `y`.
+    /// [`PreNorm::forward`] in the post-norm order. Keeps `z1 = x + attention` in `a.x1`,
+    /// `x1 = ln_1(z1)` in `a.n1` and `z2 = x1 + mlp` in `a.n2`, with each norm's statistics.
+    fn forward_post(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        let LayerIo {
+            w, x, bias, b, t, ..
+        } = io;
+        let (n, d, inner) = (b * t, self.d, self.inner);
+        let i = self.idx();
+        self.qkv_forward(w, x, n, &mut a.qkv);
+        k::attention(
+            &a.qkv,
+            bias,
+            self.heads(b, t),
+            self.scale,
+            &mut a.att,
+            &mut a.lse,
+        );
+        a.x1.copy_from_slice(x);
+        self.o
+            .forward(w[i.o], &a.att, (n, d, d), &mut a.x1, d, true);
+        k::add_bias(&mut a.x1, w[i.o + 1]);
+        k::layer_norm(
+            &a.x1,
+            (w[0], w[1]),
+            self.eps,
+            &mut a.n1,
+            (&mut a.mean1, &mut a.rstd1),
+        );
+        let ni = n * inner;
+        let up = &mut a.up[..ni];
+        self.up
+            .forward(w[i.up], &a.n1, (n, d, inner), up, inner, false);
+        k::add_bias(up, w[i.up + 1]);
+        self.activate(&a.up[..ni], &mut a.act[..ni]);
+        a.n2.copy_from_slice(&a.n1);
+        self.down
+            .forward(w[i.down], &a.act[..ni], (n, inner, d), &mut a.n2, d, true);
+        k::add_bias(&mut a.n2, w[i.down + 1]);
+        let (l2w, l2b) = (w[i.ln2], w[i.ln2 + 1]);
+        k::layer_norm(&a.n2, (l2w, l2b), self.eps, y, (&mut a.mean2, &mut a.rstd2));
+    }
+
+    /// [`PreNorm::backward`] in the post-norm order.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_post(
+        &self,
+        io: LayerIo,
+        a: &mut Acts,
+        dy: &[f32],
+        dx: &mut [f32],
+        g: &mut [Vec<f32>],
+        acc: bool,
+    ) {
+        let LayerIo {
+            w, x, bias, b, t, ..
+        } = io;
+        let (n, d, inner) = (b * t, self.d, self.inner);
+        let (i, ni, nd) = (self.idx(), n * inner, n * d);
+        let zero_norm = |g: &mut [Vec<f32>], at: usize| {
+            if !acc {
+                g[at].fill(0.0);
+                g[at + 1].fill(0.0);
+            }
+        };
+        // The second norm: dz2 (in dx).
+        dx.fill(0.0);
+        zero_norm(g, i.ln2);
+        let (gl2, rest) = g[i.ln2..].split_at_mut(1);
+        let stats2 = (&a.mean2[..], &a.rstd2[..]);
+        k::layer_norm_backward(&a.n2, w[i.ln2], stats2, dy, dx, &mut gl2[0], &mut rest[0]);
+        // MLP, from x1.
+        let dz2 = Mat::rows(dx, d);
+        self.down.weight_grad(
+            &mut g[i.down],
+            Mat::rows(&a.act, inner),
+            dz2,
+            (n, inner, d),
+            acc,
+        );
+        k::col_sums(dx, d, &mut g[i.down + 1], acc);
+        let du = &mut a.act[..ni];
+        self.down
+            .input_grad(w[i.down], dz2, du, (n, inner, d), false);
+        match self.act {
+            Act::GeluNew => k::gelu_backward(&a.up[..ni], du),
+            Act::Relu => du.iter_mut().zip(&a.up[..ni]).for_each(|(g, &u)| {
+                if u < 0.0 {
+                    *g = 0.0;
+                }
+            }),
+        }
+        let dum = Mat::rows(&a.act, inner);
+        self.up
+            .weight_grad(&mut g[i.up], Mat::rows(&a.n1, d), dum, (n, d, inner), acc);
+        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], acc);
+        // dx1 = dz2 + du · W_1ᵀ (in a.up).
+        let dx1 = &mut a.up[..nd];
+        dx1.copy_from_slice(dx);
+        self.up.input_grad(w[i.up], dum, dx1, (n, d, inner), true);
+        // The first norm: dz1 (in dx).
+        dx.fill(0.0);
+        zero_norm(g, 0);
+        let (gl1, rest) = g.split_at_mut(1);
+        let stats1 = (&a.mean1[..], &a.rstd1[..]);
+        k::layer_norm_backward(
+            &a.x1,
+            w[0],
+            stats1,
+            &a.up[..nd],
+            dx,
+            &mut gl1[0],
+            &mut rest[0],
+        );
+        // Attention, from x: dx = dz1 + dqkv · W_qkvᵀ.
+        let dz1 = Mat::rows(dx, d);
+        self.o
+            .weight_grad(&mut g[i.o], Mat::rows(&a.att, d), dz1, (n, d, d), acc);
+        k::col_sums(dx, d, &mut g[i.o + 1], acc);
+        let datt = &mut a.up[..nd];
+        self.o.input_grad(w[i.o], dz1, datt, (n, d, d), false);
+        let dqkv = &mut a.act[..n * 3 * d];
+        k::attention_backward(
+            &a.qkv,
+            bias,
+            self.heads(b, t),
+            self.scale,
+            (&a.att[..], &a.lse[..]),
+            &a.up[..nd],
+            dqkv,
+        );
+        self.qkv_backward(w, Mat::rows(x, d), &a.act, n, dx, true, g, acc);
+    }
+
     pub fn activate(&self, u: &[f32], y: &mut [f32]) {
         match self.act {
             Act::GeluNew => k::gelu(u, y),
@@ -260,6 +454,9 @@ impl PreNorm<'_> {
         g: &mut [Vec<f32>],
         acc: bool,
     ) {
+        if self.post {
+            return self.backward_post(io, a, dy, dx, g, acc);
+        }
         let LayerIo {
             w, x, bias, b, t, ..
         } = io;
@@ -322,33 +519,7 @@ impl PreNorm<'_> {
         );
         let dn = &mut a.up[..n * d];
         let n1 = Mat::rows(&a.n1, d);
-        match &self.qkv {
-            Qkv::Fused(l) => {
-                let dq = Mat::rows(&a.act, 3 * d);
-                l.weight_grad(&mut g[i.qkv], n1, dq, (n, d, 3 * d), acc);
-                k::col_sums(&a.act[..n * 3 * d], 3 * d, &mut g[i.qkv + 1], acc);
-                l.input_grad(w[i.qkv], dq, dn, (n, d, 3 * d), false);
-            }
-            Qkv::Split(ls) => {
-                let mut sums = vec![0f32; 3 * d];
-                k::col_sums(&a.act[..n * 3 * d], 3 * d, &mut sums, false);
-                for (j, l) in ls.iter().enumerate() {
-                    let dq = Mat {
-                        v: &a.act[j * d..],
-                        rs: 3 * d,
-                        cs: 1,
-                    };
-                    l.weight_grad(&mut g[i.qkv + 2 * j], n1, dq, (n, d, d), acc);
-                    let part = &sums[j * d..(j + 1) * d];
-                    if acc {
-                        k::add_slice(&mut g[i.qkv + 2 * j + 1], part);
-                    } else {
-                        g[i.qkv + 2 * j + 1].copy_from_slice(part);
-                    }
-                    l.input_grad(w[i.qkv + 2 * j], dq, dn, (n, d, d), j > 0);
-                }
-            }
-        }
+        self.qkv_backward(w, n1, &a.act, n, dn, false, g, acc);
         let (gl1, rest) = g.split_at_mut(1);
         if !acc {
             gl1[0].fill(0.0);

@@ -18,8 +18,8 @@
 //! layers down, as `recompute` does. Under recompute (`--grad-checkpoint`) a tape keeps only
 //! each layer's input and the backward reruns that layer's owned forward first.
 //!
-//! It applies on the CPU in f32 to GPT-2, pre-norm OPT and Llama / Mistral without adapters;
-//! anything else (post-norm OPT, LoRA, bf16, CUDA) takes the autograd path, which is also the
+//! It applies on the CPU in f32 to GPT-2, OPT (pre- and post-norm) and Llama / Mistral without
+//! adapters; anything else (LoRA, bf16, CUDA) takes the autograd path, which is also the
 //! oracle the tests compare this one with (values and every parameter's gradient).
 
 use std::collections::{BTreeMap, HashSet};
@@ -49,8 +49,8 @@ use crate::error::{Error, Result};
 pub enum Engine {
     /// candle's autograd graph (every family, device and dtype).
     Autograd,
-    /// the owned per-layer forward and backward where it applies (CPU, f32, GPT-2 and
-    /// pre-norm OPT without adapters), autograd elsewhere.
+    /// the owned per-layer forward and backward where it applies (CPU, f32, GPT-2, OPT and
+    /// Llama / Mistral without adapters), autograd elsewhere.
     #[default]
     Owned,
 }
@@ -126,7 +126,7 @@ impl<'a> LayerIo<'a> {
     }
 }
 
-/// A layer the owned engine runs: GPT-2's and pre-norm OPT's block, or Llama's / Mistral's.
+/// A layer the owned engine runs: GPT-2's and OPT's block, or Llama's / Mistral's.
 pub enum Layer<'a> {
     PreNorm(PreNorm<'a>),
     Rms(RmsBlock<'a>),
@@ -689,6 +689,7 @@ mod tests {
         let families = [
             ("gpt2", fixture("gpt2")),
             ("opt", fixture("opt")),
+            ("opt-350m (post-norm)", fixture("opt-350m")),
             ("llama", fixture("llama")),
             ("mistral, window 3", windowed_mistral(tmp.path())),
         ];
@@ -781,13 +782,13 @@ mod tests {
         assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
     }
 
-    /// Post-norm OPT keeps the autograd path under the owned default.
+    /// Post-norm OPT (OPT-350m) runs on the owned engine too.
     #[test]
-    fn layers_the_owned_engine_cannot_run_take_the_autograd_path() {
+    fn post_norm_opt_runs_on_the_owned_engine() {
         let m = Model::load(&fixture("opt-350m"), &Device::Cpu).unwrap();
         assert_eq!(m.engine, Engine::Owned);
         let _ = loss(&m, false);
-        assert!(m.owned_tapes.lock().unwrap().is_empty());
+        assert!(!m.owned_tapes.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Gpt2 {
             1.0
         };
         Some(PreNorm {
+            post: false,
             ln1: (&b.ln_1.0, &b.ln_1.1),
             qkv: Qkv::Fused(Lin::of(&b.c_attn)?),
             o: Lin::of(&b.c_proj)?,

@@ -142,15 +142,13 @@ impl Opt {
         self.layers.len()
     }
 
-    /// Layer `l` as the owned engine runs it (`None` for post-norm layers or with adapters).
+    /// Layer `l` as the owned engine runs it, pre- or post-norm (`None` with adapters).
     pub fn block(&self, l: usize) -> Option<PreNorm<'_>> {
-        if !self.cfg.do_layer_norm_before {
-            return None;
-        }
         let y = &self.layers[l];
         let d = self.cfg.hidden_size;
         let h = self.cfg.num_attention_heads;
         Some(PreNorm {
+            post: !self.cfg.do_layer_norm_before,
             ln1: (&y.attn_ln.0, &y.attn_ln.1),
             qkv: Qkv::Split([Lin::of(&y.q)?, Lin::of(&y.k)?, Lin::of(&y.v)?]),
             o: Lin::of(&y.out)?,
