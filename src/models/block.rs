@@ -124,6 +124,14 @@ pub struct PreNorm<'a> {
 }
 
 /// Where each weight sits in [`PreNorm::weights`].
+/// Which kept buffer the MLP read: `a.n2` (pre-norm: `ln_2`'s output) or `a.n1` (post-norm:
+/// `x1`).
+#[derive(Clone, Copy)]
+enum MlpInput {
+    N1,
+    N2,
+}
+
 struct Idx {
     qkv: usize,
     o: usize,
@@ -252,13 +260,45 @@ impl PreNorm<'_> {
         }
     }
 
+    /// The MLP's first projection of `input` into `a.up` and its activation into `a.act`.
+    fn mlp_up(&self, w: &[&[f32]], a: &mut Acts, input: MlpInput, n: usize) {
+        let (d, inner, i) = (self.d, self.inner, self.idx());
+        let ni = n * inner;
+        let x = match input {
+            MlpInput::N1 => &a.n1,
+            MlpInput::N2 => &a.n2,
+        };
+        let up = &mut a.up[..ni];
+        self.up.forward(w[i.up], x, (n, d, inner), up, inner, false);
+        k::add_bias(up, w[i.up + 1]);
+        self.activate(&a.up[..ni], &mut a.act[..ni]);
+    }
+
+    /// Attention over `a.qkv` (into `a.att`, `a.lse`), then `a.x1 = x + att · W_o + b_o`.
+    fn attend(&self, io: LayerIo, a: &mut Acts) {
+        let LayerIo {
+            w, x, bias, b, t, ..
+        } = io;
+        let (n, d, i) = (b * t, self.d, self.idx());
+        k::attention(
+            &a.qkv,
+            bias,
+            self.heads(b, t),
+            self.scale,
+            &mut a.att,
+            &mut a.lse,
+        );
+        a.x1.copy_from_slice(x);
+        self.o
+            .forward(w[i.o], &a.att, (n, d, d), &mut a.x1, d, true);
+        k::add_bias(&mut a.x1, w[i.o + 1]);
+    }
+
     pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
         if self.post {
             return self.forward_post(io, a, y);
         }
-        let LayerIo {
-            w, x, bias, b, t, ..
-        } = io;
+        let LayerIo { w, x, b, t, .. } = io;
         let (n, d, inner) = (b * t, self.d, self.inner);
         let i = self.idx();
         k::layer_norm(
@@ -269,18 +309,7 @@ impl PreNorm<'_> {
             (&mut a.mean1, &mut a.rstd1),
         );
         self.qkv_forward(w, &a.n1, n, &mut a.qkv);
-        k::attention(
-            &a.qkv,
-            bias,
-            self.heads(b, t),
-            self.scale,
-            &mut a.att,
-            &mut a.lse,
-        );
-        a.x1.copy_from_slice(x);
-        self.o
-            .forward(w[i.o], &a.att, (n, d, d), &mut a.x1, d, true);
-        k::add_bias(&mut a.x1, w[i.o + 1]);
+        self.attend(io, a);
         let (l2w, l2b) = (w[i.ln2], w[i.ln2 + 1]);
         k::layer_norm(
             &a.x1,
@@ -290,11 +319,7 @@ impl PreNorm<'_> {
             (&mut a.mean2, &mut a.rstd2),
         );
         let ni = n * inner;
-        let up = &mut a.up[..ni];
-        self.up
-            .forward(w[i.up], &a.n2, (n, d, inner), up, inner, false);
-        k::add_bias(up, w[i.up + 1]);
-        self.activate(&a.up[..ni], &mut a.act[..ni]);
+        self.mlp_up(w, a, MlpInput::N2, n);
         y.copy_from_slice(&a.x1);
         self.down
             .forward(w[i.down], &a.act[..ni], (n, inner, d), y, d, true);
@@ -302,27 +327,58 @@ impl PreNorm<'_> {
     }
 
     /// The MLP's activation of the pre-activation `u` into `y`.
+    /// The MLP's backward from the gradient `dm` `[n, d]` of its output: both projections'
+    /// weight and bias gradients (overwritten, or added with `acc`), leaving the gradient of
+    /// the activation's input in `a.act` (`[n, inner]`). `a.act` must hold the activation and
+    /// `a.up` its input; the MLP read `input`.
+    #[allow(clippy::too_many_arguments)]
+    fn mlp_backward(
+        &self,
+        w: &[&[f32]],
+        a: &mut Acts,
+        dm: &[f32],
+        input: MlpInput,
+        n: usize,
+        g: &mut [Vec<f32>],
+        acc: bool,
+    ) {
+        let (d, inner, i) = (self.d, self.inner, self.idx());
+        let ni = n * inner;
+        let dmm = Mat::rows(dm, d);
+        let act = Mat::rows(&a.act, inner);
+        self.down
+            .weight_grad(&mut g[i.down], act, dmm, (n, inner, d), acc);
+        k::col_sums(&dm[..n * d], d, &mut g[i.down + 1], acc);
+        let du = &mut a.act[..ni];
+        self.down
+            .input_grad(w[i.down], dmm, du, (n, inner, d), false);
+        match self.act {
+            Act::GeluNew => k::gelu_backward(&a.up[..ni], du),
+            // candle's ReLU passes the gradient where the input is >= 0.
+            Act::Relu => du.iter_mut().zip(&a.up[..ni]).for_each(|(g, &u)| {
+                if u < 0.0 {
+                    *g = 0.0;
+                }
+            }),
+        }
+        let x = match input {
+            MlpInput::N1 => &a.n1,
+            MlpInput::N2 => &a.n2,
+        };
+        let dum = Mat::rows(&a.act, inner);
+        self.up
+            .weight_grad(&mut g[i.up], Mat::rows(x, d), dum, (n, d, inner), acc);
+        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], acc);
+    }
+
     /// [`PreNorm::forward`] in the post-norm order. Keeps `z1 = x + attention` in `a.x1`,
     /// `x1 = ln_1(z1)` in `a.n1` and `z2 = x1 + mlp` in `a.n2`, with each norm's statistics.
     fn forward_post(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
-        let LayerIo {
-            w, x, bias, b, t, ..
-        } = io;
+        let LayerIo { w, x, b, t, .. } = io;
         let (n, d, inner) = (b * t, self.d, self.inner);
         let i = self.idx();
         self.qkv_forward(w, x, n, &mut a.qkv);
-        k::attention(
-            &a.qkv,
-            bias,
-            self.heads(b, t),
-            self.scale,
-            &mut a.att,
-            &mut a.lse,
-        );
-        a.x1.copy_from_slice(x);
-        self.o
-            .forward(w[i.o], &a.att, (n, d, d), &mut a.x1, d, true);
-        k::add_bias(&mut a.x1, w[i.o + 1]);
+        self.attend(io, a);
         k::layer_norm(
             &a.x1,
             (w[0], w[1]),
@@ -331,11 +387,7 @@ impl PreNorm<'_> {
             (&mut a.mean1, &mut a.rstd1),
         );
         let ni = n * inner;
-        let up = &mut a.up[..ni];
-        self.up
-            .forward(w[i.up], &a.n1, (n, d, inner), up, inner, false);
-        k::add_bias(up, w[i.up + 1]);
-        self.activate(&a.up[..ni], &mut a.act[..ni]);
+        self.mlp_up(w, a, MlpInput::N1, n);
         a.n2.copy_from_slice(&a.n1);
         self.down
             .forward(w[i.down], &a.act[..ni], (n, inner, d), &mut a.n2, d, true);
@@ -359,7 +411,7 @@ impl PreNorm<'_> {
             w, x, bias, b, t, ..
         } = io;
         let (n, d, inner) = (b * t, self.d, self.inner);
-        let (i, ni, nd) = (self.idx(), n * inner, n * d);
+        let (i, nd) = (self.idx(), n * d);
         let zero_norm = |g: &mut [Vec<f32>], at: usize| {
             if !acc {
                 g[at].fill(0.0);
@@ -373,30 +425,8 @@ impl PreNorm<'_> {
         let stats2 = (&a.mean2[..], &a.rstd2[..]);
         k::layer_norm_backward(&a.n2, w[i.ln2], stats2, dy, dx, &mut gl2[0], &mut rest[0]);
         // MLP, from x1.
-        let dz2 = Mat::rows(dx, d);
-        self.down.weight_grad(
-            &mut g[i.down],
-            Mat::rows(&a.act, inner),
-            dz2,
-            (n, inner, d),
-            acc,
-        );
-        k::col_sums(dx, d, &mut g[i.down + 1], acc);
-        let du = &mut a.act[..ni];
-        self.down
-            .input_grad(w[i.down], dz2, du, (n, inner, d), false);
-        match self.act {
-            Act::GeluNew => k::gelu_backward(&a.up[..ni], du),
-            Act::Relu => du.iter_mut().zip(&a.up[..ni]).for_each(|(g, &u)| {
-                if u < 0.0 {
-                    *g = 0.0;
-                }
-            }),
-        }
+        self.mlp_backward(w, a, dx, MlpInput::N1, n, g, acc);
         let dum = Mat::rows(&a.act, inner);
-        self.up
-            .weight_grad(&mut g[i.up], Mat::rows(&a.n1, d), dum, (n, d, inner), acc);
-        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], acc);
         // dx1 = dz2 + du · W_1ᵀ (in a.up).
         let dx1 = &mut a.up[..nd];
         dx1.copy_from_slice(dx);
@@ -462,33 +492,9 @@ impl PreNorm<'_> {
         } = io;
         let (n, d, inner) = (b * t, self.d, self.inner);
         let i = self.idx();
-        let ni = n * inner;
         // MLP.
-        let dyd = Mat::rows(dy, d);
-        self.down.weight_grad(
-            &mut g[i.down],
-            Mat::rows(&a.act, inner),
-            dyd,
-            (n, inner, d),
-            acc,
-        );
-        k::col_sums(dy, d, &mut g[i.down + 1], acc);
-        let du = &mut a.act[..ni];
-        self.down
-            .input_grad(w[i.down], dyd, du, (n, inner, d), false);
-        match self.act {
-            Act::GeluNew => k::gelu_backward(&a.up[..ni], du),
-            // candle's ReLU passes the gradient where the input is >= 0.
-            Act::Relu => du.iter_mut().zip(&a.up[..ni]).for_each(|(g, &u)| {
-                if u < 0.0 {
-                    *g = 0.0;
-                }
-            }),
-        }
+        self.mlp_backward(w, a, dy, MlpInput::N2, n, g, acc);
         let dum = Mat::rows(&a.act, inner);
-        self.up
-            .weight_grad(&mut g[i.up], Mat::rows(&a.n2, d), dum, (n, d, inner), acc);
-        k::col_sums(&a.act[..ni], inner, &mut g[i.up + 1], acc);
         let dn = &mut a.up[..n * d];
         self.up.input_grad(w[i.up], dum, dn, (n, d, inner), false);
         dx.copy_from_slice(dy);

@@ -136,14 +136,33 @@ pub unsafe fn mm_raw(
     if !inner && b.rs == 1 && b.cs > 1 && m <= TRANSPOSED_ROWS {
         return transposed_rhs(c, ldc, (m, n, k), a, b, scale, acc);
     }
+    let par = parallelism(m, n, k, inner);
+    gemm_into(c.0, (1, ldc), acc, (m, n, k), a, b, scale, par);
+}
+
+/// `gemm` into `dst` at strides `(column, row)`: `dst (+)= scale · a · b`.
+///
+/// # Safety
+/// `dst` must hold `[m, n]` at those strides, written by no other thread during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    (cs, rs): (usize, usize),
+    read: bool,
+    (m, n, k): (usize, usize, usize),
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    par: Parallelism,
+) {
     gemm::gemm(
         m,
         n,
         k,
-        c.0,
-        1,
-        ldc as isize,
-        acc,
+        dst,
+        cs as isize,
+        rs as isize,
+        read,
         a.v.as_ptr(),
         a.cs as isize,
         a.rs as isize,
@@ -155,7 +174,7 @@ pub unsafe fn mm_raw(
         false,
         false,
         false,
-        parallelism(m, n, k, inner),
+        par,
     );
 }
 
@@ -191,27 +210,8 @@ unsafe fn transposed_rhs(
         if t.len() < m * n {
             t.resize(m * n, 0.0);
         }
-        gemm::gemm(
-            m,
-            n,
-            k,
-            t.as_mut_ptr(),
-            m as isize,
-            1,
-            false,
-            a.v.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.v.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            parallelism(m, n, k, false),
-        );
+        let par = parallelism(m, n, k, false);
+        gemm_into(t.as_mut_ptr(), (m, 1), false, (m, n, k), a, b, scale, par);
         // Across in tiles, so that both sides stay in cache.
         const TILE: usize = 32;
         for i0 in (0..m).step_by(TILE) {
