@@ -38,7 +38,8 @@ impl Tier {
 /// 0 until detected; then a `Tier` (possibly lowered by [`set_tier`]).
 static TIER: AtomicU8 = AtomicU8::new(0);
 
-fn detect() -> Tier {
+/// The widest tier this CPU supports.
+pub fn best() -> Tier {
     #[cfg(target_arch = "x86_64")]
     {
         let v3 = std::arch::is_x86_feature_detected!("avx2")
@@ -53,11 +54,6 @@ fn detect() -> Tier {
     Tier::Base
 }
 
-/// The widest tier this CPU supports.
-pub fn best() -> Tier {
-    detect()
-}
-
 /// The tier dispatched functions use now.
 #[inline]
 pub fn tier() -> Tier {
@@ -66,7 +62,7 @@ pub fn tier() -> Tier {
         2 => Tier::Avx2,
         3 => Tier::Avx512,
         _ => {
-            let t = detect();
+            let t = best();
             TIER.store(t as u8, Ordering::Relaxed);
             t
         }
@@ -76,7 +72,7 @@ pub fn tier() -> Tier {
 /// Uses at most `t` from now on (capped at what the CPU has): the global `--simd` flag, and
 /// the tests that compare tiers.
 pub fn set_tier(t: Tier) {
-    TIER.store(t.min(detect()) as u8, Ordering::Relaxed);
+    TIER.store(t.min(best()) as u8, Ordering::Relaxed);
 }
 
 /// Independent partial results of a row reduction. A single running f32 sum or max is a

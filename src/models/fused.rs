@@ -21,7 +21,7 @@ pub(super) fn rows_per_task(width: usize) -> usize {
 }
 
 /// Runs `f` on a contiguous f32 CPU tensor's values.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
     let Storage::Cpu(s) = &*s else {
@@ -30,7 +30,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     f(input(s, l, "fused op")?)
 }
 
-fn input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(super) fn input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{op}: f32 only");
     };
@@ -186,11 +186,10 @@ pub(super) fn scale_in_place(x: &mut [f32], s: f32) {
 }
 
 dispatch! {
-/// `d = −g · exp(x − max − lse)` over a row (a log-softmax's backward off its target).
-fn neg_scaled_exp(x: &[f32], max: f32, lse: f32, g: f32, d: &mut [f32]) {
-    for (d, &x) in d.iter_mut().zip(x) {
-        *d = -g * exp_fast(x - max - lse);
-    }
+/// `l ← −g · exp(l − max − lse)` over a row of logits, in place (a log-softmax's backward off
+/// its target).
+pub(super) fn neg_softmax_in_place(l: &mut [f32], max: f32, lse: f32, g: f32) {
+    l.iter_mut().for_each(|v| *v = -g * exp_fast(*v - max - lse));
 }
 }
 
@@ -530,7 +529,8 @@ impl candle_core::CustomOp2 for TokenLogprob {
                             return;
                         }
                         let (max, lse) = Self::lse(x);
-                        neg_scaled_exp(x, max, lse, g, d);
+                        d.copy_from_slice(x);
+                        neg_softmax_in_place(d, max, lse, g);
                         d[t] += g;
                     });
                 Ok(dx)

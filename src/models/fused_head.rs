@@ -19,9 +19,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{exp_fast, row_max, rows_per_task, sum_exp};
+use super::fused::{input, neg_softmax_in_place, row_max, rows_per_task, sum_exp, with_f32};
 use super::kernels::{mm, Mat};
-use crate::simd::dispatch;
 
 /// Vocabulary entries a block.
 const VOCAB_BLOCK: usize = 4096;
@@ -62,16 +61,6 @@ struct HeadLogprob {
     stats: Mutex<Vec<(f32, f32)>>,
 }
 
-fn values<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("lm-head log-probs: f32 only");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("lm-head log-probs: contiguous inputs only");
-    };
-    Ok(&v[a..b])
-}
-
 /// The blocks `(start, len)` of `0..n` of `size` each (the last shorter).
 fn spans(n: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n)
@@ -93,13 +82,6 @@ fn block_logits(x: &[f32], w: &[f32], d: usize, out: &mut [f32]) {
     );
 }
 
-dispatch! {
-/// `l ← −g · exp(l − max − lse)` over a row of logits, in place.
-fn neg_softmax_in_place(l: &mut [f32], max: f32, lse: f32, g: f32) {
-    l.iter_mut().for_each(|v| *v = -g * exp_fast(*v - max - lse));
-}
-}
-
 impl CustomOp2 for HeadLogprob {
     fn name(&self) -> &'static str {
         "lm-head-logprob"
@@ -112,7 +94,8 @@ impl CustomOp2 for HeadLogprob {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (values(s1, l1)?, values(s2, l2)?);
+        let op = "lm-head log-probs";
+        let (x, w) = (input(s1, l1, op)?, input(s2, l2, op)?);
         let d = l1.dims()[1];
         let (n, v) = (x.len() / d.max(1), w.len() / d.max(1));
         let mut out = vec![0f32; n];
@@ -170,13 +153,32 @@ impl CustomOp2 for HeadLogprob {
         let g = grad.contiguous()?.to_vec1::<f32>()?;
         // A frozen head gets no gradient: its product is a third of the backward.
         let head_grad = w.is_variable();
-        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let ws = w.contiguous()?;
-        let (wsto, wl) = ws.storage_and_layout();
-        let candle_core::Storage::Cpu(wsto) = &*wsto else {
-            candle_core::bail!("lm-head log-probs: CPU head only");
+        let (dx, dw) = with_f32(x, |xs| {
+            with_f32(w, |wv| Ok(self.backward(xs, wv, d, &stats, &g, head_grad)))
+        })?;
+        let dx = Tensor::from_vec(dx, (n, d), x.device())?;
+        let dw = if head_grad {
+            Some(Tensor::from_vec(dw, (v, d), w.device())?)
+        } else {
+            None
         };
-        let wv = values(wsto, wl)?;
+        Ok((Some(dx), dw))
+    }
+}
+
+impl HeadLogprob {
+    /// The gradients of `x` and (with `head_grad`; else empty) of `w`, from each row's
+    /// statistics and the gradient `g` of its log-prob.
+    fn backward(
+        &self,
+        xs: &[f32],
+        wv: &[f32],
+        d: usize,
+        stats: &[(f32, f32)],
+        g: &[f32],
+        head_grad: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (n, v) = (xs.len() / d, wv.len() / d);
         let mut dx = vec![0f32; n * d];
         let mut dw = if head_grad {
             vec![0f32; v * d]
@@ -233,13 +235,7 @@ impl CustomOp2 for HeadLogprob {
                 }
             }
         }
-        let dx = Tensor::from_vec(dx, (n, d), x.device())?;
-        let dw = if head_grad {
-            Some(Tensor::from_vec(dw, (v, d), w.device())?)
-        } else {
-            None
-        };
-        Ok((Some(dx), dw))
+        (dx, dw)
     }
 }
 

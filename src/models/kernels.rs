@@ -10,7 +10,7 @@
 use gemm::Parallelism;
 
 use super::fused::rows_per_task;
-use crate::simd::dispatch;
+use crate::simd::{dispatch, lane_sum, lane_sum3};
 use rayon::prelude::*;
 
 mod attend;
@@ -272,8 +272,6 @@ pub fn add_into(y: &mut [f32], x: &[f32]) {
         .zip(x.par_chunks(16384))
         .for_each(|(y, x)| add_slice(y, x));
 }
-
-use crate::simd::{lane_sum, lane_sum3};
 
 /// Layer norm's row statistics, as the fused op computes them: mean and 1/sqrt(var + eps).
 #[inline(always)]

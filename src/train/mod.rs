@@ -16,6 +16,7 @@ use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::Model;
 use crate::optim::{Adam, Schedule};
 use crate::progress;
 use crate::rng::numpy_permutation;
@@ -87,23 +88,22 @@ pub struct MicroOut {
 
 /// Runs the optimizer steps not done yet, saving resumable state every `resume.every` steps.
 /// `vars` are the trainable parameters by name (the same the optimizer holds); `sizes` holds
-/// each item's token count (its length is the number of items). `sums` gives, once a step
-/// after its micro-batches, the gradients the model summed across them itself
-/// (`Model::take_sums`). Returns the step it started from (0, or the step a saved state was
-/// at) and the full log.
+/// each item's token count (its length is the number of items). `model` is the one `micro`
+/// trains: once a step, after its micro-batches, the gradients it summed across them itself
+/// (`Model::take_sums`) join the rest. Returns the step it started from (0, or the step a
+/// saved state was at) and the full log.
 #[allow(clippy::too_many_arguments)]
-pub async fn optimize<F, S>(
+pub async fn optimize<F>(
     adam: &mut Adam,
     vars: &[(String, Var)],
     settings: &LoopSettings,
     sizes: &[usize],
     resume: &Resume<'_>,
+    model: &Model,
     mut micro: F,
-    mut sums: S,
 ) -> Result<(usize, Vec<StepLog>)>
 where
     F: FnMut(&[usize]) -> Result<MicroOut>,
-    S: FnMut() -> Result<GradStore>,
 {
     let (order, steps) = settings.plan(sizes.len())?;
     let (start, mut log) = match resume.load(adam, vars).await? {
@@ -148,7 +148,7 @@ where
             correct += out.correct;
             tokens += out.tokens;
         }
-        adam.accumulate(&sums()?)?;
+        adam.accumulate(&model.take_sums()?)?;
         if !loss.is_finite() {
             return Err(Error::Model {
                 file: "training".into(),

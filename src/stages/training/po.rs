@@ -288,6 +288,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         &s.sft,
         &sft_sizes,
         &sft_resume,
+        &model,
         |mb| {
             let rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             let (sum, _, count) = logps(&model, &rows, false)?;
@@ -310,7 +311,6 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
                 grads: model.backward(&loss)?,
             })
         },
-        || model.take_sums(),
     )
     .await?;
     // Keep the finished SFT phase, so a kill during the preference phase never redoes it.
@@ -351,6 +351,7 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
         &s.po,
         &po_sizes,
         &po_resume,
+        &model,
         |mb| {
             let mut rows: Vec<&(Vec<u32>, Vec<u32>)> = mb.iter().map(|&i| &data[i].c).collect();
             rows.extend(mb.iter().map(|&i| &data[i].r));
@@ -393,7 +394,6 @@ pub async fn run(store: &ArtifactStore, s: &PoTrainSettings, force: bool) -> Res
                 grads: model.backward(&surrogate)?,
             })
         },
-        || model.take_sums(),
     )
     .await?;
     let offset = log.len() as u64;

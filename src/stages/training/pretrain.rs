@@ -386,13 +386,8 @@ pub async fn run(
     )?;
     // Every sequence is `ctx` tokens: micro-batches keep the data order.
     let sizes = vec![s.ctx; seqs.len()];
-    let (resumed_at, log) = train::optimize(
-        &mut adam,
-        &vars,
-        &s.train,
-        &sizes,
-        &resume,
-        |mb| {
+    let (resumed_at, log) =
+        train::optimize(&mut adam, &vars, &s.train, &sizes, &resume, &model, |mb| {
             let mut ids = Vec::with_capacity(mb.len() * s.ctx);
             for &i in mb {
                 ids.extend_from_slice(seqs[i]);
@@ -411,10 +406,8 @@ pub async fn run(
                 tokens: mb.len() * s.ctx,
                 grads: model.backward(&loss)?,
             })
-        },
-        || model.take_sums(),
-    )
-    .await?;
+        })
+        .await?;
 
     // The probe.
     let mut rows = Vec::new();

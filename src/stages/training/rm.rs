@@ -314,9 +314,16 @@ pub async fn run(store: &ArtifactStore, s: &RmTrainSettings, force: bool) -> Res
             grads: rmodel.model.backward(&surrogate)?,
         })
     };
-    let sums = || rmodel.model.take_sums();
-    let (resumed_at, log) =
-        train::optimize(&mut adam, &vars, &s.train, &sizes, &resume, micro, sums).await?;
+    let (resumed_at, log) = train::optimize(
+        &mut adam,
+        &vars,
+        &s.train,
+        &sizes,
+        &resume,
+        &rmodel.model,
+        micro,
+    )
+    .await?;
     let provenance = serde_json::json!({
         "run_id": s.run_id,
         "stage": s.stage,
