@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -255,7 +255,13 @@ impl Adam {
         let mut slots = Vec::new();
         for (name, var) in params {
             let t = var.as_tensor();
-            let zeros = || Tensor::zeros(t.shape(), DType::F32, t.device());
+            // Written zeros on the CPU: the first step reads the moments before it writes.
+            let zeros = || match t.device() {
+                Device::Cpu => {
+                    Tensor::from_vec(crate::alloc::zeros(t.elem_count()), t.shape(), t.device())
+                }
+                d => Tensor::zeros(t.shape(), DType::F32, d),
+            };
             slots.push(Slot {
                 name,
                 m: zeros()?,

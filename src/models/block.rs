@@ -55,11 +55,8 @@ impl<'a> Lin<'a> {
         ldy: usize,
         acc: bool,
     ) {
-        let rhs = match self.layout {
-            Layout::Linear => Mat::rows(w, inp).t(),
-            Layout::Conv1d => Mat::rows(w, out),
-        };
-        k::mm(y, ldy, (n, out, inp), Mat::rows(x, inp), rhs, 1.0, acc);
+        let t = self.layout == Layout::Linear;
+        k::mm_weight(y, ldy, n, Mat::rows(x, inp), w, (inp, out), t, acc);
     }
 
     /// The weight's gradient from the input `x` `[n, inp]` and the output's gradient `dy`
@@ -87,11 +84,8 @@ impl<'a> Lin<'a> {
         (n, inp, out): (usize, usize, usize),
         acc: bool,
     ) {
-        let rhs = match self.layout {
-            Layout::Linear => Mat::rows(w, inp),
-            Layout::Conv1d => Mat::rows(w, out).t(),
-        };
-        k::mm(dx, inp, (n, inp, out), dy, rhs, 1.0, acc);
+        let t = self.layout == Layout::Conv1d;
+        k::mm_weight(dx, inp, n, dy, w, (out, inp), t, acc);
     }
 }
 

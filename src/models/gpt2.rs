@@ -5,9 +5,10 @@ use candle_core::{Device, Tensor};
 
 use super::block::{Act, Lin, PreNorm, Qkv};
 use super::config::Gpt2Config;
+use super::engine::Sums;
 use super::linear::{Layout, Proj};
-use super::ops;
 use super::weights::Weights;
+use super::{embed, ops};
 use super::{Attend, Shared};
 use crate::error::Result;
 
@@ -62,13 +63,24 @@ impl Gpt2 {
     }
 
     /// The embedded tokens `[B, T, d]` and what every block of this forward shares.
-    pub fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
+    pub fn embed(
+        &self,
+        ids: &Tensor,
+        attend: Attend,
+        device: &Device,
+        sums: Option<&Sums>,
+    ) -> Result<(Tensor, Shared)> {
         let (_, t) = ids.dims2()?;
-        let tok = ops::embed(&self.wte, ids)?;
+        let tok = embed::lookup(&self.wte, ids, sums)?;
         let x = match attend {
             // Positions 0..T whatever the mask, as GPT2Model without position_ids.
             Attend::Mask(_) => tok.broadcast_add(&self.wpe.narrow(0, 0, t)?)?,
-            Attend::Packed(p) => (tok + ops::embed(&self.wpe, &ops::ids_tensor(&p.pos, device)?)?)?,
+            Attend::Packed(p) => {
+                (tok + {
+                    let pos = ops::ids_tensor(&p.pos, device)?;
+                    embed::lookup(&self.wpe, &pos, sums)?
+                })?
+            }
         };
         let bias = attend.bias(None, device)?.to_dtype(x.dtype())?;
         Ok((x, Shared { bias, rope: None }))

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 mod attend;
 mod llama;
+pub mod packed;
 pub use attend::{attention, attention_backward, Heads};
 pub use llama::{rms_norm, rms_norm_backward, rope, swiglu, swiglu_backward};
 
@@ -101,6 +102,33 @@ pub fn mm(
     assert!((m - 1) * ldc + n <= c.len(), "matrix product destination");
     // SAFETY: the destination holds `[m, n]` at stride `ldc` (checked above).
     unsafe { mm_raw(Out(c.as_mut_ptr()), ldc, (m, n, k), a, b, scale, acc, false) }
+}
+
+/// `c (+)= x · B` for a layer weight `w` read as `B` `[k, n]`: `w` row-major `[k, n]` (`t`
+/// false) or the transpose of a row-major `[n, k]` (`t` true). Through the weight's packed
+/// form where the calling thread has a model's packs in scope ([`packed::scope`]), else [`mm`].
+#[allow(clippy::too_many_arguments)]
+pub fn mm_weight(
+    c: &mut [f32],
+    ldc: usize,
+    m: usize,
+    x: Mat,
+    w: &[f32],
+    (k, n): (usize, usize),
+    t: bool,
+    acc: bool,
+) {
+    if x.cs == 1 && m <= packed::MAX_ROWS {
+        if let Some(p) = packed::in_scope(w, (k, n), t) {
+            return packed::mm(c, ldc, m, x, &p, acc);
+        }
+    }
+    let b = if t {
+        Mat::rows(w, k).t()
+    } else {
+        Mat::rows(w, n)
+    };
+    mm(c, ldc, (m, n, k), x, b, 1.0, acc);
 }
 
 /// [`mm`] into a raw destination (parallel tasks writing disjoint blocks of one buffer);

@@ -5,10 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
+use super::engine::Sums;
 use super::linear::{Layout, Proj};
-use super::ops;
 use super::rms_block::{plain, RmsBlock};
 use super::weights::Weights;
+use super::{embed, ops};
 use super::{Attend, Shared};
 use crate::error::Result;
 
@@ -142,9 +143,15 @@ impl Llama {
 
     /// The embedded tokens `[B, T, hidden]` and what every layer of this forward shares (the
     /// attention bias and the rotary tables).
-    pub fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
+    pub fn embed(
+        &self,
+        ids: &Tensor,
+        attend: Attend,
+        device: &Device,
+        sums: Option<&Sums>,
+    ) -> Result<(Tensor, Shared)> {
         let (_, t) = ids.dims2()?;
-        let x = ops::embed(&self.embed_tokens, ids)?;
+        let x = embed::lookup(&self.embed_tokens, ids, sums)?;
         let dtype = x.dtype();
         let (cos, sin) = self.rotary(t, attend, device)?;
         let rope = Some((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?));

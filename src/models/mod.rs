@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod frozen;
 pub mod fused;
@@ -123,11 +124,17 @@ pub struct Shared {
 }
 
 impl Net {
-    fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
+    fn embed(
+        &self,
+        ids: &Tensor,
+        attend: Attend,
+        device: &Device,
+        sums: Option<&engine::Sums>,
+    ) -> Result<(Tensor, Shared)> {
         match self {
-            Net::Gpt2(m) => m.embed(ids, attend, device),
-            Net::Opt(m) => m.embed(ids, attend, device),
-            Net::Llama(m) => m.embed(ids, attend, device),
+            Net::Gpt2(m) => m.embed(ids, attend, device, sums),
+            Net::Opt(m) => m.embed(ids, attend, device, sums),
+            Net::Llama(m) => m.embed(ids, attend, device, sums),
         }
     }
 
@@ -214,6 +221,8 @@ pub struct Model {
     /// With [`Model::set_accumulating`]: the owned layers' weight gradients summed across
     /// backwards until [`Model::take_sums`].
     sums: Option<engine::Sums>,
+    /// The owned layers' weights packed for their products (see [`Model::packs`]).
+    packs: kernels::packed::Packs,
 }
 
 impl Model {
@@ -268,6 +277,12 @@ impl Model {
         };
         let dtype = weights.dtype();
         let parts = weights.into_parts();
+        // A model without trainable weights packs each weight at its first product.
+        let pack_after = if parts.params.is_empty() {
+            1
+        } else {
+            kernels::packed::PACK_AFTER
+        };
         Ok(Model {
             config,
             raw_config: serde_json::Value::Null,
@@ -288,6 +303,7 @@ impl Model {
             pool: engine::Pool::default(),
             owned_tapes: std::sync::Mutex::new(Vec::new()),
             sums: None,
+            packs: kernels::packed::Packs::new(kernels::packed::LIMIT, pack_after),
         })
     }
 
@@ -359,11 +375,15 @@ impl Model {
     }
 
     fn forward(&self, ids: &Tensor, attend: Attend) -> Result<Tensor> {
-        let (x, shared) = self.net.embed(ids, attend, &self.device)?;
+        let (x, shared) = self
+            .net
+            .embed(ids, attend, &self.device, self.sums.as_ref())?;
         let training = !self.params.is_empty();
         if self.engine == engine::Engine::Owned && engine::applies(&self.net, &x, &shared) {
             let keep = training.then_some(self.recompute);
-            let (y, tape) = engine::forward(&self.net, &self.pool, x, &shared, keep)?;
+            let (y, tape) = kernels::packed::scope(self.packs(), || {
+                engine::forward(&self.net, &self.pool, x, &shared, keep)
+            })?;
             if let Some(tape) = tape {
                 self.owned_tapes.lock().expect("tapes lock").push(tape);
             }
@@ -401,10 +421,22 @@ impl Model {
     /// does not run) still come from each backward.
     pub fn set_accumulating(&mut self, on: bool) {
         self.sums = on.then(engine::Sums::default);
+        self.packs.release();
+    }
+
+    /// The packed weights the owned layers' products may read (`kernels::packed`): an
+    /// inference model's always (its weights never change), a training model's only while it
+    /// sums a step's gradients, since [`Model::take_sums`], which the training loop calls
+    /// before every update, marks them stale. Packed once, a weight serves the rest of the
+    /// step's micro-batches, forward and backward.
+    fn packs(&self) -> Option<&kernels::packed::Packs> {
+        (self.params.is_empty() || self.sums.is_some()).then_some(&self.packs)
     }
 
     /// The summed layer gradients since the last call (empty unless accumulating).
     pub fn take_sums(&self) -> Result<candle_core::backprop::GradStore> {
+        // The weights are about to change: their packs must not outlive this step.
+        self.packs.clear();
         match &self.sums {
             Some(s) => s.take_all(),
             None => Ok(candle_core::backprop::GradStore::default()),
@@ -451,14 +483,16 @@ impl Model {
         let owned = std::mem::take(&mut *self.owned_tapes.lock().expect("tapes lock"));
         for tape in owned.into_iter().rev() {
             let sets = (&frozen[..], &trainable);
-            engine::backward(
-                &self.net,
-                &self.pool,
-                tape,
-                &mut grads,
-                sets,
-                self.sums.as_ref(),
-            )?;
+            kernels::packed::scope(self.packs(), || {
+                engine::backward(
+                    &self.net,
+                    &self.pool,
+                    tape,
+                    &mut grads,
+                    sets,
+                    self.sums.as_ref(),
+                )
+            })?;
         }
         Ok(grads)
     }

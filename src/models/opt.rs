@@ -6,9 +6,10 @@ use candle_core::{Device, Tensor};
 
 use super::block::{Act, Lin, PreNorm, Qkv};
 use super::config::OptConfig;
+use super::engine::Sums;
 use super::linear::{Layout, Proj};
-use super::ops;
 use super::weights::Weights;
+use super::{embed, ops};
 use super::{Attend, Shared};
 use crate::error::Result;
 
@@ -119,8 +120,14 @@ impl Opt {
 
     /// The embedded tokens `[B, T, hidden]` (after project_in, positions added) and what every
     /// layer of this forward shares.
-    pub fn embed(&self, ids: &Tensor, attend: Attend, device: &Device) -> Result<(Tensor, Shared)> {
-        let mut x = ops::embed(&self.embed_tokens, ids)?;
+    pub fn embed(
+        &self,
+        ids: &Tensor,
+        attend: Attend,
+        device: &Device,
+        sums: Option<&Sums>,
+    ) -> Result<(Tensor, Shared)> {
+        let mut x = embed::lookup(&self.embed_tokens, ids, sums)?;
         if let Some(pin) = &self.project_in {
             x = ops::linear(&x, pin, None)?;
         }
@@ -133,7 +140,7 @@ impl Opt {
                 ops::ids_tensor(&rows, device)?
             }
         };
-        x = (x + ops::embed(&self.embed_positions, &pos)?)?;
+        x = (x + embed::lookup(&self.embed_positions, &pos, sums)?)?;
         let bias = attend.bias(None, device)?.to_dtype(x.dtype())?;
         Ok((x, Shared { bias, rope: None }))
     }

@@ -48,7 +48,7 @@ const DOWN: usize = 8;
 /// `y (+)= x · Wᵀ` for `x` `[n, inp]` (row stride `ldx`) and `W` `[out, inp]`, into `y` at row
 /// stride `ldy`.
 fn project(y: &mut [f32], ldy: usize, x: Mat, w: &[f32], (n, inp, out): (usize, usize, usize)) {
-    k::mm(y, ldy, (n, out, inp), x, Mat::rows(w, inp).t(), 1.0, false);
+    k::mm_weight(y, ldy, n, x, w, (inp, out), true, false);
 }
 
 impl RmsBlock<'_> {
@@ -136,25 +136,16 @@ impl RmsBlock<'_> {
             &mut a.lse,
         );
         a.x1.copy_from_slice(x);
-        let wo = Mat::rows(w[O], qd).t();
-        k::mm(
-            &mut a.x1,
-            d,
-            (n, d, qd),
-            Mat::rows(&a.att, qd),
-            wo,
-            1.0,
-            true,
-        );
+        let att = Mat::rows(&a.att, qd);
+        k::mm_weight(&mut a.x1, d, n, att, w[O], (qd, d), true, true);
         k::rms_norm(&a.x1, w[NORM2], self.eps, &mut a.n2, &mut a.rstd2);
         let n2 = Mat::rows(&a.n2, d);
         project(&mut a.up, 2 * inner, n2, w[GATE], (n, d, inner));
         project(&mut a.up[inner..], 2 * inner, n2, w[UP], (n, d, inner));
         self.activate(&a.up[..2 * n * inner], &mut a.act[..n * inner]);
         y.copy_from_slice(&a.x1);
-        let wd = Mat::rows(w[DOWN], inner).t();
         let act = Mat::rows(&a.act, inner);
-        k::mm(y, d, (n, d, inner), act, wd, 1.0, true);
+        k::mm_weight(y, d, n, act, w[DOWN], (inner, d), true, true);
     }
 
     /// The SwiGLU output `y` `[n, inner]` from gate | up `gu` `[n, 2·inner]`.
@@ -191,15 +182,7 @@ impl RmsBlock<'_> {
         let act = Mat::rows(&a.act, inner);
         k::mm(&mut g[DOWN], inner, (d, inner, n), dyd.t(), act, 1.0, acc);
         let dact = &mut a.act[..ni];
-        k::mm(
-            dact,
-            inner,
-            (n, inner, d),
-            dyd,
-            Mat::rows(w[DOWN], inner),
-            1.0,
-            false,
-        );
+        k::mm_weight(dact, inner, n, dyd, w[DOWN], (d, inner), false, false);
         let gu = &mut a.up[..2 * ni];
         k::swiglu_backward(&a.act[..ni], inner, gu);
         let n2 = Mat::rows(&a.n2, d);
@@ -210,8 +193,7 @@ impl RmsBlock<'_> {
                 cs: 1,
             };
             k::mm(&mut g[j], d, (inner, d, n), dg.t(), n2, 1.0, acc);
-            let wj = Mat::rows(w[j], d);
-            k::mm(&mut a.act[..nd], d, (n, d, inner), dg, wj, 1.0, off > 0);
+            k::mm_weight(&mut a.act[..nd], d, n, dg, w[j], (inner, d), false, off > 0);
         }
         dx.copy_from_slice(dy);
         if !acc {
@@ -230,7 +212,7 @@ impl RmsBlock<'_> {
             acc,
         );
         let datt = &mut a.up[..n * qd];
-        k::mm(datt, qd, (n, qd, d), dxd, Mat::rows(w[O], qd), 1.0, false);
+        k::mm_weight(datt, qd, n, dxd, w[O], (d, qd), false, false);
         let dqkv = &mut a.act[..n * row];
         let kept = (&a.att[..], &a.lse[..]);
         let datt = &a.up[..n * qd];
@@ -254,8 +236,7 @@ impl RmsBlock<'_> {
                 cs: 1,
             };
             k::mm(&mut g[Q + j], d, (width, d, n), dq.t(), n1, 1.0, acc);
-            let wj = Mat::rows(w[Q + j], d);
-            k::mm(dn1, d, (n, d, width), dq, wj, 1.0, j > 0);
+            k::mm_weight(dn1, d, n, dq, w[Q + j], (width, d), false, j > 0);
         }
         if !acc {
             g[NORM1].fill(0.0);

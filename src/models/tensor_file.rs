@@ -146,10 +146,19 @@ impl TensorFile {
             source: e,
         };
         debug_assert!(self.data_start + b <= self.size);
-        let mut buf = vec![0u8; (b - a) as usize];
         self.f
             .seek(SeekFrom::Start(self.data_start + a))
             .map_err(io)?;
+        if dtype == DType::F32 && device.is_cpu() && cfg!(target_endian = "little") {
+            // Straight into the tensor's own values: no byte buffer to copy from.
+            let mut v = crate::alloc::zeros(((b - a) / 4) as usize);
+            // SAFETY: the bytes of an initialised f32 slice; every bit pattern is an f32.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4) };
+            self.f.read_exact(bytes).map_err(io)?;
+            return Ok(Tensor::from_vec(v, shape, device)?);
+        }
+        let mut buf = vec![0u8; (b - a) as usize];
         self.f.read_exact(&mut buf).map_err(io)?;
         Ok(Tensor::from_raw_buffer(&buf, dtype, &shape, device)?)
     }

@@ -20,6 +20,8 @@
 //!   layer's graph;
 //! - the vocabulary projection of a policy (logits and their gradient, f32; under recompute
 //!   one chunk of tokens at a time);
+//! - full f32 training on the CPU in short micro-batches (several a step): the layer weights
+//!   packed for their products, in both orientations (`models::kernels::packed`);
 //! - the process itself (binary, tokenizer, data: `RUNTIME`).
 
 use std::path::Path;
@@ -73,6 +75,8 @@ pub struct Estimate {
     pub optimizer: u64,
     pub activations: u64,
     pub logits: u64,
+    /// Layer weights packed for short products (`models::kernels::packed`).
+    pub packed: u64,
     pub runtime: u64,
     /// Trainable parameters (for the printout).
     pub trainable: u64,
@@ -88,6 +92,7 @@ impl Estimate {
             + self.optimizer
             + self.activations
             + self.logits
+            + self.packed
             + self.runtime
     }
 
@@ -105,6 +110,7 @@ impl Estimate {
             ("optimizer", self.optimizer),
             ("activations", self.activations),
             ("logits", self.logits),
+            ("packed", self.packed),
             ("runtime", self.runtime),
         ];
         let mut s = format!(
@@ -302,6 +308,16 @@ pub fn estimate_from(
     } else {
         0
     };
+    // Full f32 training on the CPU, several short micro-batches a step: the layer weights
+    // packed in both orientations (as much as the packs' cap allows).
+    let short = tokens as usize <= crate::models::kernels::packed::MAX_ROWS;
+    let packed =
+        if setup.chunked_attention && !half && setup.lora.is_none() && work.accumulates && short {
+            let layer_weights = parameters.saturating_sub(embedding(config));
+            (2 * layer_weights * 4).min(crate::models::kernels::packed::LIMIT as u64)
+        } else {
+            0
+        };
     Estimate {
         weights,
         reference,
@@ -309,6 +325,7 @@ pub fn estimate_from(
         optimizer,
         activations,
         logits,
+        packed,
         runtime: RUNTIME,
         trainable,
         parameters,

@@ -2,7 +2,7 @@
 //! weights' gradient sums a training step keeps across its micro-batches.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, TensorId};
@@ -46,7 +46,7 @@ impl Pool {
             return v;
         }
         drop(s);
-        vec![0f32; len]
+        crate::alloc::zeros(len)
     }
 
     /// Returns a buffer for reuse (dropped if the pool already holds the peak's worth).
@@ -67,8 +67,14 @@ impl Pool {
 /// `Model::set_accumulating`): each product of the backward adds into the sum (`gemm`
 /// reading its destination), so a micro-batch allocates, zeroes and hands over no gradient of
 /// its own and the optimizer adds none. Keyed by the weight.
-#[derive(Default)]
-pub struct Sums(Mutex<std::collections::HashMap<TensorId, (Tensor, Vec<f32>)>>);
+///
+/// A cheap handle (clones share the sums): an embedding lookup's backward holds one to add its
+/// rows ([`Sums::add_rows`]).
+#[derive(Default, Clone)]
+pub struct Sums(Arc<Mutex<SumMap>>);
+
+/// Each summed weight, with its running sum.
+type SumMap = std::collections::HashMap<TensorId, (Tensor, Vec<f32>)>;
 
 impl Sums {
     /// Buffers for a layer's weights, and whether they hold sums to add to (a weight that is
@@ -116,6 +122,27 @@ impl Sums {
                 pool.give(v);
             }
         }
+    }
+
+    /// Adds `grad`'s rows (`[ids.len(), d]`) to rows `ids` of `table`'s sum, which starts at
+    /// zero: an embedding's gradient without a dense `[V, d]` tensor per micro-batch.
+    pub fn add_rows(&self, table: &Tensor, ids: &[u32], grad: &[f32]) -> Result<()> {
+        let d = table.dim(1)?;
+        let mut map = self.0.lock().expect("sums lock");
+        let (_, sum) = map
+            .entry(table.id())
+            .or_insert_with(|| (table.clone(), crate::alloc::zeros(table.elem_count())));
+        for (&i, g) in ids.iter().zip(grad.chunks_exact(d)) {
+            let row = sum.get_mut(i as usize * d..(i as usize + 1) * d);
+            let Some(row) = row else {
+                return Err(Error::Model {
+                    file: "embedding".into(),
+                    msg: format!("token id {i} outside a table of {} rows", table.dim(0)?),
+                });
+            };
+            crate::models::kernels::add_slice(row, g);
+        }
+        Ok(())
     }
 
     /// The sums as gradients, emptied.
