@@ -268,12 +268,14 @@ impl PreNorm<'_> {
         self.activate(&a.up[..ni], &mut a.act[..ni]);
     }
 
-    /// Attention over `a.qkv` (into `a.att`, `a.lse`), then `a.x1 = x + att · W_o + b_o`.
-    fn attend(&self, io: LayerIo, a: &mut Acts) {
+    /// Attention over `a.qkv` (into `a.att`, `a.lse`), then `a.x1 = x + att · W_o + b_o` for
+    /// every token, or with `rows` for those tokens only (compacted to the front of `a.att`
+    /// and `a.x1`). Returns how many tokens `a.x1` holds.
+    fn attend(&self, io: LayerIo, a: &mut Acts, rows: Option<&[usize]>) -> usize {
         let LayerIo {
             w, x, bias, b, t, ..
         } = io;
-        let (n, d, i) = (b * t, self.d, self.idx());
+        let (d, i) = (self.d, self.idx());
         k::attention(
             &a.qkv,
             bias,
@@ -282,18 +284,27 @@ impl PreNorm<'_> {
             &mut a.att,
             &mut a.lse,
         );
-        a.x1.copy_from_slice(x);
+        let m = keep(a, x, d, d, rows, b * t);
         self.o
-            .forward(w[i.o], &a.att, (n, d, d), &mut a.x1, d, true);
-        k::add_bias(&mut a.x1, w[i.o + 1]);
+            .forward(w[i.o], &a.att, (m, d, d), &mut a.x1, d, true);
+        k::add_bias(&mut a.x1[..m * d], w[i.o + 1]);
+        m
     }
 
     pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        self.forward_rows(io, a, None, y);
+    }
+
+    /// [`PreNorm::forward`], or with `rows` (ascending, distinct) the outputs of those tokens
+    /// only, into the front of `y`: attention still reads every token, but everything after
+    /// it is token-wise, so a readout's last layer needs it at its few positions only. What
+    /// `a` keeps is then fit for no backward.
+    pub fn forward_rows(&self, io: LayerIo, a: &mut Acts, rows: Option<&[usize]>, y: &mut [f32]) {
         if self.post {
-            return self.forward_post(io, a, y);
+            return self.forward_post(io, a, rows, y);
         }
         let LayerIo { w, x, b, t, .. } = io;
-        let (n, d, inner) = (b * t, self.d, self.inner);
+        let (d, inner) = (self.d, self.inner);
         let i = self.idx();
         k::layer_norm(
             x,
@@ -302,19 +313,20 @@ impl PreNorm<'_> {
             &mut a.n1,
             (&mut a.mean1, &mut a.rstd1),
         );
-        self.qkv_forward(w, &a.n1, n, &mut a.qkv);
-        self.attend(io, a);
+        self.qkv_forward(w, &a.n1, b * t, &mut a.qkv);
+        let n = self.attend(io, a, rows);
         let (l2w, l2b) = (w[i.ln2], w[i.ln2 + 1]);
         k::layer_norm(
-            &a.x1,
+            &a.x1[..n * d],
             (l2w, l2b),
             self.eps,
-            &mut a.n2,
-            (&mut a.mean2, &mut a.rstd2),
+            &mut a.n2[..n * d],
+            (&mut a.mean2[..n], &mut a.rstd2[..n]),
         );
         let ni = n * inner;
         self.mlp_up(w, a, MlpInput::N2, n);
-        y.copy_from_slice(&a.x1);
+        let y = &mut y[..n * d];
+        y.copy_from_slice(&a.x1[..n * d]);
         self.down
             .forward(w[i.down], &a.act[..ni], (n, inner, d), y, d, true);
         k::add_bias(y, w[i.down + 1]);
@@ -367,27 +379,33 @@ impl PreNorm<'_> {
 
     /// [`PreNorm::forward`] in the post-norm order. Keeps `z1 = x + attention` in `a.x1`,
     /// `x1 = ln_1(z1)` in `a.n1` and `z2 = x1 + mlp` in `a.n2`, with each norm's statistics.
-    fn forward_post(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+    fn forward_post(&self, io: LayerIo, a: &mut Acts, rows: Option<&[usize]>, y: &mut [f32]) {
         let LayerIo { w, x, b, t, .. } = io;
-        let (n, d, inner) = (b * t, self.d, self.inner);
+        let (d, inner) = (self.d, self.inner);
         let i = self.idx();
-        self.qkv_forward(w, x, n, &mut a.qkv);
-        self.attend(io, a);
+        self.qkv_forward(w, x, b * t, &mut a.qkv);
+        let n = self.attend(io, a, rows);
         k::layer_norm(
-            &a.x1,
+            &a.x1[..n * d],
             (w[0], w[1]),
             self.eps,
-            &mut a.n1,
-            (&mut a.mean1, &mut a.rstd1),
+            &mut a.n1[..n * d],
+            (&mut a.mean1[..n], &mut a.rstd1[..n]),
         );
         let ni = n * inner;
         self.mlp_up(w, a, MlpInput::N1, n);
-        a.n2.copy_from_slice(&a.n1);
+        a.n2[..n * d].copy_from_slice(&a.n1[..n * d]);
         self.down
             .forward(w[i.down], &a.act[..ni], (n, inner, d), &mut a.n2, d, true);
-        k::add_bias(&mut a.n2, w[i.down + 1]);
+        k::add_bias(&mut a.n2[..n * d], w[i.down + 1]);
         let (l2w, l2b) = (w[i.ln2], w[i.ln2 + 1]);
-        k::layer_norm(&a.n2, (l2w, l2b), self.eps, y, (&mut a.mean2, &mut a.rstd2));
+        k::layer_norm(
+            &a.n2[..n * d],
+            (l2w, l2b),
+            self.eps,
+            &mut y[..n * d],
+            (&mut a.mean2[..n], &mut a.rstd2[..n]),
+        );
     }
 
     /// [`PreNorm::backward`] in the post-norm order.
@@ -527,5 +545,29 @@ impl PreNorm<'_> {
         }
         let stats1 = (&a.mean1[..], &a.rstd1[..]);
         k::layer_norm_backward(x, w[0], stats1, dn, dx, &mut gl1[0], &mut rest[0]);
+    }
+}
+
+/// After attention: `a.x1` takes the layer input `x` (`[n, d]`) and `a.att` (`[n, width]`)
+/// stays, each at every token, or with `rows` at those tokens only, compacted to the front.
+/// Returns how many tokens they hold.
+pub(super) fn keep(
+    a: &mut Acts,
+    x: &[f32],
+    d: usize,
+    width: usize,
+    rows: Option<&[usize]>,
+    n: usize,
+) -> usize {
+    match rows {
+        Some(r) => {
+            k::keep_rows(&mut a.att, width, r);
+            k::gather_rows(x, d, r, &mut a.x1);
+            r.len()
+        }
+        None => {
+            a.x1.copy_from_slice(x);
+            n
+        }
     }
 }

@@ -151,9 +151,15 @@ impl Layer<'_> {
     }
 
     pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        self.forward_rows(io, a, None, y);
+    }
+
+    /// The outputs of tokens `rows` only (ascending, distinct; `None`: every token), into the
+    /// front of `y`; with `rows`, `a` is fit for no backward.
+    pub fn forward_rows(&self, io: LayerIo, a: &mut Acts, rows: Option<&[usize]>, y: &mut [f32]) {
         match self {
-            Layer::PreNorm(l) => l.forward(io, a, y),
-            Layer::Rms(l) => l.forward(io, a, y),
+            Layer::PreNorm(l) => l.forward_rows(io, a, rows, y),
+            Layer::Rms(l) => l.forward_rows(io, a, rows, y),
         }
     }
 
@@ -336,6 +342,43 @@ pub(super) fn forward(
     shared: &Shared,
     keep: Option<bool>,
 ) -> Result<(Tensor, Option<Tape>)> {
+    forward_rows(net, pool, embedded, shared, keep, None)
+}
+
+/// Inference whose last layer runs its token-wise part (everything after attention) at the
+/// flat positions `rows` (ascending, distinct, below `B·T`) only: their outputs, `[1, r, d]`.
+/// A reward readout reads one position a sequence, so the last layer's output projection and
+/// MLP shrink from every token to those.
+pub(super) fn forward_at(
+    net: &Net,
+    pool: &Pool,
+    embedded: Tensor,
+    shared: &Shared,
+    rows: &[usize],
+) -> Result<Tensor> {
+    let (b, t, _) = embedded.dims3()?;
+    let ascending = rows.windows(2).all(|w| w[0] < w[1]);
+    if !ascending || rows.last().is_some_and(|&r| r >= b * t) {
+        return Err(Error::Config(format!(
+            "readout rows must be ascending, distinct and below {}",
+            b * t
+        )));
+    }
+    Ok(forward_rows(net, pool, embedded, shared, None, Some(rows))?.0)
+}
+
+fn forward_rows(
+    net: &Net,
+    pool: &Pool,
+    embedded: Tensor,
+    shared: &Shared,
+    keep: Option<bool>,
+    rows: Option<&[usize]>,
+) -> Result<(Tensor, Option<Tape>)> {
+    debug_assert!(
+        rows.is_none() || keep.is_none(),
+        "a readout forward keeps no tape"
+    );
     let (b, t, d) = embedded.dims3()?;
     let sizes = block_of(net, 0)?.sizes(b, t);
     let mut cur = to_buffer(pool, &embedded)?;
@@ -354,7 +397,8 @@ pub(super) fn forward(
         with_values(&ws, |w| {
             with_values(&tables(&shared.bias, &shared.rope), |v| {
                 let io = LayerIo::new(w, &cur, v, (b, t));
-                blk.forward(io, &mut a, &mut y);
+                let last = l + 1 == net.layers();
+                blk.forward_rows(io, &mut a, rows.filter(|_| last), &mut y);
             })
         })??;
         let x = std::mem::replace(&mut cur, y);
@@ -382,7 +426,13 @@ pub(super) fn forward(
     if let Some(s) = scratch {
         pool.give(s);
     }
-    let out = Tensor::from_vec(cur, (b, t, d), &Device::Cpu)?;
+    let out = match rows {
+        Some(r) => {
+            cur.truncate(r.len() * d);
+            Tensor::from_vec(cur, (1, r.len(), d), &Device::Cpu)?
+        }
+        None => Tensor::from_vec(cur, (b, t, d), &Device::Cpu)?,
+    };
     let Some(_) = keep else {
         return Ok((out, None));
     };
@@ -687,6 +737,40 @@ mod tests {
             }
             let diff = max_abs_diff(&a, &b);
             assert!(diff < 1e-5, "{family}: off by {diff}");
+        }
+    }
+
+    /// A readout forward (the last layer's token-wise part at the read positions only) gives
+    /// the full forward's hidden states there, for every family, in the order asked,
+    /// repeats included; a trainable model takes the full forward.
+    #[test]
+    fn readout_rows_give_the_full_forward_hidden_states() {
+        use crate::models::pack::Packed;
+        let a: [&[u32]; 2] = [&[5, 9, 3, 7, 2], &[4, 1, 6]];
+        let b: [&[u32]; 2] = [&[5, 9, 8, 8], &[4, 1, 2, 3, 9, 9]];
+        let p = Packed::pairs(&a, &b);
+        let flat: Vec<usize> = (0..4)
+            .map(|s| p.flat(s, p.seq_len(s) - 1))
+            .chain([p.flat(1, 0), p.flat(2, 3), p.flat(3, 1)])
+            .collect();
+        for family in ["gpt2", "opt", "opt-350m", "llama", "mistral"] {
+            let mut m = Model::load_frozen(&fixture(family), &Device::Cpu).unwrap();
+            m.set_engine(Engine::Owned);
+            let got = m.hidden_packed_at(&p, &flat).unwrap();
+            m.set_engine(Engine::Autograd);
+            let full = m.hidden_packed(&p).unwrap();
+            let (rows, t, d) = full.dims3().unwrap();
+            let at: Vec<u32> = flat.iter().map(|&f| f as u32).collect();
+            let want = (full.reshape((rows * t, d)).unwrap())
+                .index_select(&Tensor::new(at, &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            assert_eq!(got.dims(), &[flat.len(), d], "{family}");
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-5, "{family}: off by {diff}");
+            let trainable = Model::load(&fixture(family), &Device::Cpu).unwrap();
+            let t = trainable.hidden_packed_at(&p, &flat).unwrap();
+            let diff = max_abs_diff(&t, &want);
+            assert!(diff < 1e-5, "{family} trainable: off by {diff}");
         }
     }
 

@@ -294,6 +294,25 @@ pub fn add_bias(y: &mut [f32], b: &[f32]) {
     });
 }
 
+/// Moves rows `rows` (ascending and distinct) of the `[_, width]` buffer `buf` to its front,
+/// in that order: the rows a readout needs, compacted in place for the token-wise rest of a
+/// layer.
+pub fn keep_rows(buf: &mut [f32], width: usize, rows: &[usize]) {
+    for (j, &r) in rows.iter().enumerate() {
+        assert!(r >= j, "rows to keep must be ascending and distinct");
+        if r != j {
+            buf.copy_within(r * width..(r + 1) * width, j * width);
+        }
+    }
+}
+
+/// `dst[j, :] = src[rows[j], :]` for rows of `width` values.
+pub fn gather_rows(src: &[f32], width: usize, rows: &[usize], dst: &mut [f32]) {
+    for (d, &r) in dst.chunks_mut(width).zip(rows) {
+        d.copy_from_slice(&src[r * width..(r + 1) * width]);
+    }
+}
+
 /// `y += x` elementwise.
 pub fn add_into(y: &mut [f32], x: &[f32]) {
     y.par_chunks_mut(16384)

@@ -364,6 +364,37 @@ impl Model {
         self.forward(&ids, Attend::Packed(p))
     }
 
+    /// The final hidden states `[r, d]` at flat positions `flat` (`row · T + t`, see
+    /// `pack::Packed::flat`) of a packed batch, in that order: what a reward readout reads.
+    /// Inference on the owned engine (no trainable parameters) runs the last layer's
+    /// token-wise part at those positions only; elsewhere the full forward, then a gather.
+    pub fn hidden_packed_at(&self, p: &pack::Packed, flat: &[usize]) -> Result<Tensor> {
+        self.check_positions(p.max_position() + 1)?;
+        let ids = ops::ids_tensor(&p.ids, &self.device)?;
+        let index = |v: Vec<u32>| Tensor::from_vec(v, flat.len(), &self.device);
+        let (x, shared) =
+            self.net
+                .embed(&ids, Attend::Packed(p), &self.device, self.sums.as_ref())?;
+        let owned = self.engine == engine::Engine::Owned && engine::applies(&self.net, &x, &shared);
+        if owned && self.params.is_empty() && !flat.is_empty() {
+            let mut rows = flat.to_vec();
+            rows.sort_unstable();
+            rows.dedup();
+            let y = kernels::packed::scope(self.packs(), || {
+                engine::forward_at(&self.net, &self.pool, x, &shared, &rows)
+            })?;
+            let h = self.net.finish(&y)?.squeeze(0)?;
+            let at = flat.iter().map(|f| rows.partition_point(|r| r < f) as u32);
+            return Ok(h.index_select(&index(at.collect())?, 0)?);
+        }
+        let hidden = self.layers(x, shared)?;
+        let (rows, t, h) = hidden.dims3()?;
+        let at = flat.iter().map(|&f| f as u32).collect();
+        Ok(hidden
+            .reshape((rows * t, h))?
+            .index_select(&index(at)?, 0)?)
+    }
+
     fn check_positions(&self, t: usize) -> Result<()> {
         if t > self.config.max_positions() {
             return Err(Error::Config(format!(
@@ -378,6 +409,11 @@ impl Model {
         let (x, shared) = self
             .net
             .embed(ids, attend, &self.device, self.sums.as_ref())?;
+        self.layers(x, shared)
+    }
+
+    /// The layers and the final norm over the embedded input `x`.
+    fn layers(&self, x: Tensor, shared: Shared) -> Result<Tensor> {
         let training = !self.params.is_empty();
         if self.engine == engine::Engine::Owned && engine::applies(&self.net, &x, &shared) {
             let keep = training.then_some(self.recompute);

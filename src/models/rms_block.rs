@@ -109,6 +109,12 @@ impl RmsBlock<'_> {
     /// `y` from `x` (both `[B·T, d]`), keeping in `a` what the backward needs; `io.w` holds
     /// [`RmsBlock::weights`]' values and `io.rope` the cos / sin tables.
     pub fn forward(&self, io: LayerIo, a: &mut Acts, y: &mut [f32]) {
+        self.forward_rows(io, a, None, y);
+    }
+
+    /// [`RmsBlock::forward`], or with `rows` (ascending, distinct) the outputs of those tokens
+    /// only, into the front of `y` (as `PreNorm::forward_rows`).
+    pub fn forward_rows(&self, io: LayerIo, a: &mut Acts, rows: Option<&[usize]>, y: &mut [f32]) {
         let LayerIo {
             w,
             x,
@@ -118,12 +124,12 @@ impl RmsBlock<'_> {
             rope,
         } = io;
         let rope = rope.expect("a rotary layer's forward carries its tables");
-        let (n, d, inner, hd) = (b * t, self.d, self.inner, self.head_dim);
+        let (d, inner, hd) = (self.d, self.inner, self.head_dim);
         let (qd, _, row) = self.widths();
         k::rms_norm(x, w[NORM1], self.eps, &mut a.n1, &mut a.rstd1);
         let n1 = Mat::rows(&a.n1, d);
         for (j, (off, width)) in self.columns().into_iter().enumerate() {
-            project(&mut a.qkv[off..], row, n1, w[Q + j], (n, d, width));
+            project(&mut a.qkv[off..], row, n1, w[Q + j], (b * t, d, width));
         }
         k::rope(&mut a.qkv, row, (0, self.heads, hd), rope, t, false);
         k::rope(&mut a.qkv, row, (qd, self.kv_heads, hd), rope, t, false);
@@ -135,15 +141,17 @@ impl RmsBlock<'_> {
             &mut a.att,
             &mut a.lse,
         );
-        a.x1.copy_from_slice(x);
+        let n = super::block::keep(a, x, d, qd, rows, b * t);
         let att = Mat::rows(&a.att, qd);
         k::mm_weight(&mut a.x1, d, n, att, w[O], (qd, d), true, true);
-        k::rms_norm(&a.x1, w[NORM2], self.eps, &mut a.n2, &mut a.rstd2);
+        let (x1, n2) = (&a.x1[..n * d], &mut a.n2[..n * d]);
+        k::rms_norm(x1, w[NORM2], self.eps, n2, &mut a.rstd2[..n]);
         let n2 = Mat::rows(&a.n2, d);
         project(&mut a.up, 2 * inner, n2, w[GATE], (n, d, inner));
         project(&mut a.up[inner..], 2 * inner, n2, w[UP], (n, d, inner));
         self.activate(&a.up[..2 * n * inner], &mut a.act[..n * inner]);
-        y.copy_from_slice(&a.x1);
+        let y = &mut y[..n * d];
+        y.copy_from_slice(&a.x1[..n * d]);
         let act = Mat::rows(&a.act, inner);
         k::mm_weight(y, d, n, act, w[DOWN], (inner, d), true, true);
     }

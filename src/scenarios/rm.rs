@@ -219,15 +219,13 @@ impl RewardModel {
             self.rewards(&all)?
         } else {
             let packed = Packed::pairs_or_rows(a, b, self.model.config.hidden_width());
-            let hidden = self.model.hidden_packed(&packed)?;
             let pos = self.readout.positions(&all, packed.len());
-            let flat: Vec<u32> = (pos.iter().enumerate())
-                .map(|(s, &t)| packed.flat(s, t) as u32)
+            let flat: Vec<usize> = (pos.iter().enumerate())
+                .map(|(s, &t)| packed.flat(s, t))
                 .collect();
-            let (rows, t, h) = hidden.dims3()?;
-            let picked = hidden
-                .reshape((rows * t, h))?
-                .index_select(&Tensor::from_vec(flat, 2 * n, hidden.device())?, 0)?
+            let picked = self
+                .model
+                .hidden_packed_at(&packed, &flat)?
                 .to_dtype(self.head.tensor().dtype())?;
             ops::linear(&picked, self.head.tensor(), None)?.squeeze(1)?
         };
