@@ -6,10 +6,18 @@
 #   gpt2-medium reward model, every weight trained, f32, --grad-checkpoint, 2 x 512 tokens
 #   llama-1b    SimPO with LoRA r 8 on every projection, bf16, --grad-checkpoint, 2 x 512 tokens
 #               (also the ~1B LoRA target: peak RSS against its weights plus adapters)
+# and, only when ONLY names them (16 and 14.5 GB checkpoints; for a GPU):
+#   llama-8b    Llama-3-8B's shape, SimPO with LoRA r 8, bf16, --grad-checkpoint, 2 x 512 tokens
+#   mistral-7b  Mistral-7B's shape, SimPO fine-tuning every weight, bf16, --grad-checkpoint,
+#               2 x 512 tokens
 #
 #   bash bench/memory_plan.sh                 # BIN defaults to target/release/w2s
 #   ONLY=llama-1b bash bench/memory_plan.sh   # one shape
+#   DEVICE=cuda ONLY="llama-8b mistral-7b" bash bench/memory_plan.sh   # on a GPU (gpu-check.sh)
 #
+# On a GPU (DEVICE cuda or cuda:N) each run also gets its peak GPU memory: nvidia-smi's
+# memory.used of that GPU sampled every 50 ms, less what was in use before the run (the
+# CUDA context is counted, as PyTorch's process would count its own).
 # Every side is longer than the context, so each sequence is exactly max_ctx tokens (the
 # estimate's assumption). Needs .venv-ref (python3 with `tokenizers`) for the word-level
 # tokenizer; random checkpoints come from `w2s bench checkpoint`. The llama-1b run takes a few
@@ -20,7 +28,14 @@ PY=${PY:-.venv-ref/bin/python}
 BIN=${BIN:-target/release/w2s}
 WORK=${WORK:-target/bench-memory}
 ONLY=${ONLY:-}
+DEVICE=${DEVICE:-cpu}
 mkdir -p "$WORK"
+GPU=
+case "$DEVICE" in
+    cuda) GPU=0 ;;
+    cuda:*) GPU=${DEVICE#cuda:} ;;
+esac
+gpu_used() { nvidia-smi --id="$GPU" --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
 
 # Synthetic pairs in HH format: a 300-word prompt, 700-word responses, words from a
 # 20000-word vocabulary (fits every model's embedding).
@@ -38,7 +53,11 @@ PYEOF
 # shape arch scenario ctx extra-args...
 run() {
     local name=$1 arch=$2 scenario=$3 ctx=$4; shift 4
-    [ -z "$ONLY" ] || [ "$ONLY" = "$name" ] || return 0
+    if [ -z "$ONLY" ]; then
+        case "$name" in llama-8b|mistral-7b) return 0 ;; esac
+    else
+        case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
+    fi
     local model
     model=$("$BIN" --log warn bench checkpoint --arch "$arch" --out "$WORK/models")
     [ -f "$model/tokenizer.json" ] || "$PY" bench/torch_e2e.py tokenizer --data "$WORK/pairs.jsonl" \
@@ -48,31 +67,54 @@ run() {
     "$BIN" --log warn split --artifacts "$root" --gt "$WORK/pairs.jsonl" --w2s "$WORK/pairs.jsonl" \
         --test "$WORK/pairs.jsonl" --n-gt 1 --n-w2s 1 --n-test 1 >/dev/null
     local args=(--artifacts "$root" --scenario "$scenario" --model "$model" --batch 1 --micro-batch 1
-        --max-ctx "$ctx" --save-every 0 "$@")
+        --max-ctx "$ctx" --save-every 0 --device "$DEVICE" "$@")
     local est
     est=$("$BIN" --log warn gt-train "${args[@]}" --dry-run | awk '$1 == "peak" {print $2}')
+    est=${est:-0}
     local t0 t1
+    local sampler= base=0
+    if [ -n "$GPU" ]; then
+        base=$(gpu_used)
+        nvidia-smi --id="$GPU" --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 \
+            > "$WORK/$name.gpu" &
+        sampler=$!
+    fi
     t0=$(date +%s.%N)
-    /usr/bin/time -f "%M" -o "$WORK/$name.rss" "$BIN" --log warn gt-train "${args[@]}" >/dev/null
+    # Peak RSS from GNU time where the machine has it (a GPU machine's image may not: 0).
+    if [ -x /usr/bin/time ]; then
+        /usr/bin/time -f "%M" -o "$WORK/$name.rss" "$BIN" --log warn gt-train "${args[@]}" >/dev/null
+    else
+        "$BIN" --log warn gt-train "${args[@]}" >/dev/null
+        echo 0 > "$WORK/$name.rss"
+    fi
     t1=$(date +%s.%N)
+    local gpu=-
+    if [ -n "$sampler" ]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        gpu=$(awk -v b="$base" '$1 + 0 > m {m = $1 + 0} END {print m - b}' "$WORK/$name.gpu")
+    fi
     local rss=$(( $(cat "$WORK/$name.rss") / 1024 ))
     local weights
     weights=$(du -m --apparent-size "$model"/*.safetensors | awk '{s += $1} END {print s}')
-    echo "$name $est $rss $weights $(echo "$t1 - $t0" | bc -l)"
+    echo "$name $est $rss $weights $(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}') $gpu"
 }
 
 {
     run gpt2-small gpt2-small rm 256
     run gpt2-medium gpt2-medium rm 512 --grad-checkpoint
     run llama-1b llama-1b simpo 512 --lora-rank 8 --dtype bf16 --grad-checkpoint
+    run llama-8b llama-8b simpo 512 --lora-rank 8 --dtype bf16 --grad-checkpoint
+    run mistral-7b mistral-7b simpo 512 --dtype bf16 --grad-checkpoint
 } | tee "$WORK/results.txt"
 
 "$PY" - "$WORK/results.txt" <<'PYEOF'
 import sys
-print("| shape | estimated peak MiB | measured peak RSS MiB | measured / estimate | checkpoint MiB | RSS / checkpoint | seconds |")
-print("|---|---|---|---|---|---|---|")
+print("| shape | estimated peak MiB | measured peak RSS MiB | measured / estimate | checkpoint MiB | RSS / checkpoint | seconds | peak GPU MiB |")
+print("|---|---|---|---|---|---|---|---|")
 for line in open(sys.argv[1]):
-    name, est, rss, weights, secs = line.split()
+    name, est, rss, weights, secs, gpu = line.split()
     est, rss, weights = int(est), int(rss), int(weights)
-    print(f"| {name} | {est} | {rss} | {rss / est:.2f} | {weights} | {rss / weights:.2f} | {float(secs):.0f} |")
+    ratio = lambda x, y: f"{x / y:.2f}" if x and y else "-"
+    print(f"| {name} | {est} | {rss or '-'} | {ratio(rss, est)} | {weights} | {ratio(rss, weights)} | {float(secs):.0f} | {gpu} |")
 PYEOF

@@ -1,7 +1,9 @@
 """PyTorch baseline of `w2s bench engine` (docs/performance.md): the same shapes, tasks and
 random checkpoint as src/bench.rs, done the way the reference implementation does them
 (transformers models in fp32, GPT-2 or Llama by the checkpoint's config, torch.optim.Adam, reward-model micro-batch of one pair, no
-attention mask). Prints one JSON line, as `w2s bench one` does.
+attention mask). With `--dtype bf16`, training runs under `torch.autocast` (bf16 compute, fp32
+weights and Adam: mixed precision, as `w2s --dtype bf16`) and scoring on a bfloat16 model.
+Prints one JSON line, as `w2s bench one` does.
 
     .venv-ref/bin/python bench/torch_engine.py --arch tiny --task rm-train --model DIR
 
@@ -22,6 +24,7 @@ SHAPES = {
     "gpt2-small": dict(seq=256, pairs=2, steps=2),
     "tiny": dict(seq=64, pairs=16, steps=10),
     "llama-small": dict(seq=256, pairs=2, steps=2),
+    "gpt2-xl": dict(seq=256, pairs=4, steps=2),
 }
 
 
@@ -37,18 +40,22 @@ def main():
     ap.add_argument("--task", required=True, choices=["rm-train", "rm-score", "po-train", "po-score"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
     dev = torch.device(a.device)
     s = SHAPES[a.arch]
     seq, n, steps = s["seq"], s["pairs"], s["steps"]
     torch.manual_seed(0)
     train = a.task.endswith("train")
+    bf16 = a.dtype == "bf16"
+    # Scoring in bf16 reads bf16 weights; training keeps fp32 weights under autocast.
+    weights = torch.bfloat16 if bf16 and not train else torch.float32
     if a.task.startswith("rm"):
-        body = transformers.AutoModel.from_pretrained(a.model).float().to(dev)
-        head = torch.nn.Linear(body.config.hidden_size, 1, bias=False).to(dev)
+        body = transformers.AutoModel.from_pretrained(a.model).to(weights).to(dev)
+        head = torch.nn.Linear(body.config.hidden_size, 1, bias=False).to(weights).to(dev)
         params = list(body.parameters()) + list(head.parameters())
     else:
-        lm = transformers.AutoModelForCausalLM.from_pretrained(a.model).float().to(dev)
+        lm = transformers.AutoModelForCausalLM.from_pretrained(a.model).to(weights).to(dev)
         params = list(lm.parameters())
     vocab = (body if a.task.startswith("rm") else lm).config.vocab_size
     ids = rows(2 * n, seq, vocab)
@@ -65,18 +72,22 @@ def main():
 
     def logps(idx):
         x = ids[idx]
-        logits = lm(input_ids=x).logits
+        logits = lm(input_ids=x).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)
         m = resp[idx][:, 1:]
         ssum = (lp * m).sum(1)
         return ssum, ssum / m.sum(1)
 
     def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and train):
+            body_step()
+
+    def body_step():
         if a.task == "rm-train":
             opt.zero_grad()
             for p in range(n):
                 h = body(input_ids=ids[[p, n + p]]).last_hidden_state
-                r = head(h[:, -1]).squeeze(-1)
+                r = head(h[:, -1]).squeeze(-1).float()
                 loss = torch.nn.functional.softplus(-(r[0] - r[1])) / n
                 loss.backward()
             opt.step()
@@ -117,6 +128,7 @@ def main():
         "device": dev.type,
         "arch": a.arch,
         "task": a.task,
+        "dtype": a.dtype,
         "tokens_per_s": per_step * steps / secs,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "seconds": secs,

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
 
+use crate::bench::parity::{self, ParityArgs};
 use crate::bench::{self, CheckpointArgs, EngineOpts, OneArgs};
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Serialize)]
@@ -17,6 +18,9 @@ pub enum BenchCommand {
     One(OneArgs),
     /// Write the seeded random checkpoint of a shape into a folder (what bench/e2e.sh trains).
     Checkpoint(CheckpointArgs),
+    /// A checkpoint's loss and every parameter's gradient on a device and dtype against the
+    /// CPU in f32 (autograd); fails if any is off by more than the tolerance or missing.
+    Parity(ParityArgs),
 }
 
 pub fn run(c: BenchCommand) -> Result<()> {
@@ -38,12 +42,27 @@ pub fn run(c: BenchCommand) -> Result<()> {
                 std::path::Path::new(&a.model),
                 &dev,
                 crate::models::engine::current(),
+                a.dtype.get()?,
             )?;
             println!("{}", serde_json::to_string(&m)?);
         }
         BenchCommand::Checkpoint(a) => {
             let dir = bench::checkpoint(a.arch, std::path::Path::new(&a.out))?;
             println!("{}", dir.display());
+        }
+        BenchCommand::Parity(a) => {
+            let rows = parity::run(&a, crate::models::engine::current())?;
+            print!("{}", parity::table(&rows));
+            if let Some(out) = &a.out {
+                std::fs::write(out, serde_json::to_vec_pretty(&rows)?)
+                    .with_context(|| out.clone())?;
+            }
+            let failed: Vec<String> = (rows.iter().filter(|r| !r.pass))
+                .map(|r| format!("{} ({})", r.model, r.probe))
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!("parity failed for {}", failed.join(", "));
+            }
         }
     }
     Ok(())

@@ -167,8 +167,29 @@ pub struct InitShape {
 }
 
 /// `n` draws from N(0, std²), Box-Muller from two 53-bit uniforms of `rng` (the random
-/// checkpoints of `w2s pretrain` and `w2s bench`).
+/// checkpoints of `w2s pretrain` and `w2s bench`). Tensors of [`PARALLEL_DRAWS`] values and
+/// more (only `w2s bench`'s large shapes: a 7B model draws 7 billion) are drawn in chunks of
+/// 2^20, each from its own generator seeded by the next value of `rng`, in parallel: the
+/// values depend on the seed only, not on the threads.
 pub fn normal(rng: &mut crate::rng::NumpyPcg64, n: usize, std: f64) -> Vec<f32> {
+    use rayon::prelude::*;
+    if n < PARALLEL_DRAWS {
+        return draws(rng, n, std);
+    }
+    const CHUNK: usize = 1 << 20;
+    let seeds: Vec<u64> = (0..n.div_ceil(CHUNK)).map(|_| rng.next_u64()).collect();
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(CHUNK).zip(seeds).for_each(|(c, seed)| {
+        let mut r = crate::rng::NumpyPcg64::new(seed);
+        c.copy_from_slice(&draws(&mut r, c.len(), std));
+    });
+    out
+}
+
+/// Tensors at least this large are drawn in parallel chunks by [`normal`].
+pub const PARALLEL_DRAWS: usize = 1 << 22;
+
+fn draws(rng: &mut crate::rng::NumpyPcg64, n: usize, std: f64) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;

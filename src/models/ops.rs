@@ -25,12 +25,28 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     y.broadcast_add(b)
 }
 
-/// Layer norm over the last dimension (biased variance, as PyTorch). Fused on the CPU in f32.
+/// Layer norm over the last dimension (biased variance, as PyTorch). Fused on the CPU in f32
+/// (ours, with a backward); without a gradient elsewhere, candle-nn's fused kernel.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     if super::fused::applies(&[x, w, b]) {
         return super::fused::layer_norm(x, w, b, eps);
     }
+    if inference(&[x, w, b]) {
+        return candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32);
+    }
     layer_norm_composed(x, w, b, eps)
+}
+
+/// Whether candle-nn's fused kernels may serve an op: they have CPU and CUDA forms in f32, bf16
+/// and f16, one pass each (the composed forms launch five to eight kernels on a GPU), but no
+/// backward, so only where no operand needs a gradient (a frozen model's scoring and
+/// weak-labelling), and only with every operand in one of those dtypes.
+fn inference(ts: &[&Tensor]) -> bool {
+    let kernel_dtype = matches!(ts[0].dtype(), DType::F32 | DType::BF16 | DType::F16);
+    kernel_dtype
+        && ts
+            .iter()
+            .all(|t| !t.track_op() && t.dtype() == ts[0].dtype())
 }
 
 /// Layer norm from candle primitives (CUDA, half precision; the fused kernel's check). In
@@ -49,9 +65,20 @@ pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Resu
     super::frozen::add(&super::frozen::mul(&xn, w)?, b)
 }
 
-/// RMS norm over the last dimension (Llama / Mistral). In half precision the normalisation
-/// runs in f32 and is cast back before the weight, as transformers' `LlamaRMSNorm`.
+/// RMS norm over the last dimension (Llama / Mistral). Without a gradient off the CPU-f32
+/// path, candle-nn's fused kernel (in half precision it applies the weight before rounding
+/// back, one rounding where transformers' `LlamaRMSNorm` has two); else composed.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if inference(&[x, w]) && !super::fused::applies(&[x, w]) {
+        return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
+    }
+    rms_norm_composed(x, w, eps)
+}
+
+/// RMS norm from candle primitives (training, and candle-nn's kernel's check). In half
+/// precision the normalisation runs in f32 and is cast back before the weight, as
+/// transformers' `LlamaRMSNorm`.
+pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if half(x) {
         let x32 = x.to_dtype(DType::F32)?;
         let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -69,6 +96,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     if super::fused::softmax_applies(x) {
         return super::fused::softmax_last(x);
+    }
+    if inference(&[x]) {
+        return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
     }
     softmax_composed(x)
 }
@@ -263,6 +293,63 @@ pub(crate) mod tests {
 
     fn dev() -> Device {
         Device::Cpu
+    }
+
+    /// The inference kernels (candle-nn's, taken without a gradient off the CPU-f32 path)
+    /// give the composed forms' values: within 1e-5 in f32 and within bf16's rounding in
+    /// bf16; with a gradient the composed forms run.
+    #[test]
+    fn inference_kernels_give_the_composed_values() {
+        let n = 37;
+        let x = ((param(&[3, 5, n], 2.0, 0.3) * 1.7).unwrap())
+            .to_dtype(DType::F32)
+            .unwrap();
+        let w = param(&[n], 0.5, 1.0).to_dtype(DType::F32).unwrap();
+        let b = param(&[n], 0.2, 0.1).to_dtype(DType::F32).unwrap();
+        for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+            let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let (x, w, b) = (c(&x), c(&w), c(&b));
+            let pairs = [
+                (
+                    candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+                    layer_norm_composed(&x, &w, &b, 1e-5).unwrap(),
+                ),
+                (
+                    candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
+                    rms_norm_composed(&x, &w, 1e-5).unwrap(),
+                ),
+                (
+                    candle_nn::ops::softmax_last_dim(&x).unwrap(),
+                    softmax_composed(&x).unwrap(),
+                ),
+            ];
+            for (i, (got, want)) in pairs.iter().enumerate() {
+                assert_eq!(got.dtype(), dtype);
+                let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let scale = f(want).abs().unwrap().max_all().unwrap();
+                let d = super::super::max_abs_diff(&f(got), &f(want));
+                let rel = d / scale.to_scalar::<f32>().unwrap();
+                assert!(rel <= tol, "op {i} in {dtype:?}: off by {rel}");
+            }
+            // The public ops route bf16 without a gradient through them.
+            if dtype == DType::BF16 {
+                let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let d = super::super::max_abs_diff(
+                    &f(&layer_norm(&x, &w, &b, 1e-5).unwrap()),
+                    &f(&pairs[0].0),
+                );
+                assert_eq!(d, 0.0);
+            }
+        }
+        // With a gradient (a variable operand): the composed form, which has a backward.
+        let v = Var::from_tensor(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        let y = rms_norm(v.as_tensor(), &wb, 1e-5).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(
+            g.get(v.as_tensor()).is_some(),
+            "the composed form's gradient"
+        );
     }
 
     fn param(shape: &[usize], scale: f64, shift: f64) -> Tensor {

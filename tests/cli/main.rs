@@ -2,6 +2,7 @@
 
 mod analyze;
 mod bad_inputs;
+mod bench;
 mod common;
 mod faults;
 mod pipeline;

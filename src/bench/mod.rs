@@ -7,11 +7,13 @@
 //! (`.venv-ref/bin/python` by default). Figures are medians over repeats and are printed as
 //! ratios against the baseline measured in the same run.
 
+pub mod parity;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -44,6 +46,23 @@ pub enum Arch {
     /// 2048, vocab 32000, in f32; sequences of 256, 2 pairs a step (the owned Llama layer's
     /// speed; not in the default engine comparison).
     LlamaSmall,
+    /// GPT-2 XL: 48 layers, d 1600, 25 heads, vocab 50257; sequences of 256, 4 pairs a step
+    /// (the GPU check's reward-model speed in bf16; not in the default engine comparison).
+    #[value(name = "gpt2-xl")]
+    #[serde(rename = "gpt2-xl")]
+    Gpt2Xl,
+    /// Llama-3-8B's shape (32 layers, d 4096, 32 heads, 8 key-value heads, MLP 14336, vocab
+    /// 128256), bf16; sequences of 512, 1 pair a step. The GPU check's LoRA memory run
+    /// (`bench checkpoint` only: 16 GB of random weights).
+    #[value(name = "llama-8b")]
+    #[serde(rename = "llama-8b")]
+    Llama8b,
+    /// Mistral-7B's shape (Llama-8B's layers, vocab 32000, a 4096-token sliding window),
+    /// bf16; sequences of 512, 1 pair a step. The GPU check's full-fine-tune memory run
+    /// (`bench checkpoint` only: 14.5 GB of random weights).
+    #[value(name = "mistral-7b")]
+    #[serde(rename = "mistral-7b")]
+    Mistral7b,
 }
 
 impl Arch {
@@ -54,6 +73,9 @@ impl Arch {
             Arch::Tiny => "tiny",
             Arch::Llama1b => "llama-1b",
             Arch::LlamaSmall => "llama-small",
+            Arch::Gpt2Xl => "gpt2-xl",
+            Arch::Llama8b => "llama-8b",
+            Arch::Mistral7b => "mistral-7b",
         }
     }
 
@@ -63,6 +85,7 @@ impl Arch {
         let (intermediate, kv_heads, ctx, dtype) = match self {
             Arch::Llama1b => (5632, 4, 2048, candle_core::DType::BF16),
             Arch::LlamaSmall => (2048, 4, 1024, candle_core::DType::F32),
+            Arch::Llama8b | Arch::Mistral7b => (14336, 8, 2048, candle_core::DType::BF16),
             _ => return None,
         };
         let shape = crate::models::llama::InitShape {
@@ -115,6 +138,24 @@ impl Arch {
                 seq: 256,
                 pairs: 2,
                 steps: 2,
+            },
+            Arch::Gpt2Xl => Shape {
+                layers: 48,
+                width: 1600,
+                heads: 25,
+                vocab: 50257,
+                seq: 256,
+                pairs: 4,
+                steps: 2,
+            },
+            Arch::Llama8b | Arch::Mistral7b => Shape {
+                layers: 32,
+                width: 4096,
+                heads: 32,
+                vocab: if self == Arch::Llama8b { 128256 } else { 32000 },
+                seq: 512,
+                pairs: 1,
+                steps: 1,
             },
             Arch::Tiny => Shape {
                 layers: 2,
@@ -186,6 +227,9 @@ pub struct Measurement {
     pub device: String,
     pub arch: String,
     pub task: String,
+    /// `f32` or `bf16`.
+    #[serde(default = "f32")]
+    pub dtype: String,
     pub tokens_per_s: f64,
     pub peak_rss_mib: f64,
     pub seconds: f64,
@@ -193,6 +237,19 @@ pub struct Measurement {
 
 fn cpu() -> String {
     "cpu".into()
+}
+
+fn f32() -> String {
+    "f32".into()
+}
+
+/// `f32` or `bf16`, as `--dtype` and PyTorch's bench spell them.
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "f32",
+    }
 }
 
 /// The device as both engines name it in a measurement.
@@ -218,10 +275,18 @@ pub fn checkpoint(arch: Arch, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&out).map_err(io(&out))?;
     let (config, t): (_, HashMap<String, Tensor>) = if let Some((shape, dtype)) = arch.llama() {
         let t = crate::models::llama::init_weights(&shape, 0, dtype)?;
-        (
-            crate::models::llama::config_json(&shape),
-            t.into_iter().collect(),
-        )
+        let mut config = crate::models::llama::config_json(&shape);
+        match arch {
+            Arch::Llama8b => config["rope_theta"] = 500000.0.into(),
+            Arch::Mistral7b => {
+                config["model_type"] = "mistral".into();
+                config["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+                config["rope_theta"] = 1e6.into();
+                config["sliding_window"] = 4096.into();
+            }
+            _ => {}
+        }
+        (config, t.into_iter().collect())
     } else {
         let shape = crate::models::gpt2::InitShape {
             layers: s.layers,
@@ -282,8 +347,17 @@ pub fn run_one(
     model_dir: &Path,
     dev: &Device,
     engine: Engine,
+    dtype: DType,
 ) -> Result<Measurement> {
-    run_steps(arch, task, model_dir, arch.shape().steps, dev, engine)
+    run_steps(
+        arch,
+        task,
+        model_dir,
+        arch.shape().steps,
+        dev,
+        engine,
+        dtype,
+    )
 }
 
 /// The engine's name in measurements: `w2s` (the default engine) or `w2s-autograd`.
@@ -294,7 +368,8 @@ fn engine_name(e: Engine) -> &'static str {
     }
 }
 
-/// [`run_one`] with `steps` timed steps.
+/// [`run_one`] with `steps` timed steps. In bf16, training is mixed precision (f32 master
+/// weights, as the stages train) and scoring reads bf16 weights (as `score --dtype bf16`).
 pub fn run_steps(
     arch: Arch,
     task: Task,
@@ -302,6 +377,7 @@ pub fn run_steps(
     steps: usize,
     dev: &Device,
     engine: Engine,
+    dtype: DType,
 ) -> Result<Measurement> {
     let s = Shape {
         steps,
@@ -324,9 +400,9 @@ pub fn run_steps(
         .collect();
     let trainable = matches!(task, Task::RmTrain | Task::PoTrain);
     let mut model = if trainable {
-        Model::load(model_dir, &dev)?
+        Model::load_as(model_dir, &dev, dtype)?
     } else {
-        Model::load_frozen(model_dir, &dev)?
+        Model::load_frozen_as(model_dir, &dev, dtype)?
     };
     model.set_engine(engine);
     // As the training stages: the reward model's micro-batches sum the layer gradients.
@@ -411,6 +487,7 @@ pub fn run_steps(
         device: device_name(&dev),
         arch: arch.name().into(),
         task: task.name().into(),
+        dtype: dtype_name(dtype).into(),
         tokens_per_s: (per_step * s.steps) as f64 / seconds,
         peak_rss_mib: peak_rss_mib(),
         seconds,
@@ -539,6 +616,24 @@ pub struct OneArgs {
     pub model: String,
     #[arg(long, default_value = crate::models::CPU)]
     pub device: String,
+    #[command(flatten)]
+    pub dtype: BenchDtype,
+}
+
+/// The compute dtype of a bench run.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
+pub struct BenchDtype {
+    /// f32, or bf16: training in mixed precision (f32 master weights; PyTorch under
+    /// `torch.autocast`), scoring on bf16 weights (PyTorch's model in bfloat16). bf16 is for
+    /// GPUs: candle's CPU matmul has no bf16 kernel.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
+}
+
+impl BenchDtype {
+    pub fn get(&self) -> Result<DType> {
+        crate::models::parse_dtype(&self.dtype)
+    }
 }
 
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize)]
@@ -578,6 +673,8 @@ pub struct EngineOpts {
     /// Also measure the autograd engine (the owned engine's reference) beside the default.
     #[arg(long)]
     pub autograd: bool,
+    #[command(flatten)]
+    pub dtype: BenchDtype,
 }
 
 /// The PyTorch baseline script, beside the sources.
@@ -660,7 +757,8 @@ pub fn engine(o: &EngineOpts, exe: &Path) -> Result<(String, serde_json::Value)>
                             .args(["--log", "warn", "--engine", e.name()])
                             .args(["--simd", crate::simd::tier().name()])
                             .args(["bench", "one", "--arch", arch.name()])
-                            .args(["--task", task.name(), "--device", &o.device, "--model"])
+                            .args(["--task", task.name(), "--device", &o.device])
+                            .args(["--dtype", &o.dtype.dtype, "--model"])
                             .arg(&dir),
                         "w2s",
                     )?;
@@ -672,7 +770,8 @@ pub fn engine(o: &EngineOpts, exe: &Path) -> Result<(String, serde_json::Value)>
                         std::process::Command::new(py)
                             .arg(TORCH_BENCH)
                             .args(["--arch", arch.name(), "--task", task.name()])
-                            .args(["--device", &o.device, "--model"])
+                            .args(["--device", &o.device, "--dtype", &o.dtype.dtype])
+                            .arg("--model")
                             .arg(&dir),
                         "PyTorch",
                     )?;
@@ -699,6 +798,7 @@ mod tests {
             device: "cpu".into(),
             arch: "tiny".into(),
             task: task.into(),
+            dtype: "f32".into(),
             tokens_per_s: tps,
             peak_rss_mib: rss,
             seconds: 1.0,
@@ -743,7 +843,7 @@ mod tests {
         assert!(ck.join("config.json").exists());
         for task in Task::ALL {
             for e in [Engine::Owned, Engine::Autograd] {
-                let r = run_steps(Arch::Tiny, task, &ck, 1, &Device::Cpu, e).unwrap();
+                let r = run_steps(Arch::Tiny, task, &ck, 1, &Device::Cpu, e, DType::F32).unwrap();
                 assert!(r.tokens_per_s > 0.0 && r.tokens_per_s.is_finite(), "{r:?}");
                 assert!(r.peak_rss_mib > 0.0, "{r:?}");
                 assert_eq!(r.engine, engine_name(e));
