@@ -20,6 +20,13 @@
 #
 # cudarc 0.19 knows CUDA up to 13.4; PyPI's newer nvcc builds against the 13.4 API
 # (CUDARC_CUDA_VERSION), which a newer driver serves.
+#
+# CUDA 12: PyPI has no CUDA 12 nvcc (nvidia-cuda-nvcc-cu12 ships only ptxas and NVVM), so the
+# kernels are compiled by CUDA 13's nvcc through a wrapper that stamps each PTX module with ISA
+# 8.7 (the newest a CUDA 12.8 driver compiles) and has CUDA 12.8's own ptxas assemble it for
+# the target GPU, failing the build if it cannot: a module 12.8's ptxas accepts is one an R570
+# driver's JIT (the same compiler) accepts. Everything linked is CUDA 12.8's (cuBLAS 12,
+# cuRAND, the runtime 12), with cudarc's 12.8 driver API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAJOR=${CUDA:-13}
@@ -27,7 +34,8 @@ case "$MAJOR" in
     13) VENV=${VENV:-.venv-cuda}; TARGET=${CARGO_TARGET_DIR:-target-cuda}; VERSION=${CUDARC_CUDA_VERSION:-13040}
         PKGS="nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl nvidia-cublas nvidia-curand nvidia-cuda-nvrtc" ;;
     12) VENV=${VENV:-.venv-cuda12}; TARGET=${CARGO_TARGET_DIR:-target-cuda12}; VERSION=${CUDARC_CUDA_VERSION:-12080}
-        PKGS="nvidia-cuda-nvcc-cu12==12.8.* nvidia-cuda-runtime-cu12==12.8.* nvidia-cuda-cccl-cu12==12.8.*
+        PKGS="nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl
+              nvidia-cuda-nvcc-cu12==12.8.* nvidia-cuda-runtime-cu12==12.8.* nvidia-cuda-cccl-cu12==12.8.*
               nvidia-cublas-cu12==12.8.* nvidia-curand-cu12 nvidia-cuda-nvrtc-cu12==12.8.*" ;;
     *) echo "CUDA=$MAJOR: 12 or 13" >&2; exit 64 ;;
 esac
@@ -50,6 +58,7 @@ else
     rm -rf "$ROOT" && mkdir -p "$ROOT/bin" "$ROOT/include" "$ROOT/lib"
     for d in "$NV"/*/; do
         d=${d%/}
+        [ "$(basename "$d")" != cu13 ] || continue
         for sub in bin include lib; do
             [ -d "$d/$sub" ] || continue
             for f in "$d/$sub"/*; do ln -sfn "$f" "$ROOT/$sub/$(basename "$f")"; done
@@ -57,7 +66,42 @@ else
         if [ -d "$d/nvvm" ]; then ln -sfn "$d/nvvm" "$ROOT/nvvm"; fi
     done
 fi
-[ -x "$ROOT/bin/nvcc" ] || { echo "no nvcc in $VENV" >&2; exit 69; }
+if [ "$MAJOR" = 12 ]; then
+    # CUDA 13's nvcc, each PTX module restamped and checked by 12.8's ptxas (see the top).
+    NVCC13="$NV/cu13/bin/nvcc"
+    PTXAS12="$NV/cuda_nvcc/bin/ptxas"
+    [ -x "$NVCC13" ] && [ -x "$PTXAS12" ] || { echo "no CUDA 13 nvcc or CUDA 12 ptxas in $VENV" >&2; exit 69; }
+    rm -rf "$ROOT/bin"  # 12.8's ptxas must not stand in for 13's
+    WRAP="$PWD/$TARGET/nvcc-for-12"
+    mkdir -p "$WRAP"
+    cat > "$WRAP/nvcc" <<WRAPEOF
+#!/usr/bin/env bash
+# Written by scripts/build-cuda.sh (CUDA=12): CUDA 13's nvcc, PTX restamped for CUDA 12.8.
+set -euo pipefail
+"$NVCC13" "\$@"
+ptx=0; dir=.; next=
+for a in "\$@"; do
+    if [ -n "\$next" ]; then dir=\$a; next=; continue; fi
+    case "\$a" in --ptx|-ptx) ptx=1 ;; --output-directory|-odir) next=1 ;; --output-directory=*) dir=\${a#*=} ;; esac
+done
+[ \$ptx = 1 ] || exit 0
+for a in "\$@"; do
+    case "\$a" in
+        *.cu)
+            f="\$dir/\$(basename "\${a%.cu}").ptx"
+            sed -i -E 's/^\.version [0-9]+\.[0-9]+\$/.version 8.7/' "\$f"
+            "$PTXAS12" -arch=sm_${CUDA_COMPUTE_CAP:-90} "\$f" -o /dev/null \\
+                || { echo "CUDA 12.8's ptxas rejects \$f" >&2; exit 1; } ;;
+    esac
+done
+WRAPEOF
+    chmod +x "$WRAP/nvcc"
+    export NVCC="$WRAP/nvcc"
+    PATH="$NV/cu13/bin:$PATH"
+    "$NVCC" --version | tail -1
+else
+    [ -x "$ROOT/bin/nvcc" ] || { echo "no nvcc in $VENV" >&2; exit 69; }
+fi
 # Unversioned names for the linker (libcublas.so -> libcublas.so.13, ...).
 for lib in cublas cublasLt curand nvrtc cudart; do
     real=$(ls "$ROOT/lib/lib$lib.so."* 2>/dev/null | grep -E "lib$lib\.so\.[0-9]+$" | head -1 || true)
@@ -84,7 +128,7 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} CUDARC_CUDA_VERSION=$VERSION
 export CARGO_TARGET_DIR=$TARGET
 # The stub only for linking; at run time the libraries from RUNPATH (here) or LD_LIBRARY_PATH.
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$LINK -C link-arg=-Wl,--enable-new-dtags,-rpath,$(readlink -f "$ROOT/lib")"
-nvcc --version | tail -1
+[ "$MAJOR" = 12 ] || nvcc --version | tail -1
 if [ "${CHECK:-0}" = 1 ]; then
     cargo check --release --locked --features cuda --bins
     exit 0
