@@ -6,6 +6,7 @@ fn main() {
     let cli = w2s::cli::Cli::parse();
     w2s::models::engine::set_default(cli.engine);
     w2s::simd::set_tier(cli.simd);
+    w2s::models::cuda_kernels::set_enabled(cli.cuda_kernels);
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -756,6 +756,9 @@ pub fn engine(o: &EngineOpts, exe: &Path) -> Result<(String, serde_json::Value)>
                         std::process::Command::new(exe)
                             .args(["--log", "warn", "--engine", e.name()])
                             .args(["--simd", crate::simd::tier().name()])
+                            .args(
+                                crate::models::cuda_kernels::enabled().then_some("--cuda-kernels"),
+                            )
                             .args(["bench", "one", "--arch", arch.name()])
                             .args(["--task", task.name(), "--device", &o.device])
                             .args(["--dtype", &o.dtype.dtype, "--model"])

@@ -48,6 +48,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "W2S_SIMD", value_enum, default_value_t = crate::simd::Tier::Avx512)]
     pub simd: crate::simd::Tier,
 
+    /// Train on a GPU with w2s's own CUDA kernels (GELU, layer and RMS norm, the attention
+    /// softmax with its scale and mask, each with its backward) instead of candle's composed
+    /// ops. Off until a GPU check has passed them (scripts/gpu-check.sh runs both ways); no
+    /// effect on the CPU.
+    #[arg(long, global = true, env = "W2S_CUDA_KERNELS")]
+    pub cuda_kernels: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

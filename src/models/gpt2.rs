@@ -273,13 +273,19 @@ mod tests {
     fn parallel_draws_depend_on_the_seed_only() {
         let n = PARALLEL_DRAWS + 12345;
         let a = normal(&mut NumpyPcg64::new(3), n, 0.02);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let b = pool.install(|| normal(&mut NumpyPcg64::new(3), n, 0.02));
         assert_eq!(a, b);
         let (mean, var) = a.iter().fold((0f64, 0f64), |(m, v), &x| {
             (m + x as f64 / n as f64, v + (x as f64).powi(2) / n as f64)
         });
-        assert!(mean.abs() < 1e-4 && (var.sqrt() - 0.02).abs() < 1e-4, "{mean} {var}");
+        assert!(
+            mean.abs() < 1e-4 && (var.sqrt() - 0.02).abs() < 1e-4,
+            "{mean} {var}"
+        );
         // Chunks are not copies of one another.
         assert_ne!(a[..1000], a[1 << 20..(1 << 20) + 1000]);
         let small = normal(&mut NumpyPcg64::new(3), 1000, 0.02);

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod cuda_kernels;
 pub mod embed;
 pub mod engine;
 pub mod frozen;

@@ -31,6 +31,9 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     if super::fused::applies(&[x, w, b]) {
         return super::fused::layer_norm(x, w, b, eps);
     }
+    if super::cuda_kernels::applies(&[x, w, b]) {
+        return super::cuda_kernels::layer_norm(x, w, b, eps);
+    }
     if inference(&[x, w, b]) {
         return candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32);
     }
@@ -69,6 +72,9 @@ pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Resu
 /// path, candle-nn's fused kernel (in half precision it applies the weight before rounding
 /// back, one rounding where transformers' `LlamaRMSNorm` has two); else composed.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if super::cuda_kernels::applies(&[x, w]) {
+        return super::cuda_kernels::rms_norm(x, w, eps);
+    }
     if inference(&[x, w]) && !super::fused::applies(&[x, w]) {
         return candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32);
     }
@@ -137,6 +143,9 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
     if super::fused::applies(&[x]) {
         return super::fused::gelu_new(x);
     }
+    if super::cuda_kernels::applies(&[x]) {
+        return super::cuda_kernels::gelu_new(x);
+    }
     x.gelu()
 }
 
@@ -176,6 +185,13 @@ pub fn attention_composed(
     bias: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
+    // On a GPU with the kernels on: the scale, the mask and the softmax in one op that keeps
+    // only the probabilities (a bias with one head, broadcast over the heads).
+    let one_head = bias.rank() == 4 && bias.dim(1)? == 1 && bias.device().is_cuda();
+    if one_head && super::cuda_kernels::applies(&[q, k, v]) {
+        let s = q.matmul(&k.t()?)?;
+        return super::cuda_kernels::masked_softmax(&s, bias, scale)?.matmul(v);
+    }
     let scores = super::frozen::add(&(q.matmul(&k.t()?)? * scale)?, bias)?;
     softmax(&scores)?.matmul(v)
 }

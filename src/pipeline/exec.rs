@@ -357,7 +357,11 @@ pub async fn execute(
             let mut cmd = std::process::Command::new(&opts.exe);
             cmd.args(&argv)
                 .env("W2S_ENGINE", crate::models::engine::current().name())
-                .env("W2S_SIMD", crate::simd::tier().name());
+                .env("W2S_SIMD", crate::simd::tier().name())
+                .env(
+                    "W2S_CUDA_KERNELS",
+                    crate::models::cuda_kernels::enabled().to_string(),
+                );
             if opts.jobs > 1 {
                 std::fs::create_dir_all(&opts.log_dir).map_err(|e| Error::Io {
                     path: opts.log_dir.display().to_string(),

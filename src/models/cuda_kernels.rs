@@ -1,0 +1,776 @@
+//! CUDA kernels with their own backward, for training on a GPU: `gelu_new`, layer norm, RMS
+//! norm and the attention softmax with its scale and additive mask, in f32 and bf16.
+//!
+//! candle 0.11's fused CUDA kernels (candle-nn's norms and softmax) have no backward, so a
+//! training step on the GPU runs each of these as five to eight composed kernels that each read
+//! and write the whole activation (and keep it for the backward). These are one pass forward
+//! and one backward each, and keep only what the backward reads: the attention softmax keeps
+//! its probabilities in the input's dtype (bf16 under mixed precision) and nothing else; the
+//! norms keep their input and recompute the row statistics.
+//!
+//! The kernels are CUDA C compiled at first use by NVRTC (which candle already links), for
+//! the GPU of the process, so the build needs no nvcc for them and the PTX always suits the
+//! driver. bf16 values are read and written as bits (round to nearest even), so no CUDA header
+//! is needed either; every sum is in f32.
+//!
+//! Off unless `--cuda-kernels` (`W2S_CUDA_KERNELS`) turns them on: they have not yet run on a
+//! GPU, and `scripts/gpu-check.sh` runs `w2s bench parity` with and without them (every
+//! parameter's gradient against the CPU) before anyone relies on them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the kernels on or off for this process (`--cuda-kernels`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the kernels serve these operands: turned on, on a CUDA device, all f32 or all bf16.
+pub fn applies(ts: &[&Tensor]) -> bool {
+    enabled()
+        && ts.iter().all(|t| {
+            t.device().is_cuda()
+                && matches!(t.dtype(), DType::F32 | DType::BF16)
+                && t.dtype() == ts[0].dtype()
+        })
+}
+
+#[cfg(feature = "cuda")]
+pub use imp::{gelu_new, layer_norm, masked_softmax, rms_norm};
+
+/// Without the `cuda` feature nothing is on a CUDA device, so [`applies`] is false and these
+/// are never reached.
+#[cfg(not(feature = "cuda"))]
+mod stubs {
+    use candle_core::{Result, Tensor};
+
+    fn none() -> Result<Tensor> {
+        candle_core::bail!("w2s was built without `--features cuda`")
+    }
+    pub fn gelu_new(_: &Tensor) -> Result<Tensor> {
+        none()
+    }
+    pub fn layer_norm(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        none()
+    }
+    pub fn rms_norm(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        none()
+    }
+    pub fn masked_softmax(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        none()
+    }
+}
+#[cfg(not(feature = "cuda"))]
+pub use stubs::{gelu_new, layer_norm, masked_softmax, rms_norm};
+
+/// The kernels' source: `T` is `float` or `bf16_t` (bf16 bits); one block a row for the row
+/// ops (sums through warp shuffles), one thread an element for GELU.
+pub const SOURCE: &str = r#"
+typedef unsigned short bf16_t;
+#define W2S_INF __int_as_float(0x7f800000)
+__device__ __forceinline__ float ld(const float* p, long i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16_t* p, long i) {
+    return __uint_as_float(((unsigned)p[i]) << 16);
+}
+__device__ __forceinline__ void st(float* p, long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16_t* p, long i, float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { p[i] = (bf16_t)0x7fc0; return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (bf16_t)(u >> 16);
+}
+
+// Sum / max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -W2S_INF;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#define GELU_K 0.7978845608028654f
+#define GELU_C 0.044715f
+template <typename T> __device__ void gelu_fwd(const T* x, T* y, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = ld(x, i);
+    st(y, i, 0.5f * v * (1.f + tanhf(GELU_K * (v + GELU_C * v * v * v))));
+}
+template <typename T> __device__ void gelu_bwd(const T* x, const T* g, T* dx, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = ld(x, i);
+    float t = tanhf(GELU_K * (v + GELU_C * v * v * v));
+    float d = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * GELU_K * (1.f + 3.f * GELU_C * v * v);
+    st(dx, i, ld(g, i) * d);
+}
+
+// Layer norm (b != 0) or RMS norm (b == 0, no centring) of row blockIdx.x.
+template <typename T> __device__ void norm_fwd(const T* x, const T* w, const T* b, T* y, int d, float eps) {
+    long r = (long)blockIdx.x * d;
+    float mean = 0.f;
+    if (b) {
+        float s = 0.f;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) s += ld(x, r + j);
+        mean = block_sum(s) / d;
+    }
+    float q = 0.f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) { float c = ld(x, r + j) - mean; q += c * c; }
+    float rstd = rsqrtf(block_sum(q) / d + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = (ld(x, r + j) - mean) * rstd * ld(w, j);
+        st(y, r + j, b ? v + ld(b, j) : v);
+    }
+}
+// dx of the norm from g; `centred`: layer norm. dx = rstd (gw - mean(gw) - x̂ mean(gw x̂)) with
+// gw = g w (RMS norm: no mean(gw) term).
+template <typename T> __device__ void norm_bwd(const T* x, const T* w, const T* g, T* dx, int d, float eps, int centred) {
+    long r = (long)blockIdx.x * d;
+    float mean = 0.f;
+    if (centred) {
+        float s = 0.f;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) s += ld(x, r + j);
+        mean = block_sum(s) / d;
+    }
+    float q = 0.f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) { float c = ld(x, r + j) - mean; q += c * c; }
+    float rstd = rsqrtf(block_sum(q) / d + eps);
+    float a = 0.f, c = 0.f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float gw = ld(g, r + j) * ld(w, j);
+        a += gw;
+        c += gw * (ld(x, r + j) - mean) * rstd;
+    }
+    a = centred ? block_sum(a) / d : 0.f;
+    c = block_sum(c) / d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float xh = (ld(x, r + j) - mean) * rstd;
+        st(dx, r + j, rstd * (ld(g, r + j) * ld(w, j) - a - xh * c));
+    }
+}
+
+// p = softmax(scale s + bias) over rows of n keys; row blockIdx.x = ((b H + h) Tq + q); the
+// bias holds one head, for each of `bb` batches (1: shared by all).
+template <typename T> __device__ void msm_fwd(const T* s, const T* bias, T* p, int n, int heads, int tq, int bb, float scale) {
+    long row = blockIdx.x;
+    long bat = row / ((long)heads * tq), q = row % tq;
+    long r = row * n, br = ((bb == 1 ? 0 : bat) * tq + q) * n;
+    float m = -W2S_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, scale * ld(s, r + j) + ld(bias, br + j));
+    m = block_max(m);
+    float z = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) z += __expf(scale * ld(s, r + j) + ld(bias, br + j) - m);
+    z = block_sum(z);
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+        st(p, r + j, __expf(scale * ld(s, r + j) + ld(bias, br + j) - m) / z);
+}
+// ds = scale p (g - Σ g p) over each row.
+template <typename T> __device__ void msm_bwd(const T* p, const T* g, T* ds, int n, float scale) {
+    long r = (long)blockIdx.x * n;
+    float t = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) t += ld(g, r + j) * ld(p, r + j);
+    t = block_sum(t);
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+        st(ds, r + j, scale * ld(p, r + j) * (ld(g, r + j) - t));
+}
+
+#define KERNELS(T, S) \
+extern "C" __global__ void gelu_fwd_##S(const T* x, T* y, long n) { gelu_fwd(x, y, n); } \
+extern "C" __global__ void gelu_bwd_##S(const T* x, const T* g, T* dx, long n) { gelu_bwd(x, g, dx, n); } \
+extern "C" __global__ void norm_fwd_##S(const T* x, const T* w, const T* b, T* y, int d, float eps) { norm_fwd(x, w, b, y, d, eps); } \
+extern "C" __global__ void norm_bwd_##S(const T* x, const T* w, const T* g, T* dx, int d, float eps, int centred) { norm_bwd(x, w, g, dx, d, eps, centred); } \
+extern "C" __global__ void msm_fwd_##S(const T* s, const T* bias, T* p, int n, int heads, int tq, int bb, float scale) { msm_fwd(s, bias, p, n, heads, tq, bb, scale); } \
+extern "C" __global__ void msm_bwd_##S(const T* p, const T* g, T* ds, int n, float scale) { msm_bwd(p, g, ds, n, scale); }
+KERNELS(float, f32)
+KERNELS(bf16_t, bf16)
+"#;
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use std::sync::OnceLock;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{
+        bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
+        Result, Shape, Tensor, D,
+    };
+
+    const MODULE: &str = "w2s_kernels";
+    /// Threads of a row block.
+    const ROW_THREADS: u32 = 256;
+
+    /// The kernels' PTX, compiled once a process by NVRTC.
+    fn ptx() -> Result<&'static str> {
+        static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+        let p = PTX.get_or_init(|| {
+            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(super::SOURCE)
+                .map(|p| p.to_src())
+                .map_err(|e| format!("compiling w2s's CUDA kernels: {e:?}"))
+        });
+        match p {
+            Ok(s) => Ok(s.as_str()),
+            Err(e) => bail!("{e}"),
+        }
+    }
+
+    fn suffix(dt: DType) -> Result<&'static str> {
+        match dt {
+            DType::F32 => Ok("f32"),
+            DType::BF16 => Ok("bf16"),
+            d => bail!("w2s's CUDA kernels take f32 or bf16, not {d:?}"),
+        }
+    }
+
+    /// The contiguous values of a storage, or an error naming the op.
+    fn view<'a, T: CudaDType + DeviceRepr>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        op: &str,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+        match l.contiguous_offsets() {
+            Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
+            None => bail!("{op}: input not contiguous"),
+        }
+    }
+
+    fn rows(l: &Layout) -> Result<(usize, usize)> {
+        let d = l.shape().dims().last().copied().unwrap_or(1);
+        Ok((l.shape().elem_count() / d.max(1), d))
+    }
+
+    fn row_cfg(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn alloc<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every element is written by the kernel launched next.
+        unsafe { dev.alloc::<T>(n) }
+    }
+
+    fn cpu(name: &str) -> Result<(CpuStorage, Shape)> {
+        bail!("{name} is a CUDA kernel (the CPU has its own fused ops)")
+    }
+
+    /// Runs `f` typed by the storage's dtype (f32 or bf16).
+    macro_rules! typed {
+        ($dt:expr, $f:ident $(, $a:expr)*) => {
+            match $dt {
+                DType::F32 => $f::<f32>($($a),*),
+                DType::BF16 => $f::<half::bf16>($($a),*),
+                d => bail!("w2s's CUDA kernels take f32 or bf16, not {d:?}"),
+            }
+        };
+    }
+
+    // ---- GELU (tanh approximation) ----
+
+    struct Gelu;
+    struct GeluBwd;
+
+    fn gelu_launch<T: CudaDType + DeviceRepr>(
+        s: &CudaStorage,
+        l: &Layout,
+        g: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<CudaStorage> {
+        let dev = s.device().clone();
+        let n = l.shape().elem_count();
+        let x = view::<T>(s, l, "gelu")?;
+        let out = alloc::<T>(&dev, n)?;
+        let sfx = suffix(s.dtype())?;
+        let cfg = LaunchConfig::for_num_elems(n as u32);
+        let nl = n as i64;
+        match g {
+            None => {
+                let f = dev.get_or_load_custom_func(&format!("gelu_fwd_{sfx}"), MODULE, ptx()?)?;
+                let mut b = f.builder();
+                b.arg(&x);
+                b.arg(&out);
+                b.arg(&nl);
+                // SAFETY: the arguments match the kernel's signature.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            Some((gs, gl)) => {
+                let gv = view::<T>(gs, gl, "gelu backward")?;
+                let f = dev.get_or_load_custom_func(&format!("gelu_bwd_{sfx}"), MODULE, ptx()?)?;
+                let mut b = f.builder();
+                b.arg(&x);
+                b.arg(&gv);
+                b.arg(&out);
+                b.arg(&nl);
+                // SAFETY: as above.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    impl CustomOp1 for Gelu {
+        fn name(&self) -> &'static str {
+            "w2s-gelu-cuda"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(s.dtype(), gelu_launch, s, l, None)?;
+            Ok((out, l.shape().clone()))
+        }
+        fn bwd(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &GeluBwd)?))
+        }
+    }
+
+    impl CustomOp2 for GeluBwd {
+        fn name(&self) -> &'static str {
+            "w2s-gelu-backward-cuda"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(s.dtype(), gelu_launch, s, l, Some((g, gl)))?;
+            Ok((out, l.shape().clone()))
+        }
+    }
+
+    /// GPT-2's `gelu_new` with its backward.
+    pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(Gelu)
+    }
+
+    // ---- Layer norm and RMS norm ----
+
+    #[derive(Clone, Copy)]
+    struct Norm {
+        eps: f32,
+        /// Layer norm (with a bias) rather than RMS norm.
+        centred: bool,
+    }
+
+    fn norm_fwd<T: CudaDType + DeviceRepr>(
+        n: Norm,
+        (x, xl): (&CudaStorage, &Layout),
+        (w, wl): (&CudaStorage, &Layout),
+        b: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<CudaStorage> {
+        let dev = x.device().clone();
+        let (r, d) = rows(xl)?;
+        let xv = view::<T>(x, xl, "norm")?;
+        let wv = view::<T>(w, wl, "norm weight")?;
+        let out = alloc::<T>(&dev, r * d)?;
+        let f = dev.get_or_load_custom_func(
+            &format!("norm_fwd_{}", suffix(x.dtype())?),
+            MODULE,
+            ptx()?,
+        )?;
+        let (di, eps) = (d as i32, n.eps);
+        let bv = match b {
+            Some((bs, bl)) => Some(view::<T>(bs, bl, "norm bias")?),
+            None => None,
+        };
+        let null: u64 = 0;
+        let mut bld = f.builder();
+        bld.arg(&xv);
+        bld.arg(&wv);
+        match &bv {
+            Some(v) => bld.arg(v),
+            // RMS norm: a null bias pointer.
+            None => bld.arg(&null),
+        };
+        bld.arg(&out);
+        bld.arg(&di);
+        bld.arg(&eps);
+        // SAFETY: the arguments match the kernel's signature (a null bias: RMS norm).
+        unsafe { bld.launch(row_cfg(r)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    fn norm_dx<T: CudaDType + DeviceRepr>(
+        n: Norm,
+        (x, xl): (&CudaStorage, &Layout),
+        (w, wl): (&CudaStorage, &Layout),
+        (g, gl): (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let dev = x.device().clone();
+        let (r, d) = rows(xl)?;
+        let xv = view::<T>(x, xl, "norm backward")?;
+        let wv = view::<T>(w, wl, "norm backward weight")?;
+        let gv = view::<T>(g, gl, "norm backward gradient")?;
+        let out = alloc::<T>(&dev, r * d)?;
+        let f = dev.get_or_load_custom_func(
+            &format!("norm_bwd_{}", suffix(x.dtype())?),
+            MODULE,
+            ptx()?,
+        )?;
+        let (di, eps, centred) = (d as i32, n.eps, i32::from(n.centred));
+        let mut bld = f.builder();
+        bld.arg(&xv);
+        bld.arg(&wv);
+        bld.arg(&gv);
+        bld.arg(&out);
+        bld.arg(&di);
+        bld.arg(&eps);
+        bld.arg(&centred);
+        // SAFETY: the arguments match the kernel's signature.
+        unsafe { bld.launch(row_cfg(r)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    /// The weight's (and bias's) gradients: sums over rows of `g · x̂` (and `g`), in f32.
+    fn norm_param_grads(n: Norm, x: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let d = x.dim(D::Minus1)?;
+        let ones = Tensor::ones(d, x.dtype(), x.device())?;
+        let xhat = if n.centred {
+            let zeros = Tensor::zeros(d, x.dtype(), x.device())?;
+            x.apply_op3_no_bwd(&ones, &zeros, &NormOp(n))?
+        } else {
+            x.apply_op2_no_bwd(&ones, &RmsOp(n))?
+        };
+        let f = |t: &Tensor| t.to_dtype(DType::F32)?.reshape(((), d));
+        let gw = (f(g)? * f(&xhat)?)?.sum(0)?;
+        let gb = f(g)?.sum(0)?;
+        Ok((gw, gb))
+    }
+
+    struct NormOp(Norm);
+    struct RmsOp(Norm);
+    struct NormDx(Norm);
+
+    impl CustomOp3 for NormOp {
+        fn name(&self) -> &'static str {
+            "w2s-layer-norm-cuda"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(x.dtype(), norm_fwd, self.0, (x, xl), (w, wl), Some((b, bl)))?;
+            Ok((out, xl.shape().clone()))
+        }
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let g = g.contiguous()?;
+            let dx = x.apply_op3_no_bwd(w, &g, &NormDx(self.0))?;
+            let (gw, gb) = norm_param_grads(self.0, x, &g)?;
+            Ok((
+                Some(dx),
+                Some(gw.to_dtype(w.dtype())?),
+                Some(gb.to_dtype(b.dtype())?),
+            ))
+        }
+    }
+
+    impl CustomOp2 for RmsOp {
+        fn name(&self) -> &'static str {
+            "w2s-rms-norm-cuda"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(x.dtype(), norm_fwd, self.0, (x, xl), (w, wl), None)?;
+            Ok((out, xl.shape().clone()))
+        }
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let g = g.contiguous()?;
+            let dx = x.apply_op3_no_bwd(w, &g, &NormDx(self.0))?;
+            let (gw, _) = norm_param_grads(self.0, x, &g)?;
+            Ok((Some(dx), Some(gw.to_dtype(w.dtype())?)))
+        }
+    }
+
+    impl CustomOp3 for NormDx {
+        fn name(&self) -> &'static str {
+            "w2s-norm-backward-cuda"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(x.dtype(), norm_dx, self.0, (x, xl), (w, wl), (g, gl))?;
+            Ok((out, xl.shape().clone()))
+        }
+    }
+
+    /// Layer norm over the last dimension with its backward (x, weight and bias).
+    pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let n = Norm {
+            eps: eps as f32,
+            centred: true,
+        };
+        x.contiguous()?.apply_op3(w, b, NormOp(n))
+    }
+
+    /// RMS norm over the last dimension with its backward (x and weight).
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let n = Norm {
+            eps: eps as f32,
+            centred: false,
+        };
+        x.contiguous()?.apply_op2(w, RmsOp(n))
+    }
+
+    // ---- The attention softmax with its scale and additive mask ----
+
+    struct MaskedSoftmax {
+        scale: f32,
+    }
+    struct MaskedSoftmaxBwd {
+        scale: f32,
+    }
+
+    fn msm_fwd<T: CudaDType + DeviceRepr>(
+        scale: f32,
+        (s, sl): (&CudaStorage, &Layout),
+        (b, bl): (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let dev = s.device().clone();
+        let (bs, h, tq, n) = sl.shape().dims4()?;
+        let (bb, bh, btq, bn) = bl.shape().dims4()?;
+        if bh != 1 || btq != tq || bn != n || (bb != 1 && bb != bs) {
+            bail!(
+                "masked softmax: bias {:?} does not fit scores {:?}",
+                bl.shape(),
+                sl.shape()
+            );
+        }
+        let sv = view::<T>(s, sl, "masked softmax")?;
+        let bv = view::<T>(b, bl, "masked softmax bias")?;
+        let out = alloc::<T>(&dev, bs * h * tq * n)?;
+        let f = dev.get_or_load_custom_func(
+            &format!("msm_fwd_{}", suffix(s.dtype())?),
+            MODULE,
+            ptx()?,
+        )?;
+        let (ni, hi, tqi, bbi) = (n as i32, h as i32, tq as i32, bb as i32);
+        let mut bld = f.builder();
+        bld.arg(&sv);
+        bld.arg(&bv);
+        bld.arg(&out);
+        bld.arg(&ni);
+        bld.arg(&hi);
+        bld.arg(&tqi);
+        bld.arg(&bbi);
+        bld.arg(&scale);
+        // SAFETY: the arguments match the kernel's signature.
+        unsafe { bld.launch(row_cfg(bs * h * tq)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    fn msm_bwd<T: CudaDType + DeviceRepr>(
+        scale: f32,
+        (p, pl): (&CudaStorage, &Layout),
+        (g, gl): (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let dev = p.device().clone();
+        let (r, n) = rows(pl)?;
+        let pv = view::<T>(p, pl, "masked softmax backward")?;
+        let gv = view::<T>(g, gl, "masked softmax backward gradient")?;
+        let out = alloc::<T>(&dev, r * n)?;
+        let f = dev.get_or_load_custom_func(
+            &format!("msm_bwd_{}", suffix(p.dtype())?),
+            MODULE,
+            ptx()?,
+        )?;
+        let ni = n as i32;
+        let mut bld = f.builder();
+        bld.arg(&pv);
+        bld.arg(&gv);
+        bld.arg(&out);
+        bld.arg(&ni);
+        bld.arg(&scale);
+        // SAFETY: the arguments match the kernel's signature.
+        unsafe { bld.launch(row_cfg(r)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    impl CustomOp2 for MaskedSoftmax {
+        fn name(&self) -> &'static str {
+            "w2s-masked-softmax-cuda"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            sl: &Layout,
+            b: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(s.dtype(), msm_fwd, self.scale, (s, sl), (b, bl))?;
+            Ok((out, sl.shape().clone()))
+        }
+        /// The scores' gradient; the mask is a constant (no gradient).
+        fn bwd(
+            &self,
+            _: &Tensor,
+            _: &Tensor,
+            p: &Tensor,
+            g: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let bwd = MaskedSoftmaxBwd { scale: self.scale };
+            Ok((Some(p.apply_op2_no_bwd(&g.contiguous()?, &bwd)?), None))
+        }
+    }
+
+    impl CustomOp2 for MaskedSoftmaxBwd {
+        fn name(&self) -> &'static str {
+            "w2s-masked-softmax-backward-cuda"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu(self.name())
+        }
+        fn cuda_fwd(
+            &self,
+            p: &CudaStorage,
+            pl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(p.dtype(), msm_bwd, self.scale, (p, pl), (g, gl))?;
+            Ok((out, pl.shape().clone()))
+        }
+    }
+
+    /// `softmax(scale · s + bias)` over the last dimension of scores `[B, H, Tq, Tk]`, the
+    /// bias `[B or 1, 1, Tq, Tk]`; keeps only the probabilities (in the scores' dtype) for the
+    /// backward.
+    pub fn masked_softmax(s: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+        let bias = bias.to_dtype(s.dtype())?.contiguous()?;
+        s.contiguous()?.apply_op2(
+            &bias,
+            MaskedSoftmax {
+                scale: scale as f32,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Turned on, the kernels still take nothing off a GPU: the CPU keeps its own ops.
+    #[test]
+    fn only_cuda_tensors_take_the_kernels() {
+        let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let was = enabled();
+        set_enabled(true);
+        assert!(!applies(&[&x]));
+        set_enabled(was);
+        assert!(SOURCE.contains("extern \"C\" __global__ void msm_bwd_##S"));
+    }
+}
