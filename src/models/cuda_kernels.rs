@@ -260,6 +260,14 @@ mod imp {
         }
     }
 
+    /// Kernel `base` for dtype `dt` (`norm_fwd` and f32: `norm_fwd_f32`), loaded once a
+    /// device (a macro: candle does not export the function type).
+    macro_rules! kernel {
+        ($dev:expr, $base:expr, $dt:expr) => {
+            $dev.get_or_load_custom_func(&format!("{}_{}", $base, suffix($dt)?), MODULE, ptx()?)?
+        };
+    }
+
     fn rows(l: &Layout) -> Result<(usize, usize)> {
         let d = l.shape().dims().last().copied().unwrap_or(1);
         Ok((l.shape().elem_count() / d.max(1), d))
@@ -280,6 +288,34 @@ mod imp {
 
     fn cpu(name: &str) -> Result<(CpuStorage, Shape)> {
         bail!("{name} is a CUDA kernel (the CPU has its own fused ops)")
+    }
+
+    /// The `cpu_fwd` of a CUDA-only op of 2 or 3 operands.
+    macro_rules! no_cpu {
+        (2) => {
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                cpu(self.name())
+            }
+        };
+        (3) => {
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                cpu(self.name())
+            }
+        };
     }
 
     /// Runs `f` typed by the storage's dtype (f32 or bf16).
@@ -307,12 +343,11 @@ mod imp {
         let n = l.shape().elem_count();
         let x = view::<T>(s, l, "gelu")?;
         let out = alloc::<T>(&dev, n)?;
-        let sfx = suffix(s.dtype())?;
         let cfg = LaunchConfig::for_num_elems(n as u32);
         let nl = n as i64;
         match g {
             None => {
-                let f = dev.get_or_load_custom_func(&format!("gelu_fwd_{sfx}"), MODULE, ptx()?)?;
+                let f = kernel!(dev, "gelu_fwd", s.dtype());
                 let mut b = f.builder();
                 b.arg(&x);
                 b.arg(&out);
@@ -322,7 +357,7 @@ mod imp {
             }
             Some((gs, gl)) => {
                 let gv = view::<T>(gs, gl, "gelu backward")?;
-                let f = dev.get_or_load_custom_func(&format!("gelu_bwd_{sfx}"), MODULE, ptx()?)?;
+                let f = kernel!(dev, "gelu_bwd", s.dtype());
                 let mut b = f.builder();
                 b.arg(&x);
                 b.arg(&gv);
@@ -355,15 +390,7 @@ mod imp {
         fn name(&self) -> &'static str {
             "w2s-gelu-backward-cuda"
         }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu(self.name())
-        }
+        no_cpu!(2);
         fn cuda_fwd(
             &self,
             s: &CudaStorage,
@@ -401,11 +428,7 @@ mod imp {
         let xv = view::<T>(x, xl, "norm")?;
         let wv = view::<T>(w, wl, "norm weight")?;
         let out = alloc::<T>(&dev, r * d)?;
-        let f = dev.get_or_load_custom_func(
-            &format!("norm_fwd_{}", suffix(x.dtype())?),
-            MODULE,
-            ptx()?,
-        )?;
+        let f = kernel!(dev, "norm_fwd", x.dtype());
         let (di, eps) = (d as i32, n.eps);
         let bv = match b {
             Some((bs, bl)) => Some(view::<T>(bs, bl, "norm bias")?),
@@ -440,11 +463,7 @@ mod imp {
         let wv = view::<T>(w, wl, "norm backward weight")?;
         let gv = view::<T>(g, gl, "norm backward gradient")?;
         let out = alloc::<T>(&dev, r * d)?;
-        let f = dev.get_or_load_custom_func(
-            &format!("norm_bwd_{}", suffix(x.dtype())?),
-            MODULE,
-            ptx()?,
-        )?;
+        let f = kernel!(dev, "norm_bwd", x.dtype());
         let (di, eps, centred) = (d as i32, n.eps, i32::from(n.centred));
         let mut bld = f.builder();
         bld.arg(&xv);
@@ -483,17 +502,7 @@ mod imp {
         fn name(&self) -> &'static str {
             "w2s-layer-norm-cuda"
         }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu(self.name())
-        }
+        no_cpu!(3);
         fn cuda_fwd(
             &self,
             x: &CudaStorage,
@@ -529,15 +538,7 @@ mod imp {
         fn name(&self) -> &'static str {
             "w2s-rms-norm-cuda"
         }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu(self.name())
-        }
+        no_cpu!(2);
         fn cuda_fwd(
             &self,
             x: &CudaStorage,
@@ -566,17 +567,7 @@ mod imp {
         fn name(&self) -> &'static str {
             "w2s-norm-backward-cuda"
         }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu(self.name())
-        }
+        no_cpu!(3);
         fn cuda_fwd(
             &self,
             x: &CudaStorage,
@@ -636,11 +627,7 @@ mod imp {
         let sv = view::<T>(s, sl, "masked softmax")?;
         let bv = view::<T>(b, bl, "masked softmax bias")?;
         let out = alloc::<T>(&dev, bs * h * tq * n)?;
-        let f = dev.get_or_load_custom_func(
-            &format!("msm_fwd_{}", suffix(s.dtype())?),
-            MODULE,
-            ptx()?,
-        )?;
+        let f = kernel!(dev, "msm_fwd", s.dtype());
         let (ni, hi, tqi, bbi) = (n as i32, h as i32, tq as i32, bb as i32);
         let mut bld = f.builder();
         bld.arg(&sv);
@@ -666,11 +653,7 @@ mod imp {
         let pv = view::<T>(p, pl, "masked softmax backward")?;
         let gv = view::<T>(g, gl, "masked softmax backward gradient")?;
         let out = alloc::<T>(&dev, r * n)?;
-        let f = dev.get_or_load_custom_func(
-            &format!("msm_bwd_{}", suffix(p.dtype())?),
-            MODULE,
-            ptx()?,
-        )?;
+        let f = kernel!(dev, "msm_bwd", p.dtype());
         let ni = n as i32;
         let mut bld = f.builder();
         bld.arg(&pv);
@@ -687,15 +670,7 @@ mod imp {
         fn name(&self) -> &'static str {
             "w2s-masked-softmax-cuda"
         }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu(self.name())
-        }
+        no_cpu!(2);
         fn cuda_fwd(
             &self,
             s: &CudaStorage,
@@ -723,15 +698,7 @@ mod imp {
         fn name(&self) -> &'static str {
             "w2s-masked-softmax-backward-cuda"
         }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            cpu(self.name())
-        }
+        no_cpu!(2);
         fn cuda_fwd(
             &self,
             p: &CudaStorage,
