@@ -24,8 +24,9 @@
 # CUDA 12: PyPI has no CUDA 12 nvcc (nvidia-cuda-nvcc-cu12 ships only ptxas and NVVM), so the
 # kernels are compiled by CUDA 13's nvcc through a wrapper that stamps each PTX module with ISA
 # 8.7 (the newest a CUDA 12.8 driver compiles) and has CUDA 12.8's own ptxas assemble it for
-# the target GPU, failing the build if it cannot: a module 12.8's ptxas accepts is one an R570
-# driver's JIT (the same compiler) accepts. Everything linked is CUDA 12.8's (cuBLAS 12,
+# its target (sm_90a for compute capability 90), failing the build if it cannot: a module
+# 12.8's ptxas accepts is one an R570 driver's JIT (the same compiler) accepts. Everything
+# linked is CUDA 12.8's (cuBLAS 12,
 # cuRAND, the runtime 12), with cudarc's 12.8 driver API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,7 +91,8 @@ for a in "\$@"; do
         *.cu)
             f="\$dir/\$(basename "\${a%.cu}").ptx"
             sed -i -E 's/^\.version [0-9]+\.[0-9]+\$/.version 8.7/' "\$f"
-            "$PTXAS12" -arch=sm_${CUDA_COMPUTE_CAP:-90} "\$f" -o /dev/null \\
+            arch=\$(sed -n -E 's/^\.target ([a-z0-9_]+).*/\1/p' "\$f" | head -1)
+            "$PTXAS12" -arch="\$arch" "\$f" -o /dev/null \\
                 || { echo "CUDA 12.8's ptxas rejects \$f" >&2; exit 1; } ;;
     esac
 done
