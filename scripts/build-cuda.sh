@@ -26,8 +26,7 @@
 # 8.7 (the newest a CUDA 12.8 driver compiles) and has CUDA 12.8's own ptxas assemble it for
 # its target (sm_90a for compute capability 90), failing the build if it cannot: a module
 # 12.8's ptxas accepts is one an R570 driver's JIT (the same compiler) accepts. Everything
-# linked is CUDA 12.8's (cuBLAS 12,
-# cuRAND, the runtime 12), with cudarc's 12.8 driver API.
+# linked is CUDA 12.8's (cuBLAS 12, cuRAND, the runtime 12), with cudarc's 12.8 driver API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAJOR=${CUDA:-13}
