@@ -57,7 +57,10 @@ pub struct ParityRow {
     pub probe: String,
     pub device: String,
     pub dtype: String,
+    /// The engine that ran the layers: `owned` only on the CPU in f32.
     pub engine: String,
+    /// Whether w2s's own CUDA kernels were on (`--cuda-kernels`).
+    pub cuda_kernels: bool,
     pub loss_reference: f64,
     pub loss: f64,
     /// |loss − reference| / max(|reference|, 1).
@@ -109,7 +112,9 @@ pub fn run(a: &ParityArgs, engine: Engine) -> Result<Vec<ParityRow>> {
             row.probe = probe.into();
             row.device = a.device.clone();
             row.dtype = a.dtype.clone();
-            row.engine = engine.name().into();
+            let owned = engine.is_owned() && dev.is_cpu() && dtype == DType::F32;
+            row.engine = if owned { "owned" } else { "autograd" }.into();
+            row.cuda_kernels = crate::models::cuda_kernels::enabled();
             rows.push(row);
         }
     }
@@ -133,7 +138,11 @@ pub fn table(rows: &[ParityRow]) -> String {
             r.probe,
             r.device,
             r.dtype,
-            r.engine,
+            if r.cuda_kernels {
+                format!("{} + w2s CUDA kernels", r.engine)
+            } else {
+                r.engine.clone()
+            },
             r.loss_reference,
             r.loss,
             r.loss_error,
@@ -246,6 +255,7 @@ fn compare(want: &Probe, got: &Probe, tol: f64) -> ParityRow {
         device: String::new(),
         dtype: String::new(),
         engine: String::new(),
+        cuda_kernels: false,
         loss_reference: want.loss,
         loss: got.loss,
         loss_error,
