@@ -1,5 +1,6 @@
 //! CUDA kernels with their own backward, for training on a GPU: `gelu_new`, layer norm, RMS
-//! norm and the attention softmax with its scale and additive mask, in f32 and bf16.
+//! norm, the attention softmax with its scale and additive mask, and the rotary embedding, in
+//! f32 and bf16.
 //!
 //! candle 0.11's fused CUDA kernels (candle-nn's norms and softmax) have no backward, so a
 //! training step on the GPU runs each of these as five to eight composed kernels that each read
@@ -43,7 +44,7 @@ pub fn applies(ts: &[&Tensor]) -> bool {
 }
 
 #[cfg(feature = "cuda")]
-pub use imp::{gelu_new, layer_norm, masked_softmax, rms_norm};
+pub use imp::{gelu_new, layer_norm, masked_softmax, rms_norm, rope};
 
 /// Without the `cuda` feature nothing is on a CUDA device, so [`applies`] is false and these
 /// are never reached.
@@ -66,9 +67,12 @@ mod stubs {
     pub fn masked_softmax(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
         none()
     }
+    pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        none()
+    }
 }
 #[cfg(not(feature = "cuda"))]
-pub use stubs::{gelu_new, layer_norm, masked_softmax, rms_norm};
+pub use stubs::{gelu_new, layer_norm, masked_softmax, rms_norm, rope};
 
 /// The kernels' source: `T` is `float` or `bf16_t` (bf16 bits); one block a row for the row
 /// ops (sums through warp shuffles), one thread an element for GELU.
@@ -197,13 +201,36 @@ template <typename T> __device__ void msm_bwd(const T* p, const T* g, T* ds, int
         st(ds, r + j, scale * ld(p, r + j) * (ld(g, r + j) - t));
 }
 
+// Rotary embedding, rotate-half layout, of x [B, H, T, D] (one thread per (row, k < D/2) pair):
+// y1 = x1 cos1 - x2 sin1, y2 = x2 cos2 + x1 sin2; the tables [T, D], or [B, 1, T, D] (cb: per
+// batch). Backward (bwd): dx1 = g1 cos1 + g2 sin2, dx2 = g2 cos2 - g1 sin1.
+template <typename T> __device__ void rope(const T* x, const T* c, const T* s, T* y, long pairs, int d, int t, int heads, int cb, int bwd) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= pairs) return;
+    int h2 = d / 2;
+    long row = i / h2;
+    int k = (int)(i % h2);
+    long pos = row % t, bat = row / ((long)heads * t);
+    long tb = ((cb ? bat * t : 0) + pos) * d;
+    float c1 = ld(c, tb + k), c2 = ld(c, tb + k + h2), s1 = ld(s, tb + k), s2 = ld(s, tb + k + h2);
+    float a = ld(x, row * d + k), b = ld(x, row * d + k + h2);
+    if (bwd) {
+        st(y, row * d + k, a * c1 + b * s2);
+        st(y, row * d + k + h2, b * c2 - a * s1);
+    } else {
+        st(y, row * d + k, a * c1 - b * s1);
+        st(y, row * d + k + h2, b * c2 + a * s2);
+    }
+}
+
 #define KERNELS(T, S) \
 extern "C" __global__ void gelu_fwd_##S(const T* x, T* y, long n) { gelu_fwd(x, y, n); } \
 extern "C" __global__ void gelu_bwd_##S(const T* x, const T* g, T* dx, long n) { gelu_bwd(x, g, dx, n); } \
 extern "C" __global__ void norm_fwd_##S(const T* x, const T* w, const T* b, T* y, int d, float eps) { norm_fwd(x, w, b, y, d, eps); } \
 extern "C" __global__ void norm_bwd_##S(const T* x, const T* w, const T* g, T* dx, int d, float eps, int centred) { norm_bwd(x, w, g, dx, d, eps, centred); } \
 extern "C" __global__ void msm_fwd_##S(const T* s, const T* bias, T* p, int n, int heads, int tq, int bb, float scale) { msm_fwd(s, bias, p, n, heads, tq, bb, scale); } \
-extern "C" __global__ void msm_bwd_##S(const T* p, const T* g, T* ds, int n, float scale) { msm_bwd(p, g, ds, n, scale); }
+extern "C" __global__ void msm_bwd_##S(const T* p, const T* g, T* ds, int n, float scale) { msm_bwd(p, g, ds, n, scale); } \
+extern "C" __global__ void rope_##S(const T* x, const T* c, const T* s, T* y, long pairs, int d, int t, int heads, int cb, int bwd) { rope(x, c, s, y, pairs, d, t, heads, cb, bwd); }
 KERNELS(float, f32)
 KERNELS(bf16_t, bf16)
 "#;
@@ -722,6 +749,97 @@ mod imp {
                 scale: scale as f32,
             },
         )
+    }
+
+    // ---- The rotary embedding ----
+
+    /// `x` `[B, H, T, D]` rotated by tables `[T, D]` or `[B, 1, T, D]` (a constant: no
+    /// gradient); `bwd` applies the transpose (the input's gradient from the output's).
+    struct Rope {
+        bwd: bool,
+    }
+
+    fn rope_launch<T: CudaDType + DeviceRepr>(
+        bwd: bool,
+        (x, xl): (&CudaStorage, &Layout),
+        (c, cl): (&CudaStorage, &Layout),
+        (s, sl): (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
+        let dev = x.device().clone();
+        let (b, h, t, d) = xl.shape().dims4()?;
+        let per = t * d;
+        let cb = match cl.shape().elem_count() {
+            n if n == per => 0i32,
+            n if n == b * per => 1,
+            _ => bail!("rope: tables {:?} do not fit {:?}", cl.shape(), xl.shape()),
+        };
+        if sl.shape() != cl.shape() || d % 2 != 0 {
+            bail!(
+                "rope: sin {:?}, cos {:?}, head size {d}",
+                sl.shape(),
+                cl.shape()
+            );
+        }
+        let xv = view::<T>(x, xl, "rope")?;
+        let cv = view::<T>(c, cl, "rope cos")?;
+        let sv = view::<T>(s, sl, "rope sin")?;
+        let out = alloc::<T>(&dev, b * h * per)?;
+        let f = kernel!(dev, "rope", x.dtype());
+        let pairs = (b * h * per / 2) as i64;
+        let (di, ti, hi, bi) = (d as i32, t as i32, h as i32, i32::from(bwd));
+        let mut bld = f.builder();
+        bld.arg(&xv);
+        bld.arg(&cv);
+        bld.arg(&sv);
+        bld.arg(&out);
+        bld.arg(&pairs);
+        bld.arg(&di);
+        bld.arg(&ti);
+        bld.arg(&hi);
+        bld.arg(&cb);
+        bld.arg(&bi);
+        // SAFETY: the arguments match the kernel's signature.
+        unsafe { bld.launch(LaunchConfig::for_num_elems(pairs as u32)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    impl CustomOp3 for Rope {
+        fn name(&self) -> &'static str {
+            "w2s-rope-cuda"
+        }
+        no_cpu!(3);
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            c: &CudaStorage,
+            cl: &Layout,
+            s: &CudaStorage,
+            sl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(x.dtype(), rope_launch, self.bwd, (x, xl), (c, cl), (s, sl))?;
+            Ok((out, xl.shape().clone()))
+        }
+        fn bwd(
+            &self,
+            _: &Tensor,
+            c: &Tensor,
+            s: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let dx = g
+                .contiguous()?
+                .apply_op3_no_bwd(c, s, &Rope { bwd: !self.bwd })?;
+            Ok((Some(dx), None, None))
+        }
+    }
+
+    /// The rotary embedding (rotate-half layout) of `x` `[B, H, T, D]`, tables `[T, D]` or
+    /// `[B, 1, T, D]` in `x`'s dtype, with the input's backward.
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (c, s) = (cos.contiguous()?, sin.contiguous()?);
+        x.contiguous()?.apply_op3(&c, &s, Rope { bwd: false })
     }
 }
 

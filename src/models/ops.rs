@@ -223,6 +223,9 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 
 /// Rotary embedding in the Hugging Face (rotate-half) layout. `cos`, `sin`: `[T, d]`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if x.rank() == 4 && super::cuda_kernels::applies(&[x, cos, sin]) {
+        return super::cuda_kernels::rope(x, cos, sin);
+    }
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
