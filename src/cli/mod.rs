@@ -49,7 +49,8 @@ pub struct Cli {
     pub simd: crate::simd::Tier,
 
     /// Train on a GPU with w2s's own CUDA kernels (GELU, layer and RMS norm, the attention
-    /// softmax with its scale and mask, RoPE, each with its backward) instead of candle's composed
+    /// softmax with its scale and mask, RoPE, the target tokens' log-probs, each with its
+    /// backward) instead of candle's composed
     /// ops. Off until a GPU check has passed them (scripts/gpu-check.sh runs both ways); no
     /// effect on the CPU.
     #[arg(long, global = true, env = "W2S_CUDA_KERNELS")]

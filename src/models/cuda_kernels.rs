@@ -1,6 +1,6 @@
 //! CUDA kernels with their own backward, for training on a GPU: `gelu_new`, layer norm, RMS
-//! norm, the attention softmax with its scale and additive mask, and the rotary embedding, in
-//! f32 and bf16.
+//! norm, the attention softmax with its scale and additive mask, the rotary embedding, and the
+//! target tokens' log-probabilities over the vocabulary, in f32 and bf16.
 //!
 //! candle 0.11's fused CUDA kernels (candle-nn's norms and softmax) have no backward, so a
 //! training step on the GPU runs each of these as five to eight composed kernels that each read
@@ -44,7 +44,7 @@ pub fn applies(ts: &[&Tensor]) -> bool {
 }
 
 #[cfg(feature = "cuda")]
-pub use imp::{gelu_new, layer_norm, masked_softmax, rms_norm, rope};
+pub use imp::{gelu_new, layer_norm, masked_softmax, rms_norm, rope, target_logprobs};
 
 /// Without the `cuda` feature nothing is on a CUDA device, so [`applies`] is false and these
 /// are never reached.
@@ -70,9 +70,12 @@ mod stubs {
     pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
         none()
     }
+    pub fn target_logprobs(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        none()
+    }
 }
 #[cfg(not(feature = "cuda"))]
-pub use stubs::{gelu_new, layer_norm, masked_softmax, rms_norm, rope};
+pub use stubs::{gelu_new, layer_norm, masked_softmax, rms_norm, rope, target_logprobs};
 
 /// The kernels' source: `T` is `float` or `bf16_t` (bf16 bits); one block a row for the row
 /// ops (sums through warp shuffles), one thread an element for GELU.
@@ -223,6 +226,29 @@ template <typename T> __device__ void rope(const T* x, const T* c, const T* s, T
     }
 }
 
+// Log-probability of each row's target (rows of n logits; out in f32), and its backward:
+// dlogits = g (onehot(target) - softmax(logits)); the row's log-sum-exp is recomputed.
+template <typename T> __device__ float row_lse(const T* x, long r, int n) {
+    float m = -W2S_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, ld(x, r + j));
+    m = block_max(m);
+    float z = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) z += __expf(ld(x, r + j) - m);
+    return m + __logf(block_sum(z));
+}
+template <typename T> __device__ void tlp_fwd(const T* x, const unsigned* tg, float* out, int n) {
+    long r = (long)blockIdx.x * n;
+    float lse = row_lse(x, r, n);
+    if (threadIdx.x == 0) out[blockIdx.x] = ld(x, r + tg[blockIdx.x]) - lse;
+}
+template <typename T> __device__ void tlp_bwd(const T* x, const unsigned* tg, const float* g, T* dx, int n) {
+    long r = (long)blockIdx.x * n;
+    float lse = row_lse(x, r, n), gi = g[blockIdx.x];
+    unsigned t = tg[blockIdx.x];
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+        st(dx, r + j, gi * ((j == (int)t ? 1.f : 0.f) - __expf(ld(x, r + j) - lse)));
+}
+
 #define KERNELS(T, S) \
 extern "C" __global__ void gelu_fwd_##S(const T* x, T* y, long n) { gelu_fwd(x, y, n); } \
 extern "C" __global__ void gelu_bwd_##S(const T* x, const T* g, T* dx, long n) { gelu_bwd(x, g, dx, n); } \
@@ -230,7 +256,9 @@ extern "C" __global__ void norm_fwd_##S(const T* x, const T* w, const T* b, T* y
 extern "C" __global__ void norm_bwd_##S(const T* x, const T* w, const T* g, T* dx, int d, float eps, int centred) { norm_bwd(x, w, g, dx, d, eps, centred); } \
 extern "C" __global__ void msm_fwd_##S(const T* s, const T* bias, T* p, int n, int heads, int tq, int bb, float scale) { msm_fwd(s, bias, p, n, heads, tq, bb, scale); } \
 extern "C" __global__ void msm_bwd_##S(const T* p, const T* g, T* ds, int n, float scale) { msm_bwd(p, g, ds, n, scale); } \
-extern "C" __global__ void rope_##S(const T* x, const T* c, const T* s, T* y, long pairs, int d, int t, int heads, int cb, int bwd) { rope(x, c, s, y, pairs, d, t, heads, cb, bwd); }
+extern "C" __global__ void rope_##S(const T* x, const T* c, const T* s, T* y, long pairs, int d, int t, int heads, int cb, int bwd) { rope(x, c, s, y, pairs, d, t, heads, cb, bwd); } \
+extern "C" __global__ void tlp_fwd_##S(const T* x, const unsigned* tg, float* out, int n) { tlp_fwd(x, tg, out, n); } \
+extern "C" __global__ void tlp_bwd_##S(const T* x, const unsigned* tg, const float* g, T* dx, int n) { tlp_bwd(x, tg, g, dx, n); }
 KERNELS(float, f32)
 KERNELS(bf16_t, bf16)
 "#;
@@ -833,6 +861,114 @@ mod imp {
                 .apply_op3_no_bwd(c, s, &Rope { bwd: !self.bwd })?;
             Ok((Some(dx), None, None))
         }
+    }
+
+    // ---- The target tokens' log-probabilities ----
+
+    /// `log_softmax(x)[target]` per row of `x` `[n, V]` (targets `[n]` u32), in f32; keeps
+    /// only the logits for the backward, which recomputes each row's log-sum-exp.
+    struct TargetLogprobs;
+    struct TargetLogprobsBwd;
+
+    fn tlp_launch<T: CudaDType + DeviceRepr>(
+        (x, xl): (&CudaStorage, &Layout),
+        (t, tl): (&CudaStorage, &Layout),
+        g: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<CudaStorage> {
+        let dev = x.device().clone();
+        let (r, n) = rows(xl)?;
+        if tl.shape().elem_count() != r {
+            bail!(
+                "target log-probs: {} targets for {r} rows",
+                tl.shape().elem_count()
+            );
+        }
+        let xv = view::<T>(x, xl, "target log-probs")?;
+        let tv = view::<u32>(t, tl, "target log-probs targets")?;
+        let ni = n as i32;
+        match g {
+            None => {
+                let out = alloc::<f32>(&dev, r)?;
+                let f = kernel!(dev, "tlp_fwd", x.dtype());
+                let mut bld = f.builder();
+                bld.arg(&xv);
+                bld.arg(&tv);
+                bld.arg(&out);
+                bld.arg(&ni);
+                // SAFETY: the arguments match the kernel's signature.
+                unsafe { bld.launch(row_cfg(r)) }.w()?;
+                Ok(CudaStorage::wrap_cuda_slice(out, dev))
+            }
+            Some((gs, gl)) => {
+                let gv = view::<f32>(gs, gl, "target log-probs gradient")?;
+                let out = alloc::<T>(&dev, r * n)?;
+                let f = kernel!(dev, "tlp_bwd", x.dtype());
+                let mut bld = f.builder();
+                bld.arg(&xv);
+                bld.arg(&tv);
+                bld.arg(&gv);
+                bld.arg(&out);
+                bld.arg(&ni);
+                // SAFETY: as above.
+                unsafe { bld.launch(row_cfg(r)) }.w()?;
+                Ok(CudaStorage::wrap_cuda_slice(out, dev))
+            }
+        }
+    }
+
+    impl CustomOp2 for TargetLogprobs {
+        fn name(&self) -> &'static str {
+            "w2s-target-logprobs-cuda"
+        }
+        no_cpu!(2);
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            t: &CudaStorage,
+            tl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(x.dtype(), tlp_launch, (x, xl), (t, tl), None)?;
+            let dims = xl.shape().dims();
+            Ok((out, Shape::from(&dims[..dims.len() - 1])))
+        }
+        fn bwd(
+            &self,
+            x: &Tensor,
+            t: &Tensor,
+            _: &Tensor,
+            g: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
+            let dx = x.apply_op3_no_bwd(t, &g, &TargetLogprobsBwd)?;
+            Ok((Some(dx), None))
+        }
+    }
+
+    impl CustomOp3 for TargetLogprobsBwd {
+        fn name(&self) -> &'static str {
+            "w2s-target-logprobs-backward-cuda"
+        }
+        no_cpu!(3);
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            xl: &Layout,
+            t: &CudaStorage,
+            tl: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let out = typed!(x.dtype(), tlp_launch, (x, xl), (t, tl), Some((g, gl)))?;
+            Ok((out, xl.shape().clone()))
+        }
+    }
+
+    /// `log_softmax(logits)` at `targets` (`[.., V]` and `[..]` u32), in f32, with the
+    /// logits' backward; no `[.., V]` tensor is kept or made but the gradient.
+    pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let t = targets.to_dtype(DType::U32)?.contiguous()?;
+        logits.contiguous()?.apply_op2(&t, TargetLogprobs)
     }
 
     /// The rotary embedding (rotate-half layout) of `x` `[B, H, T, D]`, tables `[T, D]` or

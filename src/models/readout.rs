@@ -43,10 +43,14 @@ pub struct LogProbs {
 }
 
 /// `log_softmax(logits)` at `targets` (`[.., V]` f32 and `[..]`): on the CPU one fused pass per
-/// row, forward and backward, with no `[.., V]` log-softmax tensor; elsewhere composed.
+/// row, forward and backward, with no `[.., V]` log-softmax tensor; on a GPU with
+/// `--cuda-kernels` the same as a CUDA op; elsewhere composed.
 pub(super) fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if super::fused::applies(&[logits]) {
         return Ok(super::fused::token_logprobs(logits, targets)?);
+    }
+    if super::cuda_kernels::applies(&[logits]) {
+        return Ok(super::cuda_kernels::target_logprobs(logits, targets)?);
     }
     Ok(ops::log_softmax(logits)?
         .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
