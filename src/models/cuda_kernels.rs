@@ -323,6 +323,16 @@ mod imp {
         };
     }
 
+    /// Launches `f` with `cfg` and these arguments, in the kernel's order.
+    macro_rules! launch {
+        ($f:expr, $cfg:expr; $($a:expr),+ $(,)?) => {{
+            let mut b = $f.builder();
+            $( b.arg($a); )+
+            // SAFETY: each caller passes the kernel's arguments in its signature's order.
+            unsafe { b.launch($cfg) }.w()?;
+        }};
+    }
+
     fn rows(l: &Layout) -> Result<(usize, usize)> {
         let d = l.shape().dims().last().copied().unwrap_or(1);
         Ok((l.shape().elem_count() / d.max(1), d))
@@ -403,23 +413,12 @@ mod imp {
         match g {
             None => {
                 let f = kernel!(dev, "gelu_fwd", s.dtype());
-                let mut b = f.builder();
-                b.arg(&x);
-                b.arg(&out);
-                b.arg(&nl);
-                // SAFETY: the arguments match the kernel's signature.
-                unsafe { b.launch(cfg) }.w()?;
+                launch!(f, cfg; &x, &out, &nl);
             }
             Some((gs, gl)) => {
                 let gv = view::<T>(gs, gl, "gelu backward")?;
                 let f = kernel!(dev, "gelu_bwd", s.dtype());
-                let mut b = f.builder();
-                b.arg(&x);
-                b.arg(&gv);
-                b.arg(&out);
-                b.arg(&nl);
-                // SAFETY: as above.
-                unsafe { b.launch(cfg) }.w()?;
+                launch!(f, cfg; &x, &gv, &out, &nl);
             }
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
@@ -490,19 +489,11 @@ mod imp {
             None => None,
         };
         let null: u64 = 0;
-        let mut bld = f.builder();
-        bld.arg(&xv);
-        bld.arg(&wv);
         match &bv {
-            Some(v) => bld.arg(v),
+            Some(v) => launch!(f, row_cfg(r); &xv, &wv, v, &out, &di, &eps),
             // RMS norm: a null bias pointer.
-            None => bld.arg(&null),
-        };
-        bld.arg(&out);
-        bld.arg(&di);
-        bld.arg(&eps);
-        // SAFETY: the arguments match the kernel's signature (a null bias: RMS norm).
-        unsafe { bld.launch(row_cfg(r)) }.w()?;
+            None => launch!(f, row_cfg(r); &xv, &wv, &null, &out, &di, &eps),
+        }
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
@@ -520,16 +511,7 @@ mod imp {
         let out = alloc::<T>(&dev, r * d)?;
         let f = kernel!(dev, "norm_bwd", x.dtype());
         let (di, eps, centred) = (d as i32, n.eps, i32::from(n.centred));
-        let mut bld = f.builder();
-        bld.arg(&xv);
-        bld.arg(&wv);
-        bld.arg(&gv);
-        bld.arg(&out);
-        bld.arg(&di);
-        bld.arg(&eps);
-        bld.arg(&centred);
-        // SAFETY: the arguments match the kernel's signature.
-        unsafe { bld.launch(row_cfg(r)) }.w()?;
+        launch!(f, row_cfg(r); &xv, &wv, &gv, &out, &di, &eps, &centred);
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
@@ -684,17 +666,7 @@ mod imp {
         let out = alloc::<T>(&dev, bs * h * tq * n)?;
         let f = kernel!(dev, "msm_fwd", s.dtype());
         let (ni, hi, tqi, bbi) = (n as i32, h as i32, tq as i32, bb as i32);
-        let mut bld = f.builder();
-        bld.arg(&sv);
-        bld.arg(&bv);
-        bld.arg(&out);
-        bld.arg(&ni);
-        bld.arg(&hi);
-        bld.arg(&tqi);
-        bld.arg(&bbi);
-        bld.arg(&scale);
-        // SAFETY: the arguments match the kernel's signature.
-        unsafe { bld.launch(row_cfg(bs * h * tq)) }.w()?;
+        launch!(f, row_cfg(bs * h * tq); &sv, &bv, &out, &ni, &hi, &tqi, &bbi, &scale);
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
@@ -710,14 +682,7 @@ mod imp {
         let out = alloc::<T>(&dev, r * n)?;
         let f = kernel!(dev, "msm_bwd", p.dtype());
         let ni = n as i32;
-        let mut bld = f.builder();
-        bld.arg(&pv);
-        bld.arg(&gv);
-        bld.arg(&out);
-        bld.arg(&ni);
-        bld.arg(&scale);
-        // SAFETY: the arguments match the kernel's signature.
-        unsafe { bld.launch(row_cfg(r)) }.w()?;
+        launch!(f, row_cfg(r); &pv, &gv, &out, &ni, &scale);
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
@@ -815,19 +780,8 @@ mod imp {
         let f = kernel!(dev, "rope", x.dtype());
         let pairs = (b * h * per / 2) as i64;
         let (di, ti, hi, bi) = (d as i32, t as i32, h as i32, i32::from(bwd));
-        let mut bld = f.builder();
-        bld.arg(&xv);
-        bld.arg(&cv);
-        bld.arg(&sv);
-        bld.arg(&out);
-        bld.arg(&pairs);
-        bld.arg(&di);
-        bld.arg(&ti);
-        bld.arg(&hi);
-        bld.arg(&cb);
-        bld.arg(&bi);
-        // SAFETY: the arguments match the kernel's signature.
-        unsafe { bld.launch(LaunchConfig::for_num_elems(pairs as u32)) }.w()?;
+        let cfg = LaunchConfig::for_num_elems(pairs as u32);
+        launch!(f, cfg; &xv, &cv, &sv, &out, &pairs, &di, &ti, &hi, &cb, &bi);
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
@@ -890,27 +844,14 @@ mod imp {
             None => {
                 let out = alloc::<f32>(&dev, r)?;
                 let f = kernel!(dev, "tlp_fwd", x.dtype());
-                let mut bld = f.builder();
-                bld.arg(&xv);
-                bld.arg(&tv);
-                bld.arg(&out);
-                bld.arg(&ni);
-                // SAFETY: the arguments match the kernel's signature.
-                unsafe { bld.launch(row_cfg(r)) }.w()?;
+                launch!(f, row_cfg(r); &xv, &tv, &out, &ni);
                 Ok(CudaStorage::wrap_cuda_slice(out, dev))
             }
             Some((gs, gl)) => {
                 let gv = view::<f32>(gs, gl, "target log-probs gradient")?;
                 let out = alloc::<T>(&dev, r * n)?;
                 let f = kernel!(dev, "tlp_bwd", x.dtype());
-                let mut bld = f.builder();
-                bld.arg(&xv);
-                bld.arg(&tv);
-                bld.arg(&gv);
-                bld.arg(&out);
-                bld.arg(&ni);
-                // SAFETY: as above.
-                unsafe { bld.launch(row_cfg(r)) }.w()?;
+                launch!(f, row_cfg(r); &xv, &tv, &gv, &out, &ni);
                 Ok(CudaStorage::wrap_cuda_slice(out, dev))
             }
         }
